@@ -1,0 +1,231 @@
+"""Run a function or a script on N CPU ranks and collect what every rank returned.
+
+Multi-rank tests must launch real processes the way users do (``torchrun`` or the ``deepspeed``
+launcher) with the gloo backend and ``DS_ACCELERATOR=cpu``. This module is the one place that does
+it, so every test gets the same guarantees:
+
+* each rank's return value comes back, indexed by rank;
+* a failing rank raises :class:`RankFailure` carrying that rank's own traceback (not the
+  launcher's noise);
+* a wall-clock ``timeout`` kills the whole process group and raises :class:`RankTimeout`;
+* nothing survives the call: the launcher runs in its own session, which is always killed;
+* every call gets a fresh free port, so parallel or consecutive calls never collide.
+
+Typical use in a test::
+
+    def _body(scale):                     # module-level, importable by the ranks
+        import torch.distributed as dist
+        t = torch.ones(1) * dist.get_rank() * scale
+        dist.all_reduce(t)
+        return t.item()
+
+    assert run_on_ranks(_body, nprocs=2, scale=2.0) == [2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LAUNCHERS = ("torchrun", "deepspeed")
+
+
+class RankFailure(RuntimeError):
+    """A rank raised or exited non-zero; the message holds that rank's traceback."""
+
+    def __init__(self, rank: int | None, detail: str):
+        self.rank = rank
+        where = f"rank {rank}" if rank is not None else "the launcher"
+        super().__init__(f"{where} failed:\n{detail}")
+
+
+class RankTimeout(RuntimeError):
+    """The ranks did not finish within the timeout; all of them were killed."""
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for CPU ranks: gloo-friendly, one thread per rank, repo importable."""
+    env = dict(os.environ)
+    env.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS=env.get("ADAPTIVE_LM_RANK_THREADS", "1"),
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        PYTHONUNBUFFERED="1",
+        MASTER_ADDR="127.0.0.1",
+        TORCH_CPP_LOG_LEVEL="ERROR",
+    )
+    env.update(extra or {})
+    return env
+
+
+def launcher_argv(launcher: str, nprocs: int, port: int, *, nnodes: int = 1, node_rank: int = 0) -> list[str]:
+    """The launcher's own command line (before the module/script it starts)."""
+    bindir = Path(sys.executable).parent
+    if launcher == "torchrun":
+        return [
+            str(bindir / "torchrun"),
+            f"--nproc_per_node={nprocs}",
+            f"--nnodes={nnodes}",
+            f"--node_rank={node_rank}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+        ]
+    if launcher == "deepspeed":
+        if nnodes != 1:
+            raise ValueError("the deepspeed launcher is simulated on one node only; use torchrun")
+        return [str(bindir / "deepspeed"), "--num_gpus", str(nprocs), "--master_port", str(port)]
+    raise ValueError(f"unknown launcher {launcher!r}; choose one of {LAUNCHERS}")
+
+
+@dataclass
+class LaunchResult:
+    returncode: int
+    output: str
+
+
+def _descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher, its process group and every descendant, wherever their session."""
+    victims = _descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def launch(
+    argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> LaunchResult:
+    """Run ``argv`` in a new session; on timeout (or any exit) kill the whole session."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env if env is not None else rank_env(),
+            cwd=str(cwd or REPO_ROOT),
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc)
+            log.seek(0)
+            raise RankTimeout(
+                f"{' '.join(argv[:3])} ... did not finish in {timeout:.0f}s; every rank was killed.\n"
+                f"--- output tail ---\n{log.read()[-4000:]}"
+            ) from None
+        finally:
+            _kill_tree(proc)  # launchers may leave children behind when a rank dies
+        log.seek(0)
+        return LaunchResult(proc.returncode, log.read())
+
+
+def run_script(
+    script: str | Path,
+    args: Sequence[str] = (),
+    *,
+    nprocs: int = 2,
+    launcher: str = "torchrun",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> LaunchResult:
+    """Launch a user-facing script on ``nprocs`` CPU ranks; raise with its output if it fails."""
+    argv = launcher_argv(launcher, nprocs, free_port()) + [str(script), *map(str, args)]
+    result = launch(argv, timeout=timeout, env=rank_env(env))
+    if result.returncode != 0:
+        raise RankFailure(None, f"exit code {result.returncode}\n{result.output[-6000:]}")
+    return result
+
+
+def run_on_ranks(
+    fn: Callable[..., Any],
+    nprocs: int = 2,
+    *,
+    launcher: str = "torchrun",
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Call ``fn(**kwargs)`` on ``nprocs`` ranks (process group already initialised, gloo).
+
+    ``fn`` must be a module-level function; ``kwargs`` and the return values must pickle.
+    Returns the list of per-rank return values. Raises :class:`RankFailure` with the traceback
+    of the first rank that failed, or :class:`RankTimeout`.
+    """
+    target = f"{fn.__module__}:{fn.__qualname__}"
+    if "<locals>" in target or fn.__module__ == "__main__":
+        raise ValueError(f"{target} is not importable by the ranks; define it at module level")
+    workdir = Path(tempfile.mkdtemp(prefix="ranks-"))
+    try:
+        with open(workdir / "kwargs.pkl", "wb") as f:
+            pickle.dump(kwargs, f)
+        argv = launcher_argv(launcher, nprocs, free_port())
+        worker = ["-m", "adaptive_lm_ds.testing._worker"]
+        if launcher == "deepspeed":
+            worker = ["--module", "adaptive_lm_ds.testing._worker"]
+            argv = argv + ["--no_local_rank"]
+        argv = argv + worker + [target, str(workdir)]
+        start = time.monotonic()
+        result = launch(argv, timeout=timeout, env=rank_env(env))
+        # The first traceback written is the cause; peers that died in a collective come after.
+        errors = sorted(workdir.glob("rank*.err"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        if errors:
+            first = errors[0]
+            raise RankFailure(int(first.stem[4:]), first.read_text())
+        outputs = []
+        for rank in range(nprocs):
+            out = workdir / f"rank{rank}.pkl"
+            if not out.exists():
+                raise RankFailure(
+                    rank,
+                    f"no result (launcher exit code {result.returncode} after "
+                    f"{time.monotonic() - start:.0f}s)\n{result.output[-4000:]}",
+                )
+            with open(out, "rb") as f:
+                outputs.append(pickle.load(f))
+        return outputs
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures: paths to ../shared (skip with a reason when it is absent)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADAPTIVE_LM_SHARED", REPO.parent / "shared"))
+
+
+def _shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the ../shared fixtures that CI provides")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return _shared_path("data")
+
+
+@pytest.fixture
+def wiki103_tiny_fixture() -> Path:
+    return _shared_path("fixtures", "fairseq-wiki103-tiny")
+
+
+@pytest.fixture
+def fairseq_optim_fixture() -> Path:
+    return _shared_path("fixtures", "fairseq-optim")
