@@ -1,0 +1,129 @@
+"""Optimisers of the fairseq recipes: NAG exactly as fairseq computes it, and Adam/AdamW.
+
+All of them are plain ``torch.optim.Optimizer`` instances, so DeepSpeed accepts them as a client
+optimizer (``deepspeed.initialize(optimizer=...)``; ZeRO needs ``"zero_allow_untested_optimizer":
+true`` for NAG) and the LR schedulers in :mod:`adaptive_lm_ds.training.lr_schedules` drive them
+through ``param_groups[i]["lr"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+OPTIMIZER_NAMES = ("nag", "adam", "adamw")
+FAIRSEQ_ADAM_BETAS = (0.9, 0.999)
+FAIRSEQ_ADAM_EPS = 1e-8
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class OptimizerConfigError(ValueError):
+    """An optimiser name or hyper-parameter that cannot work; the message says what to change."""
+
+
+class NAG(torch.optim.Optimizer):
+    """Nesterov accelerated gradient in fairseq's formulation (``fairseq/optim/nag.py``).
+
+    fairseq keeps the momentum buffer in units of "lr times gradient" and therefore rescales it by
+    ``lr / lr_old`` when the learning rate changes between steps. With ``c = lr / lr_old``, ``m`` the
+    momentum, ``wd`` the weight decay and ``g`` the gradient, one step is, in this order::
+
+        p   <- p * (1 - lr * wd)
+        p   <- p + m**2 * c * buf - (1 + m) * lr * g
+        buf <- m * c * buf - lr * g
+
+    and then ``lr_old <- lr`` (kept in each param group, so it survives ``state_dict`` round
+    trips). Like fairseq, the gradient is taken in float32 (``grad.float()``) and the momentum
+    buffer is float32 whatever the parameter dtype; fp16/bf16 parameters are updated through an
+    fp32 copy. The stored fixture (fairseq on float64 parameters) only matches with this fp32
+    gradient path, which is why it is reproduced rather than "fixed".
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ):
+        if lr < 0.0:
+            raise OptimizerConfigError(f"NAG: lr must be >= 0, got {lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise OptimizerConfigError(f"NAG: momentum must be in [0, 1), got {momentum}")
+        if weight_decay < 0.0:
+            raise OptimizerConfigError(f"NAG: weight_decay must be >= 0, got {weight_decay}")
+        defaults = dict(lr=lr, lr_old=lr, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            weight_decay = group["weight_decay"]
+            momentum = group["momentum"]
+            lr = group["lr"]
+            lr_old = group.get("lr_old", lr)
+            # fairseq's guard: with lr_old == 0 the correction falls back to lr itself.
+            lr_correct = lr / lr_old if lr_old > 0 else lr
+
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p_fp32 = p.float() if p.dtype in _HALF_DTYPES else p
+                d_p = p.grad.float()
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(d_p)
+                else:
+                    # load_state_dict casts state to the parameter dtype; fairseq casts it back.
+                    state["momentum_buffer"] = state["momentum_buffer"].to(d_p)
+                buf = state["momentum_buffer"]
+
+                if weight_decay != 0:
+                    p_fp32.mul_(1 - lr * weight_decay)
+                p_fp32.add_(buf, alpha=momentum * momentum * lr_correct)
+                p_fp32.add_(d_p, alpha=-(1 + momentum) * lr)
+                buf.mul_(momentum * lr_correct).add_(d_p, alpha=-lr)
+
+                if p.dtype in _HALF_DTYPES:
+                    p.copy_(p_fp32)
+
+            group["lr_old"] = lr
+
+        return loss
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = FAIRSEQ_ADAM_BETAS,
+    eps: float = FAIRSEQ_ADAM_EPS,
+    momentum: float = 0.99,
+) -> torch.optim.Optimizer:
+    """The optimiser fairseq's ``--optimizer NAME`` would build, as a torch optimizer.
+
+    * ``nag``: :class:`NAG` (fairseq's ``--momentum`` default is 0.99; ``betas``/``eps`` unused).
+    * ``adam``: fairseq's ``FairseqAdam``. Its weight decay is *decoupled* (it does
+      ``p -= wd * lr * p`` before the Adam update, "Fixed Weight Decay Regularization in Adam"),
+      which is exactly ``torch.optim.AdamW``; with ``weight_decay=0`` it equals ``torch.optim.Adam``.
+      So ``adam`` builds ``torch.optim.AdamW`` to keep fairseq's semantics for ``--weight-decay``.
+    * ``adamw``: ``torch.optim.AdamW`` (the same maths; the name is accepted for clarity).
+
+    Defaults follow fairseq: betas (0.9, 0.999), eps 1e-8.
+    """
+    key = name.lower()
+    if key not in OPTIMIZER_NAMES:
+        raise OptimizerConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if lr < 0.0:
+        raise OptimizerConfigError(f"optimizer {key}: lr must be >= 0, got {lr}")
+    if key == "nag":
+        return NAG(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
