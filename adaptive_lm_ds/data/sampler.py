@@ -1,0 +1,135 @@
+"""Batches for data-parallel training: seeded epoch-aware shuffling, DP sharding, exact resume.
+
+The global order of an epoch is ``default_rng([seed, epoch]).permutation(len(dataset))`` (or
+``arange`` without shuffling). Global batch k is positions ``[k*G, (k+1)*G)`` with
+``G = batch_size * dp_size``; DP rank r takes the r-th ``batch_size`` slice of it. The order
+depends only on (seed, epoch, len(dataset)), so the TP and PP ranks of one replica (same
+``dp_rank``) get identical batches, and a run resumed from ``state_dict()`` continues with
+exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from adaptive_lm_ds.data.errors import DataError
+
+PAD = 1
+
+
+def collate(samples: Sequence[dict[str, np.ndarray]], batch_size: int, length: int, pad: int = PAD) -> dict:
+    """Stack samples into a fixed ``[batch_size, length]`` batch (fixed shapes suit pipelines).
+
+    Missing rows and positions are padding: ``tokens``/``targets`` = ``pad`` (ignored by the loss);
+    ``segment_ids`` (when the samples have them) continue with one extra segment per row, so
+    padding never joins a real sentence's attention block. Returns int64 tensors ``tokens``,
+    ``targets`` [B,T], optional ``segment_ids`` [B,T], and ``ntokens`` (int, real targets).
+    """
+    tokens = np.full((batch_size, length), pad, dtype=np.int64)
+    targets = np.full((batch_size, length), pad, dtype=np.int64)
+    with_segments = bool(samples) and "segment_ids" in samples[0]
+    segments = np.zeros((batch_size, length), dtype=np.int64) if with_segments else None
+    ntokens = 0
+    for row, sample in enumerate(samples):
+        n = len(sample["targets"])
+        if n > length:
+            raise DataError(f"a sample has {n} tokens, more than the batch length {length}")
+        tokens[row, :n] = sample["tokens"]
+        targets[row, :n] = sample["targets"]
+        if segments is not None:
+            segments[row, :n] = sample["segment_ids"]
+            segments[row, n:] = sample["segment_ids"][-1] + 1 if n else 0
+        ntokens += n
+    batch = {"tokens": torch.from_numpy(tokens), "targets": torch.from_numpy(targets), "ntokens": ntokens}
+    if segments is not None:
+        batch["segment_ids"] = torch.from_numpy(segments)
+    return batch
+
+
+class LMBatchIterator:
+    """Iterates this DP rank's batches of an :class:`LMBlockDataset`-like dataset.
+
+    ``for batch in it`` yields the rest of the current epoch, then moves to the next epoch
+    (``set_epoch`` jumps anywhere). Every rank yields ``len(it)`` batches per epoch. With
+    ``drop_last`` the incomplete last global batch is skipped; without it, it is spread over the
+    ranks and rows beyond the data are all padding (``ntokens`` counts real targets only).
+    Batches are ``[batch_size, length]`` with ``length = dataset.tokens_per_sample`` by default.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        length: int | None = None,
+        pad: int = PAD,
+    ) -> None:
+        if batch_size < 1 or dp_size < 1 or not 0 <= dp_rank < dp_size:
+            raise DataError(f"need batch_size >= 1 and 0 <= dp_rank < dp_size, got {batch_size}, {dp_rank}, {dp_size}")
+        self.dataset, self.batch_size, self.dp_rank, self.dp_size = dataset, batch_size, dp_rank, dp_size
+        self.seed, self.shuffle, self.drop_last, self.pad = seed, shuffle, drop_last, pad
+        self.length = length or dataset.tokens_per_sample
+        self.epoch, self.position = 0, 0  # position: batches already yielded in this epoch
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.dp_size
+
+    def __len__(self) -> int:
+        n, g = len(self.dataset), self.global_batch_size
+        return n // g if self.drop_last else -(-n // g)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch."""
+        self.epoch, self.position = epoch, 0
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Global sample order of ``epoch`` (int64 [len(dataset)]); the same on every rank."""
+        if self._order is None or self._order[0] != epoch:
+            n = len(self.dataset)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (epoch, order)
+        return self._order[1]
+
+    def batch_indices(self, epoch: int, k: int) -> np.ndarray:
+        """Sample indices of this rank's k-th batch in ``epoch`` (may be short at the very end)."""
+        start = k * self.global_batch_size + self.dp_rank * self.batch_size
+        return self.epoch_order(epoch)[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[dict]:
+        while self.position < len(self):
+            idx = self.batch_indices(self.epoch, self.position)
+            batch = collate([self.dataset[int(i)] for i in idx], self.batch_size, self.length, self.pad)
+            self.position += 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+    def state_dict(self) -> dict:
+        """Position to resume from exactly (plain ints, checkpoint friendly)."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "global_batch_size": self.global_batch_size,
+            "num_samples": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``; refuses a state whose batches would differ (other data/seed/size)."""
+        mine = self.state_dict()
+        for key in ("seed", "shuffle", "global_batch_size", "num_samples"):
+            if state[key] != mine[key]:
+                raise DataError(
+                    f"cannot resume the data iterator exactly: saved {key}={state[key]} but now {mine[key]}; "
+                    "use the same data, seed and global batch size (batch_size * dp_size)"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
