@@ -1,0 +1,176 @@
+"""Vocabulary-parallel adaptive softmax (Grave et al. 2017) with fairseq's ``AdaptiveSoftmax`` semantics.
+
+The head scores the band-0 words plus one logit per tail cluster (fairseq's head output is
+``[words..., clusters...]``); tail ``i`` (vocabulary band ``i + 1``) projects ``d -> d_{i+1}``, applies
+``adaptive_softmax_dropout``, and scores its band's words. ``log p(w in tail i) = log p_head(cluster i)
++ log p_tail_i(w)``. With ``adaptive_softmax`` off the same class is the full (vocabulary-parallel)
+softmax: one band, no clusters, no tails.
+
+Every band's word table is split by rows over TP (:class:`VocabParallelTable`); the cluster logits and
+the tail projections are replicated and enter the normaliser once.
+
+fairseq layout (for the converter):
+
+* untied: ``head.weight [n_0 + k, d]`` rows ``[:n_0]`` -> ``tables.0.weight`` (sharded), rows ``[n_0:]``
+  -> ``cluster_proj.weight``; ``tail.{i}.0.weight [d_i, d]`` -> ``tail_projs.{i}.weight``;
+  ``tail.{i}.2.weight [n_i, d_i]`` -> ``tables.{i+1}.weight``.
+* tied (``tie_adaptive_weights``): ``head.word_proj`` and ``tail.{i}.2`` are ``bands.{j}.table``;
+  ``head.class_proj.weight`` -> ``cluster_proj.weight``; with ``tie_adaptive_proj`` ``tail.{i}.0.weight``
+  is ``bands.{i+1}.proj.weight`` ``[d, d_i]`` applied transposed, otherwise ``tail_projs.{i}.weight``.
+* full softmax: ``output_projection.weight [V, d]`` -> ``tables.0.weight``, or the embedding when
+  ``share_input_output_embed``.
+
+Shard layout of :meth:`log_probs`: for every band in order, this rank's ``rows_per_rank`` columns
+(band rows ``[r * rows_per_rank, (r + 1) * rows_per_rank)``, padding columns ``-inf``), concatenated;
+:meth:`gather_log_probs` turns that into ``[..., V]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.layers.adaptive_input import BandWeights
+from adaptive_lm_ds.layers.vocab_parallel import (
+    VocabParallelTable,
+    VocabShard,
+    gather_band_columns,
+    log_normalizer,
+    xavier_bound,
+)
+
+
+class VocabParallelAdaptiveSoftmax(nn.Module):
+    """Hidden states ``[N, d]`` -> exact per-token log-probabilities, loss, or this rank's table shard.
+
+    ``bands``: the input layer's :class:`BandWeights` to share when the config ties tables; when
+    ``None`` and tying is on (a separate last pipeline stage) an own copy with the same attribute paths
+    is built, for DeepSpeed's ``TiedLayerSpec`` to keep equal to the first stage's.
+    """
+
+    def __init__(self, cfg: ModelConfig, tp_group, bands: BandWeights | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tp_group = tp_group
+        self.out_bands = cfg.output_bands()
+        self.num_tails = len(self.out_bands) - 1
+        d = cfg.embed_dim
+        self.bands: BandWeights | None = None
+        self.tables: nn.ModuleList | None = None
+        if cfg.ties_tables:
+            if bands is None:
+                bands = BandWeights(cfg, tp_group, with_proj=[False] + [cfg.tie_adaptive_proj] * self.num_tails)
+            self.bands = bands
+        else:
+            self.tables = nn.ModuleList(VocabParallelTable(b.size, b.dim, tp_group) for b in self.out_bands)
+        self.cluster_proj = nn.Linear(d, self.num_tails, bias=False) if self.num_tails else None
+        self.tail_projs = None
+        if not cfg.tie_adaptive_proj:
+            self.tail_projs = nn.ModuleList(nn.Linear(d, b.dim, bias=False) for b in self.out_bands[1:])
+        self.register_buffer(
+            "tail_starts", torch.tensor([b.start for b in self.out_bands[1:]], dtype=torch.long), persistent=False
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's init of the parameters this layer owns (tied ones belong to the input)."""
+        cfg, d, k = self.cfg, self.cfg.embed_dim, self.num_tails
+        if self.cluster_proj is not None and not self.cluster_proj.weight.is_meta:
+            # untied: one fairseq head matrix [n_0 + k, d] (xavier over the whole); tied: Linear(d, k)
+            fan_out = k if cfg.ties_tables else self.out_bands[0].size + k
+            nn.init.uniform_(self.cluster_proj.weight, -xavier_bound(d, fan_out), xavier_bound(d, fan_out))
+        if self.tables is not None:
+            if not cfg.adaptive_softmax:
+                self.tables[0].init_normal(d**-0.5)  # fairseq's output_projection init
+            else:
+                self.tables[0].init_uniform(xavier_bound(d, self.out_bands[0].size + k))
+                for table, band in zip(self.tables[1:], self.out_bands[1:]):
+                    table.init_uniform(xavier_bound(band.dim, band.size))
+        for proj in self.tail_projs or []:
+            if not proj.weight.is_meta:
+                nn.init.xavier_uniform_(proj.weight)
+
+    # ------------------------------------------------------------------ parts
+    def table(self, band: int) -> VocabParallelTable:
+        return self.bands[band].table if self.bands is not None else self.tables[band]
+
+    def shards(self) -> list[VocabShard]:
+        return [self.table(i).shard for i in range(len(self.out_bands))]
+
+    def tied_weight_attrs(self) -> list[str]:
+        """Paths of the tensors shared with the input layer (DeepSpeed ``tied_weight_attr``)."""
+        return self.bands.tied_weight_attrs(self.cfg) if self.bands is not None else []
+
+    def _head(self, h: torch.Tensor):
+        """This rank's band-0 logits, the replicated cluster logits and the head's log-normaliser."""
+        words = self.table(0).local_logits(h)
+        clusters = self.cluster_proj(h) if self.cluster_proj is not None else None
+        return words, clusters, log_normalizer(words, self.tp_group, clusters)
+
+    def _tail_hidden(self, tail: int, h: torch.Tensor) -> torch.Tensor:
+        """``h -> proj (d -> d_i) -> dropout`` on replicated activations (same mask on every TP rank)."""
+        if self.tail_projs is not None:
+            z = self.tail_projs[tail](h)
+        else:
+            z = F.linear(h, self.bands[tail + 1].proj.weight.t())
+        return F.dropout(z, self.cfg.adaptive_softmax_dropout, self.training)
+
+    def _tail(self, tail: int, h: torch.Tensor):
+        logits = self.table(tail + 1).local_logits(self._tail_hidden(tail, h))
+        return logits, log_normalizer(logits, self.tp_group)
+
+    # ------------------------------------------------------------------ outputs
+    def target_log_probs(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Exact ``log p(target)`` ``[...]`` fp32 for ``h [..., d]``; tails only for their own tokens.
+
+        Host syncs: one ``nonzero`` per tail (the number of tokens routed to it).
+        """
+        shape = targets.shape
+        h = h.reshape(-1, h.shape[-1])
+        t = targets.reshape(-1)
+        words, clusters, lse = self._head(h)
+        in_head = t < self.out_bands[0].end
+        lp = self.table(0).pick(words, t, in_head) - lse
+        if self.num_tails == 0:
+            return lp.view(shape)
+        band = torch.bucketize(t, self.tail_starts, right=True)  # 0 = head word, i + 1 = tail i
+        cluster = clusters.float().gather(-1, (band - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        lp = torch.where(in_head, lp, cluster - lse)
+        for i in range(self.num_tails):
+            idx = (band == i + 1).nonzero().squeeze(-1)
+            logits, tail_lse = self._tail(i, h.index_select(0, idx))
+            tail_t = t.index_select(0, idx) - self.out_bands[i + 1].start
+            picked = self.table(i + 1).pick(logits, tail_t, torch.ones_like(tail_t, dtype=torch.bool))
+            lp = lp.index_add(0, idx, picked - tail_lse)
+        return lp.view(shape)
+
+    def loss(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum of -log p(target) over non-pad targets, fp32 scalar; number of those targets)``.
+
+        The exact NLL. (fairseq's ``adaptive_loss`` also drops tail words whose *tail-local* index
+        equals ``padding_idx``, a quirk of reusing ``ignore_index``; evaluation is unaffected.)
+        """
+        keep = targets != self.cfg.padding_idx
+        lp = self.target_log_probs(h, targets)
+        return -torch.where(keep, lp, 0.0).sum(), keep.sum()
+
+    def log_probs(self, h: torch.Tensor) -> torch.Tensor:
+        """This rank's shard ``[..., sum(rows_per_rank)]`` of the full log-probability table (fp32).
+
+        Computed band by band; no rank ever holds a whole band.
+        """
+        lead = h.shape[:-1]
+        h = h.reshape(-1, h.shape[-1])
+        words, clusters, lse = self._head(h)
+        parts = [words.float() - lse.unsqueeze(-1)]
+        for i in range(self.num_tails):
+            logits, tail_lse = self._tail(i, h)
+            prior = clusters[:, i].float() - lse
+            parts.append(logits.float() - (tail_lse - prior).unsqueeze(-1))
+        return torch.cat(parts, dim=-1).view(*lead, -1)
+
+    def gather_log_probs(self, shard: torch.Tensor) -> torch.Tensor:
+        """``[..., V]`` from :meth:`log_probs` shards (all-gather; small vocabularies and tests only)."""
+        return gather_band_columns(shard, self.shards(), self.tp_group)

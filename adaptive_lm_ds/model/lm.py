@@ -1,0 +1,120 @@
+"""The adaptive-input language model, built from parts a pipeline split can reuse.
+
+``AdaptiveLM`` = :class:`LMEmbedding` -> ``layers`` (:class:`TransformerBlock`) -> optional final norm ->
+:class:`VocabParallelAdaptiveSoftmax`. In one piece, the embedding and the softmax hold the *same*
+:class:`BandWeights` child (``embed.bands`` is ``output.bands``) when the config ties tables. A
+pipeline puts :class:`LMEmbedding` on the first stage and the softmax on the last, each building its own
+``BandWeights``; ``TiedLayerSpec(key, ..., tied_weight_attr=module.tied_weight_attrs())`` then keeps
+the tied tensors equal (both lists name the same tensors in the same order: tables by band, then the
+tied tail projections). :func:`pipeline_stage_layers` is the
+split of the blocks over stages that ``tools/model_summary.py`` reports.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import ConfigError, ModelConfig
+from adaptive_lm_ds.layers.adaptive_input import BandWeights, VocabParallelAdaptiveInput
+from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
+from adaptive_lm_ds.model.positions import LearnedPositions, SinusoidalPositions, make_positions
+from adaptive_lm_ds.model.transformer import TransformerBlock, attention_mask, megatron_config
+
+
+def building_on_meta() -> bool:
+    """True inside ``with torch.device("meta")``: shapes only, no initialisation."""
+    return torch.empty(0).is_meta
+
+
+class LMEmbedding(nn.Module):
+    """``tokens [B, T]`` -> ``sqrt(d) * embed(tokens) + positions``, then dropout: ``[B, T, d]``."""
+
+    def __init__(self, cfg: ModelConfig, tp_group, bands: BandWeights | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokens = VocabParallelAdaptiveInput(cfg, tp_group, bands)
+        if cfg.learned_pos:
+            self.positions = LearnedPositions(cfg.max_positions, cfg.embed_dim, cfg.padding_idx)
+        else:
+            self.positions = SinusoidalPositions(cfg.embed_dim, cfg.padding_idx)
+
+    @property
+    def bands(self) -> BandWeights:
+        return self.tokens.bands
+
+    def tied_weight_attrs(self) -> list[str]:
+        """Paths of the tensors shared with the output layer (DeepSpeed ``tied_weight_attr``)."""
+        return self.bands.tied_weight_attrs(self.cfg, prefix="tokens.bands")
+
+    def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.learned_pos and tokens.shape[1] > self.cfg.max_positions:
+            raise ValueError(
+                f"sequence length {tokens.shape[1]} exceeds max_positions={self.cfg.max_positions} "
+                "of the learned positional embedding; use shorter blocks"
+            )
+        x = self.cfg.embed_scale * self.tokens(tokens)
+        x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids))
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+
+class AdaptiveLM(nn.Module):
+    """Decoder-only LM. ``tp_group`` defaults to megatron-core's (needs :func:`parallel.initialize_parallel`).
+
+    Shapes: ``tokens, targets, segment_ids`` ``[B, T]`` int64; hidden states ``[B, T, d]``.
+    """
+
+    def __init__(self, cfg: ModelConfig, tp_group=None):
+        super().__init__()
+        self.tp_group = tp_group if tp_group is not None else parallel.tensor_parallel_group()
+        self.cfg = cfg.validate(self.tp_group.size())
+        mp_config = megatron_config(self.tp_group.size(), meta=building_on_meta())
+        self.embed = LMEmbedding(cfg, self.tp_group)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, self.tp_group, mp_config) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.final_norm else None
+        shared = self.embed.bands if cfg.ties_tables else None
+        self.output = VocabParallelAdaptiveSoftmax(cfg, self.tp_group, shared)
+
+    def hidden_states(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        mask = attention_mask(segment_ids)
+        x = self.embed(tokens, segment_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ):
+        """With ``targets``: ``(loss_sum fp32, ntokens)`` over non-pad targets; else hidden states."""
+        h = self.hidden_states(tokens, segment_ids)
+        return h if targets is None else self.output.loss(h, targets)
+
+    def log_probs(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """This TP rank's shard ``[B, T, sum(rows_per_rank)]`` of log p (layout: adaptive_softmax.py)."""
+        return self.output.log_probs(self.hidden_states(tokens, segment_ids))
+
+    def gather_log_probs(self, shard: torch.Tensor) -> torch.Tensor:
+        """``[B, T, V]`` full table from :meth:`log_probs` shards (materialises V: tests/small models)."""
+        return self.output.gather_log_probs(shard)
+
+    def target_log_probs(
+        self, tokens: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, T]`` fp32 exact ``log p(target)`` without gathering any table."""
+        return self.output.target_log_probs(self.hidden_states(tokens, segment_ids), targets)
+
+
+def pipeline_stage_layers(num_layers: int, pp: int) -> list[range]:
+    """Contiguous, balanced block ranges per pipeline stage (earlier stages take the remainder)."""
+    if pp < 1 or num_layers < pp:
+        raise ConfigError(f"cannot split {num_layers} layers over {pp} pipeline stages; use pp <= num_layers")
+    base, extra = divmod(num_layers, pp)
+    bounds = [0]
+    for stage in range(pp):
+        bounds.append(bounds[-1] + base + (1 if stage < extra else 0))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]

@@ -1,0 +1,48 @@
+"""Move weights between a consolidated (TP = 1) model and one TP rank's shards.
+
+A tensor-parallel parameter carries megatron-core's attributes ``tensor_model_parallel`` and
+``partition_dim``; rank ``r`` holds the slice ``[r * n, (r + 1) * n)`` of that dimension (``n`` its local
+size). Vocabulary tables are padded, so the last ranks' slices may run past the consolidated size: the
+missing rows are padding (zeros). Everything else is replicated over TP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_tensor_parallel(param: torch.Tensor) -> bool:
+    return bool(getattr(param, "tensor_model_parallel", False))
+
+
+def shard_of(param: torch.Tensor, full: torch.Tensor, tp_rank: int) -> torch.Tensor:
+    """This rank's part of the consolidated tensor ``full`` for ``param`` (zeros where padding)."""
+    if not is_tensor_parallel(param):
+        return full
+    dim, size = param.partition_dim, param.shape[param.partition_dim]
+    start = min(tp_rank * size, full.shape[dim])
+    part = full.narrow(dim, start, min(size, full.shape[dim] - start))
+    if part.shape[dim] < size:
+        pad_shape = list(part.shape)
+        pad_shape[dim] = size - part.shape[dim]
+        part = torch.cat([part, part.new_zeros(pad_shape)], dim=dim)
+    return part
+
+
+@torch.no_grad()
+def load_consolidated(model: nn.Module, full: dict[str, torch.Tensor], tp_rank: int) -> None:
+    """Copy consolidated parameters (names as in ``model.named_parameters()``) into this rank's shards."""
+    for name, param in model.named_parameters():
+        param.copy_(shard_of(param, full[name], tp_rank))
+
+
+def consolidate(param: torch.Tensor, tensor: torch.Tensor, full_size: int | None, group) -> torch.Tensor:
+    """All-gather ``tensor`` (``param``'s shard, or its gradient) along the partition dim; trim padding."""
+    if not is_tensor_parallel(param) or group.size() == 1:
+        return tensor if full_size is None else tensor.narrow(getattr(param, "partition_dim", 0), 0, full_size)
+    pieces = [torch.empty_like(tensor) for _ in range(group.size())]
+    dist.all_gather(pieces, tensor.contiguous(), group=group)
+    out = torch.cat(pieces, dim=param.partition_dim)
+    return out if full_size is None else out.narrow(param.partition_dim, 0, full_size)

@@ -1,0 +1,145 @@
+"""Pre-norm transformer decoder block on megatron-core's tensor-parallel linears (fairseq semantics).
+
+fairseq's ``TransformerDecoderLayer`` with ``decoder_normalize_before``::
+
+    x = x + dropout(out_proj(attn(ln_1(x))))        # attention dropout on the probabilities
+    x = x + dropout(fc2(act_dropout(act(fc1(ln_2(x))))))
+
+``q/k/v_proj`` and ``fc1`` are ``ColumnParallelLinear`` (each TP rank: ``num_heads / tp`` heads, ``ffn / tp``
+hidden units); ``out_proj`` and ``fc2`` are ``RowParallelLinear`` (one all-reduce each). q, k, v are three
+layers, not one fused matrix, so fairseq's ``self_attn.{q,k,v}_proj`` map one to one.
+
+Dropout on sharded activations (attention probabilities, FFN hidden) runs on the TP rank's own RNG
+stream; dropout on the replicated residual stream on the default generator, equal on every TP rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import ModelParallelConfig
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from torch import nn
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import ModelConfig
+
+
+def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
+    """CPU-initialised fp32 linears: every rank builds the full matrix from the shared seed, keeps its part."""
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp_size,
+        use_cpu_initialization=True,
+        perform_initialization=not meta,
+        gradient_accumulation_fusion=False,
+        params_dtype=torch.float32,
+    )
+
+
+def xavier_init(gain: float = 1.0):
+    return lambda w: nn.init.xavier_uniform_(w, gain=gain)
+
+
+def attention_mask(segment_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean ``[B, 1, T, T]`` (True = may attend): causal and within the same segment; None = causal only."""
+    if segment_ids is None:
+        return None
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1)
+    return (causal & same).unsqueeze(1)
+
+
+def _sharded_rng(active: bool):
+    """This TP rank's RNG stream when dropout is active on sharded activations (else nothing)."""
+    return parallel.model_parallel_rng() if active else contextlib.nullcontext()
+
+
+def column_linear(size_in: int, size_out: int, mp_config, tp_group, gain: float = 1.0) -> ColumnParallelLinear:
+    """Output features split over TP, bias included, output left sharded."""
+    return ColumnParallelLinear(
+        size_in,
+        size_out,
+        config=mp_config,
+        init_method=xavier_init(gain),
+        bias=True,
+        gather_output=False,
+        tp_group=tp_group,
+    )
+
+
+def row_linear(size_in: int, size_out: int, mp_config, tp_group) -> RowParallelLinear:
+    """Input features split over TP; one all-reduce, then the (replicated) bias."""
+    return RowParallelLinear(
+        size_in,
+        size_out,
+        config=mp_config,
+        init_method=xavier_init(),
+        bias=True,
+        input_is_parallel=True,
+        skip_bias_add=False,
+        tp_group=tp_group,
+    )
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig):
+        super().__init__()
+        d = cfg.embed_dim
+        self.local_heads = cfg.num_heads // tp_group.size()
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.attention_dropout
+        gain = 1 / math.sqrt(2)  # fairseq's init when q, k, v have the same dim
+        self.q_proj = column_linear(d, d, mp_config, tp_group, gain)
+        self.k_proj = column_linear(d, d, mp_config, tp_group, gain)
+        self.v_proj = column_linear(d, d, mp_config, tp_group, gain)
+        self.out_proj = row_linear(d, d, mp_config, tp_group)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, length, _ = x.shape
+
+        def heads(proj: ColumnParallelLinear) -> torch.Tensor:
+            return proj(x)[0].view(batch, length, self.local_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        p = self.dropout if self.training else 0.0
+        with _sharded_rng(p > 0.0):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
+        out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
+        return self.out_proj(out)[0]
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig):
+        super().__init__()
+        self.fc1 = column_linear(cfg.embed_dim, cfg.ffn_dim, mp_config, tp_group)
+        self.fc2 = row_linear(cfg.ffn_dim, cfg.embed_dim, mp_config, tp_group)
+        self.activation = F.relu if cfg.activation_fn == "relu" else F.gelu
+        self.activation_dropout = cfg.activation_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.activation(self.fc1(x)[0])
+        p = self.activation_dropout if self.training else 0.0
+        with _sharded_rng(p > 0.0):
+            hidden = F.dropout(hidden, p, self.training)
+        return self.fc2(hidden)[0]
+
+
+class TransformerBlock(nn.Module):
+    """``[B, T, d] -> [B, T, d]``; ``mask`` from :func:`attention_mask` (None: plain causal)."""
+
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig | None = None):
+        super().__init__()
+        mp_config = mp_config or megatron_config(tp_group.size(), meta=False)
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.self_attn = SelfAttention(cfg, tp_group, mp_config)
+        self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg, tp_group, mp_config)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask), self.dropout, self.training)
+        return x + F.dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)

@@ -1,0 +1,90 @@
+"""Adaptive softmax on one rank: a normalised full table, the loss read from it, and torch's reference."""
+
+import pytest
+import torch
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import tiny
+from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
+from adaptive_lm_ds.model import AdaptiveLM
+
+VOCAB = 150
+UNTIED = dict(cutoffs=(20, 70), tie_adaptive_weights=False, tie_adaptive_proj=False)
+VARIANTS = {
+    "tied": dict(cutoffs=(20, 70)),
+    "untied": UNTIED,
+    "full_softmax": dict(
+        adaptive_input=False, adaptive_softmax=False, tie_adaptive_weights=False, tie_adaptive_proj=False
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_process():
+    with parallel.single_process(seed=0):
+        yield
+
+
+def _tokens(seed=0, shape=(3, 10)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, shape, generator=g), torch.randint(0, VOCAB, shape, generator=g)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_full_table_is_a_distribution(variant):
+    model = AdaptiveLM(tiny(VOCAB, **VARIANTS[variant])).eval()
+    tokens, _ = _tokens()
+    full = model.gather_log_probs(model.log_probs(tokens))
+    assert full.shape == (3, 10, VOCAB)
+    total = torch.logsumexp(full.double(), dim=-1)
+    torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_training_loss_is_minus_log_p_of_target_from_the_full_table(variant):
+    model = AdaptiveLM(tiny(VOCAB, **VARIANTS[variant])).eval()
+    tokens, targets = _tokens(seed=1)
+    targets[0, :4] = model.cfg.padding_idx
+    targets[1, 0] = 70 + model.cfg.padding_idx  # tail-local index == padding_idx: still a real word
+    full = model.gather_log_probs(model.log_probs(tokens))
+    picked = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    keep = targets != model.cfg.padding_idx
+    loss, ntokens = model(tokens, targets)
+    assert loss.dtype == torch.float32
+    assert int(ntokens) == int(keep.sum())
+    torch.testing.assert_close(loss, -picked[keep].sum(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(model.target_log_probs(tokens, targets), picked, rtol=1e-5, atol=1e-5)
+
+
+def test_untied_matches_torch_adaptive_log_softmax_with_loss():
+    cfg = tiny(VOCAB, **UNTIED).validate()
+    ours = VocabParallelAdaptiveSoftmax(cfg, parallel.tensor_parallel_group())
+    torch.manual_seed(3)
+    theirs = torch.nn.AdaptiveLogSoftmaxWithLoss(
+        cfg.embed_dim, VOCAB, cutoffs=[20, 70], div_value=cfg.adaptive_softmax_factor, head_bias=False
+    )
+    with torch.no_grad():  # torch's head is [shortlist words..., clusters...], as fairseq's
+        ours.table(0).weight.copy_(theirs.head.weight[:20])
+        ours.cluster_proj.weight.copy_(theirs.head.weight[20:])
+        for i, tail in enumerate(theirs.tail):
+            ours.tail_projs[i].weight.copy_(tail[0].weight)
+            ours.table(i + 1).weight.copy_(tail[1].weight)
+    h = torch.randn(40, cfg.embed_dim, generator=torch.Generator().manual_seed(4))
+    targets = torch.randint(2, VOCAB, (40,), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours.gather_log_probs(ours.log_probs(h)), theirs.log_prob(h), rtol=1e-5, atol=1e-5)
+    reference = theirs(h, targets)
+    torch.testing.assert_close(ours.target_log_probs(h, targets), reference.output, rtol=1e-5, atol=1e-5)
+    loss, ntokens = ours.loss(h, targets)
+    torch.testing.assert_close(loss / ntokens, reference.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_tails_run_only_on_their_own_tokens():
+    """A batch without tail targets never touches the tail projections (no wasted compute)."""
+    cfg = tiny(VOCAB, **UNTIED).validate()
+    layer = VocabParallelAdaptiveSoftmax(cfg, parallel.tensor_parallel_group())
+    seen = []
+    for proj in layer.tail_projs:
+        proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    targets = torch.tensor([3, 5, 25, 19, 90, 91, 92])  # head x3, tail 0 x1, tail 1 x3
+    layer.target_log_probs(torch.randn(7, cfg.embed_dim), targets)
+    assert seen == [1, 3]
