@@ -64,13 +64,18 @@ class BandWeights(nn.ModuleList):
             if weight.proj is not None and not weight.proj.weight.is_meta:
                 nn.init.xavier_uniform_(weight.proj.weight)
 
-    def tied_weight_attrs(self, cfg: ModelConfig, prefix: str = "bands") -> list[str]:
-        """Attribute paths (from the layer holding ``bands``) of the tensors the output shares."""
+    @staticmethod
+    def tied_weight_attrs(cfg: ModelConfig, prefix: str = "bands") -> list[str]:
+        """Attribute paths (from the layer holding ``bands``) of the tensors the output shares.
+
+        A static method: a pipeline needs the list before any stage builds its module.
+        """
         if not cfg.ties_tables:
             return []
-        attrs = [f"{prefix}.{i}.table.weight" for i in range(len(self))]
+        num_bands = len(cfg.input_bands())
+        attrs = [f"{prefix}.{i}.table.weight" for i in range(num_bands)]
         if cfg.tie_adaptive_proj:
-            attrs += [f"{prefix}.{i}.proj.weight" for i in range(1, len(self))]
+            attrs += [f"{prefix}.{i}.proj.weight" for i in range(1, num_bands)]
         return attrs
 
 

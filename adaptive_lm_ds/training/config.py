@@ -61,6 +61,7 @@ class OptimConfig:
 class RunConfig:
     preset: str = _f("tiny", "model preset", choices=("tiny", "wiki103", "gbw_large", "gbw_huge"))
     max_update: int = _f(286000, "stop after this many updates")
+    stop_time_hours: float = _f(0.0, "stop after this much wall-clock time (0: no limit)")
     seed: int = _f(1, "random seed (model init, dropout, data order)")
     tensor_model_parallel_size: int = _f(1, "tensor-parallel ranks per model replica")
     pipeline_model_parallel_size: int = _f(1, "pipeline stages per model replica")

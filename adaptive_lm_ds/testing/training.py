@@ -1,0 +1,77 @@
+"""Small real training runs for tests: a data-bin, initial weights, and a rank-side train function.
+
+Every layout test trains from the *same* consolidated weights (``--init-from``) on the same data,
+so a layout's losses can be compared number for number with a single-process run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from adaptive_lm_ds.synthetic_corpus import CorpusSpec, generate_corpus
+
+
+def make_data_bin(dest: str | Path, vocab_size: int = 400, train_tokens: int = 30_000, seed: int = 7) -> Path:
+    """Synthetic corpus -> fairseq data-bin (dict.txt, train/valid/test .bin/.idx) in ``dest``."""
+    from adaptive_lm_ds.data.preprocess import binarize_file, build_dictionary
+
+    dest = Path(dest)
+    text = dest / "text"
+    spec = CorpusSpec(
+        vocab_size=vocab_size, num_classes=8, favourites_per_class=40, train_tokens=train_tokens,
+        valid_tokens=3_000, test_tokens=3_000, seed=seed,
+    )  # fmt: skip
+    generate_corpus(text, spec)
+    dictionary = build_dictionary([str(text / "train.txt")])
+    dictionary.save(dest / "dict.txt")
+    for split in ("train", "valid", "test"):
+        binarize_file(str(text / f"{split}.txt"), dictionary, str(dest / split), progress=False)
+    return dest
+
+
+def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed: int = 3, **overrides) -> str:
+    """Rank-side (world of one): build the one-piece model for ``data_bin``'s vocabulary and save it."""
+    from adaptive_lm_ds import parallel
+    from adaptive_lm_ds.config import get_preset
+    from adaptive_lm_ds.consolidated import save_consolidated
+    from adaptive_lm_ds.data import Dictionary
+    from adaptive_lm_ds.model.lm import AdaptiveLM
+
+    dictionary = Dictionary.load(Path(data_bin) / "dict.txt")
+    cfg = get_preset(preset, vocab_size=len(dictionary), **overrides)
+    with parallel.single_process(seed):
+        model = AdaptiveLM(cfg)
+        save_consolidated(out_dir, cfg, dict(model.named_parameters()), dictionary)
+    return out_dir
+
+
+def train_on_rank(argv: list[str], report_tied: bool = False, export: bool = False) -> dict:
+    """Rank-side: run the trainer with launcher flags ``argv``; return its per-update history.
+
+    ``report_tied``: also return this rank's tied tensors (pipeline ends) by local name.
+    ``export``: also return the consolidated state dict (rank 0) gathered from this layout.
+    """
+    from adaptive_lm_ds import parallel
+    from adaptive_lm_ds.training.config import build_parser, config_from_args
+    from adaptive_lm_ds.training.resharding import gather_full_state
+    from adaptive_lm_ds.training.trainer import Trainer
+
+    trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
+    summary = trainer.run()
+    out = {"history": trainer.history, "summary": summary, "layout": trainer.ctx.layout}
+    module = trainer.engine.module
+    if report_tied and hasattr(module, "tied_modules"):
+        from adaptive_lm_ds.training.pipeline import TIED_KEY
+
+        tied = module.tied_modules[TIED_KEY] if TIED_KEY in module.tied_modules else None
+        out["tied"] = {n: p.detach().clone() for n, p in tied.named_parameters() if ".bands." in n} if tied else {}
+    if export:
+        out["state"] = gather_full_state(module, trainer.model_cfg)
+    parallel.destroy_parallel()
+    return out
+
+
+def per_token_losses(result: dict) -> torch.Tensor:
+    return torch.tensor([h["loss_sum"] / h["ntokens"] for h in result["history"]], dtype=torch.float64)

@@ -1,0 +1,131 @@
+"""Checkpoint folders around DeepSpeed's save/load: tags, ``latest``, pruning, RNG, resume.
+
+DeepSpeed writes the model, optimizer, scheduler and client state of every rank under
+``SAVE_DIR/TAG/``. What we add:
+
+* ``latest`` is updated only after **every** rank finished writing and a ``.complete`` marker is in
+  the tag folder, by an atomic rename: a save killed half-way never becomes the resume point;
+* the RNG states of every rank (torch CPU/CUDA and the model-parallel tracker) in
+  ``TAG/rng_rank{R}.pt``, so a resumed run draws the same dropout masks as an uninterrupted one;
+* ``--keep-last-n`` pruning of older update checkpoints;
+* resolution of fairseq's ``--restore-file`` (``checkpoint_last`` means "the latest complete one").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+LATEST = "latest"
+COMPLETE = ".complete"
+TAG_RE = re.compile(r"^checkpoint_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not fit this run."""
+
+
+def tag_for(num_updates: int) -> str:
+    return f"checkpoint_{num_updates}"
+
+
+def is_complete(save_dir: str | Path, tag: str) -> bool:
+    return (Path(save_dir) / tag / COMPLETE).is_file()
+
+
+def read_latest(save_dir: str | Path) -> str | None:
+    """The tag ``latest`` names, checked to be complete; None when the folder has no checkpoint."""
+    path = Path(save_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not tag or not is_complete(save_dir, tag):
+        raise CheckpointError(
+            f"{path} names {tag!r}, which is not a complete checkpoint; remove {path} to start over "
+            f"or point --restore-file at a complete one"
+        )
+    return tag
+
+
+def resolve_restore(save_dir: str | Path, restore_file: str) -> tuple[Path, str] | None:
+    """(folder, tag) to load, or None to start fresh (fairseq's rule for checkpoint_last)."""
+    if restore_file in ("", "checkpoint_last"):
+        tag = read_latest(save_dir)
+        return (Path(save_dir), tag) if tag else None
+    candidate = Path(restore_file)
+    if candidate.is_dir() and (candidate / COMPLETE).is_file():
+        return candidate.parent, candidate.name
+    if is_complete(save_dir, restore_file):
+        return Path(save_dir), restore_file
+    raise CheckpointError(
+        f"--restore-file {restore_file}: no complete checkpoint there (looked in {candidate} and "
+        f"{Path(save_dir) / restore_file}); pass a tag folder that has a {COMPLETE} marker"
+    )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def commit_checkpoint(save_dir: str | Path, tag: str, keep_last_n: int) -> None:
+    """After every rank saved: mark ``tag`` complete, point ``latest`` at it, prune old tags."""
+    if dist.is_initialized():
+        dist.barrier()
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        root = Path(save_dir)
+        _atomic_write(root / tag / COMPLETE, "ok\n")
+        _atomic_write(root / LATEST, tag + "\n")
+        if keep_last_n >= 0:
+            prune(root, keep_last_n, protect=tag)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def prune(save_dir: Path, keep_last_n: int, protect: str) -> list[str]:
+    """Delete update checkpoints beyond the newest ``keep_last_n`` (never ``protect``)."""
+    numbered = sorted(
+        (int(m.group(1)), p.name) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name))
+    )
+    doomed = [name for _, name in numbered[: max(0, len(numbered) - max(keep_last_n, 1))] if name != protect]
+    for name in doomed:
+        shutil.rmtree(save_dir / name, ignore_errors=True)
+    return doomed
+
+
+def _tracker():
+    from deepspeed.runtime.activation_checkpointing import checkpointing
+
+    return checkpointing.get_cuda_rng_tracker()
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "tracker": _tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_rng(save_dir: str | Path, tag: str, rank: int) -> None:
+    folder = Path(save_dir) / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".rng_rank{rank}.pt.tmp"
+    torch.save(rng_state(), tmp)
+    os.replace(tmp, folder / f"rng_rank{rank}.pt")
+
+
+def load_rng(load_dir: str | Path, tag: str, rank: int) -> None:
+    path = Path(load_dir) / tag / f"rng_rank{rank}.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint was saved with another world size or is corrupt")
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["torch"])
+    _tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

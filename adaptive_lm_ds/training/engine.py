@@ -1,0 +1,151 @@
+"""One training step and one evaluation pass over a DeepSpeed engine, plain or pipelined.
+
+**Loss normalisation (as fairseq).** The gradient of an update is the gradient of the summed NLL of
+all its target tokens — every micro batch on every data-parallel rank — divided by their total
+count ``N``. Each rank knows its own micro batches up front, one all-reduce over the data-parallel
+group gives ``N``, and each micro batch's summed loss is scaled by ``dp * gas / N`` before DeepSpeed
+averages over DP and divides by the accumulation steps. Any layout then computes the same update as
+a single process that sees the whole global batch.
+
+Non-finite losses need no special path: their gradients are non-finite, DeepSpeed's ZeRO / fp16
+optimizers detect that and skip the step (``engine.was_step_applied()``), and the caller counts it.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
+from megatron.core import parallel_state
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.training.pipeline import build_pipeline_module, plain_name
+
+
+class DeepSpeedMPU:
+    """megatron-core's ``parallel_state`` under the names DeepSpeed's engine asks for.
+
+    DeepSpeed's "model parallel" is our tensor parallelism (the pipeline engine brings its own grid).
+    """
+
+    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
+    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
+    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
+
+
+def checkpoint_blocks(model: AdaptiveLM) -> None:
+    """Recompute every transformer block in backward (DeepSpeed's checkpoint restores the RNG states)."""
+    for block in model.layers:
+        block.forward = types.MethodType(_checkpointed(block.forward), block)
+
+
+def _checkpointed(forward):
+    def run(self, x, mask=None):
+        return ds_checkpointing.checkpoint(forward, x, mask)
+
+    return run
+
+
+def build_module(model_cfg: ModelConfig, checkpoint_activations: bool, seed: int) -> torch.nn.Module:
+    """``AdaptiveLM`` for this rank's TP shard, or its pipeline stage when PP > 1."""
+    ctx = parallel.context()
+    if ctx.layout.pp > 1:
+        return build_pipeline_module(
+            model_cfg, parallel.tensor_parallel_group(), ctx.topology, checkpoint_activations, seed
+        )
+    model = AdaptiveLM(model_cfg)
+    if checkpoint_activations:
+        checkpoint_blocks(model)
+    return model
+
+
+def plain_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """This rank's parameters under their one-piece ``AdaptiveLM`` names."""
+    if isinstance(module, AdaptiveLM):
+        return dict(module.named_parameters())
+    return {plain_name(module, name): p for name, p in module.named_parameters()}
+
+
+@dataclass
+class StepResult:
+    loss_sum: float  # summed NLL (nats) of the update's targets, all DP ranks
+    ntokens: int  # the update's target tokens, all DP ranks
+    gnorm: float
+    applied: bool  # False when DeepSpeed skipped the step (non-finite gradients / fp16 overflow)
+    loss_scale: float | None
+
+
+def _batch_inputs(batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:
+    return (batch["tokens"], batch["segment_ids"], batch["targets"]) if packed else (batch["tokens"], batch["targets"])
+
+
+class Stepper:
+    """Runs updates and evaluations on a DeepSpeed engine; hides the plain/pipeline difference."""
+
+    def __init__(self, engine, packed: bool):
+        self.engine = engine
+        self.packed = packed
+        self.pipelined = isinstance(engine, deepspeed.PipelineEngine)
+        self.dp_group = parallel_state.get_data_parallel_group()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+
+    def _global_tokens(self, batches: list[dict]) -> int:
+        n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64)
+        dist.all_reduce(n, group=self.dp_group)
+        return int(n.item())
+
+    def train_step(self, batches: list[dict]) -> StepResult:
+        """One update from this rank's ``gas`` micro batches."""
+        engine = self.engine
+        engine.train()
+        ntokens = self._global_tokens(batches)
+        scale = self.dp_size * len(batches) / max(ntokens, 1)
+        if self.pipelined:
+            label = torch.tensor(scale, dtype=torch.float32)
+            mean = engine.train_batch(iter([(_batch_inputs(b, self.packed), label) for b in batches]))
+            loss_sum = float(mean) * ntokens
+        else:
+            total = torch.zeros((), dtype=torch.float64)
+            for b in batches:
+                loss, _ = engine(b["tokens"], b["targets"], b.get("segment_ids"))
+                engine.backward(loss * scale)
+                engine.step()
+                total += loss.detach().double()
+            dist.all_reduce(total, group=self.dp_group)
+            loss_sum = float(total)
+        gnorm = engine.get_global_grad_norm()
+        loss_scale = getattr(engine.optimizer, "loss_scale", None) if engine.fp16_enabled() else None
+        return StepResult(loss_sum, ntokens, float(gnorm) if gnorm is not None else float("nan"),
+                          engine.was_step_applied(), loss_scale)  # fmt: skip
+
+    @torch.no_grad()
+    def eval_loss(self, batches) -> tuple[float, int]:
+        """Summed NLL and token count over ``batches`` (this rank's share), totalled over DP."""
+        engine = self.engine
+        engine.eval()
+        loss_total, tokens_total = 0.0, 0
+        for b in batches:
+            ntokens = self._global_tokens([b])
+            if self.pipelined:
+                label = torch.tensor(self.dp_size / max(ntokens, 1), dtype=torch.float32)
+                mean = engine.eval_batch(iter([(_batch_inputs(b, self.packed), label)]), num_micro_batches=1)
+                loss_total += float(mean) * ntokens
+            else:
+                loss, _ = engine(b["tokens"], b["targets"], b.get("segment_ids"))
+                total = loss.detach().double().reshape(1)
+                dist.all_reduce(total, group=self.dp_group)
+                loss_total += float(total)
+            tokens_total += ntokens
+        return loss_total, tokens_total

@@ -1,0 +1,67 @@
+"""The one training entry behind ``launchers/train_*.py``: parse, start the process group, train.
+
+Errors that a user can fix (layout, batch, config, data, checkpoint) end the run with a one-line
+``error: ...`` on rank 0 and exit code 2, before any step is taken.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch.distributed as dist
+
+from adaptive_lm_ds.config import ConfigError
+from adaptive_lm_ds.consolidated import ConsolidatedFormatError
+from adaptive_lm_ds.data import DataError
+from adaptive_lm_ds.parallel import LayoutError
+from adaptive_lm_ds.training.checkpoint import CheckpointError
+from adaptive_lm_ds.training.config import build_parser, config_from_args
+from adaptive_lm_ds.training.ds_config import ConfigError as DSConfigError
+from adaptive_lm_ds.training.trainer import Trainer, TrainingAborted
+
+USER_ERRORS = (
+    ConfigError,
+    ConsolidatedFormatError,
+    DSConfigError,
+    DataError,
+    LayoutError,
+    CheckpointError,
+    TrainingAborted,
+)
+
+
+def init_process_group() -> None:
+    """gloo on CPU, nccl on GPU; a plain ``python launchers/...`` run is a world of one."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def main(argv=None, description: str = "Train an adaptive-input LM", defaults: dict | None = None) -> int:
+    args = build_parser(description, defaults).parse_args(argv)
+    cfg = config_from_args(args)
+    if not cfg.data.data:
+        print("error: --data DATA_BIN is required (the folder tools/preprocess_data.py wrote)", file=sys.stderr)
+        return 2
+    init_process_group()
+    try:
+        summary = Trainer(cfg).run()
+    except USER_ERRORS as e:
+        if dist.get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if dist.get_rank() == 0:
+        print(
+            f"| done: {summary['num_updates']} updates, valid loss {summary['valid_loss_base2']:.4f} (base 2), "
+            f"valid ppl {summary['valid_ppl']:.2f}",
+            flush=True,
+        )
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0

@@ -1,0 +1,285 @@
+"""The training run: set-up, the update loop, validation, checkpoints, resume.
+
+Everything a run needs is decided before the first step, so bad input fails fast with one line:
+the layout against the world size, the model against TP, the batch against the DeepSpeed JSON, the
+data-bin against the dictionary, a resume checkpoint against the model config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import ModelConfig, get_preset
+from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dict
+from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
+from adaptive_lm_ds.training import checkpoint as ckpt
+from adaptive_lm_ds.training.config import TrainConfig
+from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
+from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
+from adaptive_lm_ds.training.lr_schedules import (
+    CosineSchedule,
+    FixedSchedule,
+    InverseSqrtSchedule,
+    UpdateLRScheduler,
+    should_stop_for_min_lr,
+)
+from adaptive_lm_ds.training.metrics_log import TrainLogger, base2_loss
+from adaptive_lm_ds.training.optim import build_optimizer
+from adaptive_lm_ds.training.resharding import load_full_state
+
+STATE_FILE = "trainer_state.json"
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact."""
+
+
+def build_schedule(cfg: TrainConfig):
+    o = cfg.optim
+    if o.lr_scheduler == "cosine":
+        return CosineSchedule(
+            lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr, min_lr=o.min_lr,
+            t_mult=o.t_mult, lr_period_updates=o.lr_period_updates, lr_shrink=o.lr_shrink,
+            max_update=cfg.run.max_update,
+        )  # fmt: skip
+    if o.lr_scheduler == "inverse_sqrt":
+        return InverseSqrtSchedule(lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr)
+    return FixedSchedule(lr=o.lr, warmup_updates=o.warmup_updates)
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
+    """The model config (preset, or the consolidated model's own) and its initial weights if any."""
+    if not cfg.run.init_from:
+        return get_preset(cfg.run.preset, vocab_size=vocab_size), None
+    model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    if model_cfg.vocab_size != vocab_size:
+        raise ckpt.CheckpointError(
+            f"--init-from {cfg.run.init_from} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
+            f"gives {vocab_size}; preprocess with the model's dictionary (--srcdict)"
+        )
+    return model_cfg, state
+
+
+def _endless(iterator: LMBatchIterator):
+    while True:
+        yield from iterator
+
+
+class Trainer:
+    """One training run on this rank (call :meth:`run`)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        run, data = cfg.run, cfg.data
+        world = dist.get_world_size()
+        layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
+        self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
+        self.micro = micro_batch_sequences(cfg)
+        self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
+        self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
+        self.model_cfg.validate(layout.tp)
+        self.train_data = build_lm_dataset(data.data, data.train_subset, data.tokens_per_sample, data.sample_break_mode)
+        self.valid_data = build_lm_dataset(data.data, data.valid_subset, data.tokens_per_sample, data.sample_break_mode)
+        self.ctx = parallel.initialize_parallel(layout, run.seed)
+        self.rank = dist.get_rank()
+        dp_rank, dp_size = parallel_state.get_data_parallel_rank(), layout.dp
+        self.batches = LMBatchIterator(self.train_data, self.micro, dp_rank, dp_size, seed=run.seed)
+        self.valid_batches = LMBatchIterator(
+            self.valid_data, self.micro, dp_rank, dp_size, shuffle=False, drop_last=False
+        )
+        if len(self.batches) == 0:
+            raise DataError(
+                f"the {data.train_subset} split has {len(self.train_data)} samples, fewer than one global batch "
+                f"({self.batches.global_batch_size}); lower --max-tokens/--batch-size or use more data"
+            )
+        module = build_module(self.model_cfg, run.checkpoint_activations, run.seed)
+        if init_state is not None:
+            load_full_state(module, init_state, self.model_cfg)
+        o = cfg.optim
+        optimizer = build_optimizer(
+            o.optimizer, module.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+            betas=tuple(json.loads(o.adam_betas.replace("(", "[").replace(")", "]"))), eps=o.adam_eps,
+            momentum=o.momentum,
+        )  # fmt: skip
+        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
+            mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
+        )  # fmt: skip
+        self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
+        self.num_updates = 0
+        self.consecutive_bad = 0
+        self.logger: TrainLogger | None = None
+        self.history: list[dict] = []  # per applied update: loss_sum (nats) and ntokens, all DP ranks
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_record(self) -> dict:
+        return {
+            "num_updates": self.num_updates,
+            "model": dataclasses.asdict(self.model_cfg),
+            "layout": dataclasses.asdict(self.ctx.layout),
+            "data": self.batches.state_dict(),
+            "precision": precision(self.ds_config),
+        }
+
+    def save(self) -> str:
+        run = self.cfg.run
+        tag = ckpt.tag_for(self.num_updates)
+        record = self._state_record()
+        self.engine.save_checkpoint(run.save_dir, tag=tag, client_state={"trainer": record}, save_latest=False)
+        ckpt.save_rng(run.save_dir, tag, self.rank)
+        if self.rank == 0:
+            (Path(run.save_dir) / tag / STATE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        ckpt.commit_checkpoint(run.save_dir, tag, run.keep_last_n)
+        return tag
+
+    def try_resume(self) -> str | None:
+        run = self.cfg.run
+        found = ckpt.resolve_restore(run.save_dir, run.restore_file)
+        if found is None:
+            return None
+        load_dir, tag = found
+        state_path = load_dir / tag / STATE_FILE
+        try:
+            record = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ckpt.CheckpointError(f"{state_path} is unreadable ({e}); the checkpoint is corrupt") from None
+        saved_model = model_config_from_dict(record["model"])
+        if saved_model != self.model_cfg:
+            diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
+                    for k in record["model"] if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
+            raise ckpt.CheckpointError(
+                f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
+                "use the same --preset/--init-from or a fresh --save-dir"
+            )
+        try:
+            path, client = self.engine.load_checkpoint(
+                str(load_dir), tag=tag,
+                load_optimizer_states=not run.reset_optimizer, load_lr_scheduler_states=not run.reset_optimizer,
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types on a broken checkpoint
+            raise ckpt.CheckpointError(f"cannot load checkpoint {load_dir / tag}: {type(e).__name__}: {e}") from e
+        if path is None:
+            raise ckpt.CheckpointError(f"DeepSpeed found no checkpoint files in {load_dir / tag}; it is corrupt")
+        self.num_updates = 0 if run.reset_optimizer else int(record["num_updates"])
+        if not run.reset_optimizer:
+            self.scheduler.num_updates = self.num_updates
+        if not run.reset_dataloader:
+            self.batches.load_state_dict(client["trainer"]["data"])
+            ckpt.load_rng(load_dir, tag, self.rank)
+        return tag
+
+    # ------------------------------------------------------------------ loop
+    def validate(self) -> float:
+        it = iter(self.valid_batches)
+        self.valid_batches.set_epoch(0)
+        limit = self.cfg.run.max_valid_steps or len(self.valid_batches)
+        batches = (b for _, b in zip(range(limit), it))
+        loss_sum, ntokens = self.stepper.eval_loss(batches)
+        self.valid_batches.set_epoch(0)
+        if self.logger is not None:
+            self.logger.log_valid(self.num_updates, loss_sum, ntokens, epoch=self.batches.epoch + 1)
+        return base2_loss(loss_sum, ntokens)
+
+    def _should_stop(self, started: float) -> bool:
+        run = self.cfg.run
+        if self.num_updates >= run.max_update:
+            return True
+        if run.stop_time_hours > 0 and time.monotonic() - started >= run.stop_time_hours * 3600:
+            return True
+        return should_stop_for_min_lr(self.scheduler.get_last_lr()[0], self.cfg.optim.stop_min_lr) and (
+            self.num_updates > self.cfg.optim.warmup_updates
+        )
+
+    def _handle_bad_step(self, loss_sum: float) -> None:
+        self.consecutive_bad += 1
+        if self.rank == 0:
+            print(f"| skipped update {self.num_updates + 1}: non-finite loss or gradients "
+                  f"(loss {loss_sum}, {self.consecutive_bad} in a row)", flush=True)  # fmt: skip
+        if self.consecutive_bad >= self.cfg.run.max_consecutive_nan:
+            raise TrainingAborted(
+                f"{self.consecutive_bad} updates in a row had non-finite loss/gradients; stopped. "
+                f"The last good checkpoint in {self.cfg.run.save_dir} is intact: lower --lr, raise --warmup-updates "
+                "or switch fp16 to bf16, then rerun to resume"
+            )
+
+    def run(self) -> dict:
+        run = self.cfg.run
+        resumed = self.try_resume()
+        self.logger = TrainLogger(
+            log_interval=run.log_interval, log_format=run.log_format, max_update=run.max_update,
+            tensorboard_logdir=run.tensorboard_logdir or None, rank=self.rank, start_update=self.num_updates,
+        )  # fmt: skip
+        if self.rank == 0:
+            print(self.describe(resumed), flush=True)
+        stream = _endless(self.batches)
+        gas = self.cfg.data.update_freq
+        started = time.monotonic()
+        last_saved = self.num_updates if resumed else None
+        valid_loss = None
+        while not self._should_stop(started):
+            t0 = time.perf_counter()
+            result = self.stepper.train_step([next(stream) for _ in range(gas)])
+            step_time = time.perf_counter() - t0
+            if not result.applied or not math.isfinite(result.loss_sum):
+                self._handle_bad_step(result.loss_sum)
+                continue
+            self.consecutive_bad = 0
+            self.num_updates += 1
+            self.history.append({"update": self.num_updates, "loss_sum": result.loss_sum, "ntokens": result.ntokens})
+            extra = {"step_time": step_time, "memory_gb": _memory_gb()}
+            if result.loss_scale is not None:
+                extra["loss_scale"] = result.loss_scale
+            self.logger.update(
+                self.num_updates, result.loss_sum, result.ntokens, lr=self.scheduler.get_last_lr()[0],
+                gnorm=result.gnorm, epoch=self.batches.epoch + 1, **extra,
+            )  # fmt: skip
+            if run.validate_interval_updates and self.num_updates % run.validate_interval_updates == 0:
+                valid_loss = self.validate()
+            if not run.no_save and run.save_interval_updates and self.num_updates % run.save_interval_updates == 0:
+                self.save()
+                last_saved = self.num_updates
+        self.logger.flush(self.num_updates, epoch=self.batches.epoch + 1)
+        if valid_loss is None or (run.validate_interval_updates and self.num_updates % run.validate_interval_updates):
+            valid_loss = self.validate()
+        if not run.no_save and last_saved != self.num_updates:
+            self.save()
+        self.logger.close()
+        return {"num_updates": self.num_updates, "valid_loss_base2": valid_loss, "valid_ppl": 2.0**valid_loss}
+
+    def describe(self, resumed: str | None) -> str:
+        from adaptive_lm_ds.training.engine import plain_parameters
+
+        n_local = sum(p.numel() for p in plain_parameters(self.engine.module).values())
+        lay = self.ctx.layout
+        return (
+            f"| model {self.cfg.run.preset if not self.cfg.run.init_from else self.cfg.run.init_from}: "
+            f"{self.model_cfg.num_layers} layers, d {self.model_cfg.embed_dim}, vocab {self.model_cfg.vocab_size}; "
+            f"{n_local:,} parameters on rank 0\n"
+            f"| layout TP{lay.tp} x PP{lay.pp} x DP{lay.dp}; micro batch {self.micro} x "
+            f"{self.cfg.data.tokens_per_sample} tokens, update-freq {self.cfg.data.update_freq}; "
+            f"{precision(self.ds_config)}; "
+            f"ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}\n"
+            f"| train: {len(self.train_data):,} samples, {len(self.batches):,} updates per epoch; "
+            f"valid: {len(self.valid_data):,} samples\n"
+            + (f"| resumed from {resumed} at update {self.num_updates}" if resumed else "| starting from scratch")
+        )
+
+
+def _memory_gb() -> float:
+    """Peak accelerator memory, or the process's peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
