@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -178,6 +179,48 @@ def run_script(
     if result.returncode != 0:
         raise RankFailure(None, f"exit code {result.returncode}\n{result.output[-6000:]}")
     return result
+
+
+def run_script_until_killed(
+    script: str | Path,
+    args: Sequence[str],
+    kill_when: str,
+    *,
+    nprocs: int = 2,
+    launcher: str = "torchrun",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Launch ``script`` and SIGKILL every process of it as soon as a line containing ``kill_when``
+    is printed (simulates a crash or a pre-empted node). Returns the output up to the kill; raises
+    :class:`RankFailure` if the script ended first, :class:`RankTimeout` if the line never came.
+    """
+    argv = launcher_argv(launcher, nprocs, free_port()) + [str(script), *map(str, args)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
+    )  # fmt: skip
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill_tree(proc)
+
+    timer = threading.Timer(timeout, on_timeout)
+    timer.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if kill_when in line:
+                return "".join(lines)
+    finally:
+        timer.cancel()
+        _kill_tree(proc)
+    tail = "".join(lines)[-4000:]
+    if timed_out.is_set():
+        raise RankTimeout(f"{kill_when!r} did not appear within {timeout:.0f}s\n{tail}")
+    raise RankFailure(None, f"the script ended before printing {kill_when!r}\n{tail}")
 
 
 def run_on_ranks(

@@ -84,9 +84,23 @@ class RunConfig:
 
 
 @dataclass
+class ModelOverrides:
+    """Regularisation knobs that override the preset (or --init-from model); -1 keeps its value."""
+
+    dropout: float = _f(-1.0, "dropout on the residual stream and embeddings (-1: the preset's)")
+    attention_dropout: float = _f(-1.0, "dropout on attention probabilities (-1: the preset's)")
+    activation_dropout: float = _f(-1.0, "dropout after the FFN activation (-1: the preset's)")
+    adaptive_softmax_dropout: float = _f(-1.0, "dropout in the adaptive-softmax tails (-1: the preset's)")
+
+    def changes(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) >= 0}
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    model: ModelOverrides = field(default_factory=ModelOverrides)
     run: RunConfig = field(default_factory=RunConfig)
 
     def sections(self) -> dict[str, Any]:

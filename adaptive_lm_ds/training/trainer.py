@@ -60,8 +60,9 @@ def build_schedule(cfg: TrainConfig):
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
     """The model config (preset, or the consolidated model's own) and its initial weights if any."""
     if not cfg.run.init_from:
-        return get_preset(cfg.run.preset, vocab_size=vocab_size), None
+        return get_preset(cfg.run.preset, vocab_size=vocab_size, **cfg.model.changes()), None
     model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    model_cfg = model_cfg.replace(**cfg.model.changes())
     if model_cfg.vocab_size != vocab_size:
         raise ckpt.CheckpointError(
             f"--init-from {cfg.run.init_from} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
