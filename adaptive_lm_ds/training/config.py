@@ -81,6 +81,7 @@ class RunConfig:
     log_interval: int = _f(100, "log every N updates")
     log_format: str = _f("simple", "console log format", choices=("simple", "json"))
     max_consecutive_nan: int = _f(10, "abort after this many non-finite losses in a row")
+    peak_tflops: float = _f(0.0, "per-device dense peak for the MFU estimate (0: known GPUs by name, none on CPU)")
 
 
 @dataclass

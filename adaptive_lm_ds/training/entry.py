@@ -18,6 +18,9 @@ from adaptive_lm_ds.parallel import LayoutError
 from adaptive_lm_ds.training.checkpoint import CheckpointError
 from adaptive_lm_ds.training.config import build_parser, config_from_args
 from adaptive_lm_ds.training.ds_config import ConfigError as DSConfigError
+from adaptive_lm_ds.training.lr_schedules import ScheduleConfigError
+from adaptive_lm_ds.training.metrics_log import LogConfigError
+from adaptive_lm_ds.training.optim import OptimizerConfigError
 from adaptive_lm_ds.training.trainer import Trainer, TrainingAborted
 
 USER_ERRORS = (
@@ -28,6 +31,9 @@ USER_ERRORS = (
     LayoutError,
     CheckpointError,
     TrainingAborted,
+    ScheduleConfigError,
+    OptimizerConfigError,
+    LogConfigError,
 )
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import deepspeed
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -22,6 +23,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig, get_preset
 from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dict
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
+from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.training import checkpoint as ckpt
 from adaptive_lm_ds.training.config import TrainConfig
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
@@ -122,6 +124,8 @@ class Trainer:
         self.consecutive_bad = 0
         self.logger: TrainLogger | None = None
         self.history: list[dict] = []  # per applied update: loss_sum (nats) and ntokens, all DP ranks
+        self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
+        self.peak_flops = peak_flops(run.peak_tflops)
 
     # ------------------------------------------------------------------ checkpoints
     def _state_record(self) -> dict:
@@ -238,7 +242,10 @@ class Trainer:
             self.consecutive_bad = 0
             self.num_updates += 1
             self.history.append({"update": self.num_updates, "loss_sum": result.loss_sum, "ntokens": result.ntokens})
-            extra = {"step_time": step_time, "memory_gb": _memory_gb()}
+            per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
+            extra = {"step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12}
+            if self.peak_flops:
+                extra["mfu"] = per_rank_flops / self.peak_flops
             if result.loss_scale is not None:
                 extra["loss_scale"] = result.loss_scale
             self.logger.update(
@@ -275,6 +282,30 @@ class Trainer:
             f"valid: {len(self.valid_data):,} samples\n"
             + (f"| resumed from {resumed} at update {self.num_updates}" if resumed else "| starting from scratch")
         )
+
+
+def training_flops_per_token(cfg: ModelConfig, dictionary: Dictionary, data) -> float:
+    """Model FLOPs per trained token, the adaptive bands weighted by the dictionary's real frequencies."""
+    counts = np.asarray(dictionary.counts, dtype=np.float64)
+    in_fractions = band_fractions(cfg.input_bands(), counts)
+    out_fractions = band_fractions(cfg.output_bands(), counts)
+    if data.break_mode == "packed":
+        context = packed_attention_context(np.asarray(data.data.sizes[:100_000]))
+    else:
+        context = (data.tokens_per_sample + 1) / 2
+    return flops_per_token(cfg, context, in_fractions, out_fractions).training
+
+
+def peak_flops(peak_tflops: float) -> float:
+    """The device's dense peak FLOP/s for MFU: the flag, else a known GPU's bf16 peak, else 0 (no MFU)."""
+    if peak_tflops > 0:
+        return peak_tflops * 1e12
+    if torch.cuda.is_available():
+        try:
+            return peak_bf16_flops(torch.cuda.get_device_name())
+        except ValueError:
+            return 0.0
+    return 0.0
 
 
 def _memory_gb() -> float:

@@ -1,0 +1,177 @@
+"""The consolidated model format: one folder that any layout (TP, PP, DP) loads from and saves to.
+
+Layout of ``DIR``::
+
+    model.safetensors   the AdaptiveLM parameters at TP = 1: unsharded, unpadded, fp32, named as in
+                        ``AdaptiveLM.named_parameters()`` (a tied tensor appears once, under its owner)
+    config.json         {"format": "adaptive-lm-ds/consolidated", "version": 1,
+                         "model": dataclasses.asdict(ModelConfig), "tied": {alias: owner, ...}}
+    dict.txt            the fairseq dictionary, when one was given
+
+``tied`` records which parameter names of the model in one piece are the same tensor as a stored one
+(e.g. ``output.bands.0.table.weight -> embed.tokens.bands.0.table.weight``); a pipeline stage that builds
+its own copy of a tied tensor reads it from the owner's entry. :func:`save_consolidated` writes a temp
+folder and renames it, so a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from adaptive_lm_ds.config import ConfigError, ModelConfig
+from adaptive_lm_ds.data import DataError, Dictionary
+from adaptive_lm_ds.model.sharding import shard_of
+
+FORMAT = "adaptive-lm-ds/consolidated"
+VERSION = 1
+WEIGHTS, CONFIG, DICT = "model.safetensors", "config.json", "dict.txt"
+
+
+class ConsolidatedFormatError(ValueError):
+    """A consolidated folder that is missing, incomplete or corrupt; the message names the file."""
+
+
+def tied_names(cfg: ModelConfig) -> dict[str, str]:
+    """``{alias: owner}``: the output layer's names for tensors owned by the input layer (one-piece model)."""
+    if not cfg.ties_tables:
+        return {}
+    ties = {
+        f"output.bands.{i}.table.weight": f"embed.tokens.bands.{i}.table.weight" for i in range(len(cfg.input_bands()))
+    }
+    if cfg.tie_adaptive_proj:
+        for i in range(1, len(cfg.input_bands())):
+            ties[f"output.bands.{i}.proj.weight"] = f"embed.tokens.bands.{i}.proj.weight"
+    return ties
+
+
+def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """:class:`ModelConfig` from ``dataclasses.asdict`` output (JSON lists back to tuples)."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConsolidatedFormatError(f"config.json has unknown model fields {unknown}; written by a newer version?")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return ModelConfig(**fixed)
+
+
+def save_consolidated(
+    path: str | os.PathLike,
+    cfg: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    dictionary: Dictionary | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``state_dict`` (consolidated names, tied tensors once) and ``cfg`` to folder ``path``.
+
+    ``extra`` (JSON-able) is stored in config.json under ``"extra"`` (e.g. where the model came from).
+    An existing ``path`` is replaced only once the new folder is complete.
+    """
+    path = Path(path)
+    aliases = set(tied_names(cfg)) & set(state_dict)
+    if aliases:
+        raise ConsolidatedFormatError(f"state dict holds tied aliases {sorted(aliases)}; store only the owners")
+    if dictionary is not None and len(dictionary) != cfg.vocab_size:
+        raise ConsolidatedFormatError(f"dictionary has {len(dictionary)} types but the model {cfg.vocab_size}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg), "tied": tied_names(cfg)}
+        if extra:
+            meta["extra"] = extra
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+        if dictionary is not None:
+            dictionary.save(tmp / DICT)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def is_consolidated(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG).is_file()
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a consolidated folder, checked for format and version."""
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        raise ConsolidatedFormatError(f"{config} is missing: {path} is not a consolidated model folder")
+    try:
+        meta = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConsolidatedFormatError(f"{config} is not valid JSON ({err}); the folder is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConsolidatedFormatError(f"{config}: 'format' is not {FORMAT!r}; not a consolidated model")
+    if meta.get("version") != VERSION:
+        raise ConsolidatedFormatError(f"{config}: version {meta.get('version')} is not supported (expected {VERSION})")
+    return meta
+
+
+def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
+    """``(ModelConfig, state dict, Dictionary or None)`` of a folder written by :func:`save_consolidated`."""
+    path = Path(path)
+    meta = read_config(path)
+    try:
+        cfg = model_config_from_dict(meta["model"]).validate()
+    except (KeyError, TypeError, ConfigError) as err:
+        raise ConsolidatedFormatError(f"{path / CONFIG}: invalid model config ({err})") from None
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ConsolidatedFormatError(f"{weights} is missing; the folder is incomplete")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ConsolidatedFormatError(f"{weights} is corrupt ({err})") from None
+    dictionary = None
+    if (path / DICT).is_file():
+        try:
+            dictionary = Dictionary.load(path / DICT)
+        except DataError as err:
+            raise ConsolidatedFormatError(str(err)) from None
+    return cfg, state, dictionary
+
+
+@torch.no_grad()
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a consolidated state dict into ``model``'s parameters, sharded for its TP rank.
+
+    ``model`` is an :class:`AdaptiveLM` (or a stage of one) built for any TP size; tied parameters the
+    model holds under an alias name (a separate pipeline stage) read the owner's tensor. Every
+    parameter must be found and have the consolidated shape of its shard's full tensor.
+    """
+    owners = tied_names(model.cfg) if hasattr(model, "cfg") else {}
+    tp_rank = model.tp_group.rank() if hasattr(model, "tp_group") else 0
+    missing, params = [], dict(model.named_parameters())
+    for name, param in params.items():
+        source = name if name in state_dict else owners.get(name)
+        if source not in state_dict:
+            missing.append(name)
+            continue
+        shard = shard_of(param, state_dict[source], tp_rank)
+        if shard.shape != param.shape:
+            raise ConsolidatedFormatError(
+                f"{name}: stored shape {tuple(state_dict[source].shape)} does not fit the model"
+            )
+        param.copy_(shard)
+    unused = sorted(set(state_dict) - set(params) - set(owners.values()))
+    if missing or unused:
+        raise ConsolidatedFormatError(
+            f"state dict does not match the model: missing {missing[:8]}, unexpected {unused[:8]}"
+        )

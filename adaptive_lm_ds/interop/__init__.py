@@ -1,0 +1,30 @@
+"""Interoperability with fairseq: safe checkpoint loading and the key mapping both ways."""
+
+from adaptive_lm_ds.consolidated import ConsolidatedFormatError
+from adaptive_lm_ds.data import DataError
+from adaptive_lm_ds.interop.fairseq import (
+    FairseqConversionError,
+    fairseq_to_ours,
+    infer_config,
+    key_map,
+    load_fairseq_checkpoint,
+    ours_to_fairseq,
+    save_fairseq_checkpoint,
+)
+from adaptive_lm_ds.interop.safe_load import UnsafeCheckpointError, safe_load
+
+# What loading a model or its data can raise with a user-facing message (CLIs turn these into exit 1).
+LOAD_ERRORS = (FairseqConversionError, UnsafeCheckpointError, ConsolidatedFormatError, DataError, FileNotFoundError)
+
+__all__ = [
+    "LOAD_ERRORS",
+    "FairseqConversionError",
+    "UnsafeCheckpointError",
+    "fairseq_to_ours",
+    "infer_config",
+    "key_map",
+    "load_fairseq_checkpoint",
+    "ours_to_fairseq",
+    "safe_load",
+    "save_fairseq_checkpoint",
+]

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Convert a fairseq ``transformer_lm`` checkpoint to our consolidated model folder, or back.
+
+    python tools/convert_fairseq_ckpt.py --input model.pt [--dict dict.txt] --output DIR [--verify]
+    python tools/convert_fairseq_ckpt.py --to-fairseq --input DIR --output model.pt [--verify]
+
+The architecture comes from the checkpoint (its ``cfg``/``args`` and tensor shapes), never a preset.
+The fairseq file is read with ``torch.load(weights_only=True)`` and an explicit allowlist. Training
+starts from the consolidated folder (``--init-from DIR``); writing a DeepSpeed checkpoint for a
+``--tensor-model-parallel-size``/``--pipeline-model-parallel-size`` layout is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import torch  # noqa: E402
+
+from adaptive_lm_ds.config import ModelConfig  # noqa: E402
+from adaptive_lm_ds.consolidated import (  # noqa: E402
+    load_consolidated,
+    load_into,
+    save_consolidated,
+)
+from adaptive_lm_ds.data import Dictionary  # noqa: E402
+from adaptive_lm_ds.interop import (  # noqa: E402
+    LOAD_ERRORS,
+    load_fairseq_checkpoint,
+    save_fairseq_checkpoint,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="fairseq .pt (or, with --to-fairseq, a consolidated folder)")
+    p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
+    p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
+    p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    p.add_argument("--verify", action="store_true", help="reload the output and check it (and run the model once)")
+    return p.parse_args(argv)
+
+
+def _dictionary(args: argparse.Namespace, vocab_size: int) -> Dictionary | None:
+    path = Path(args.dict) if args.dict else Path(args.input).parent / "dict.txt"
+    if not path.is_file():
+        if args.dict:
+            raise SystemExit(f"error: --dict {path} does not exist")
+        return None
+    dictionary = Dictionary.load(path)
+    if len(dictionary) != vocab_size:
+        raise SystemExit(
+            f"error: {path} has {len(dictionary)} types (with the 4 specials) but the model has {vocab_size}; "
+            "pass the dict.txt the model was trained with"
+        )
+    return dictionary
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise SystemExit(f"error: verification failed: {what} does not reload with identical tensors")
+
+
+def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float:
+    """Build the model at TP = 1, load ``state`` and check one forward pass normalises; max |logsumexp|."""
+    from adaptive_lm_ds import parallel
+    from adaptive_lm_ds.model.lm import AdaptiveLM
+
+    with parallel.single_process(), torch.no_grad():
+        model = AdaptiveLM(cfg).eval()
+        load_into(model, state)
+        tokens = torch.randint(
+            4, cfg.vocab_size, (1, min(16, cfg.max_positions)), generator=torch.Generator().manual_seed(0)
+        )
+        table = model.gather_log_probs(model.log_probs(tokens))
+        error = float(torch.logsumexp(table.double(), -1).abs().max())
+    if not error < 1e-4:
+        raise SystemExit(f"error: verification failed: log-probs do not normalise (max |logsumexp| {error:.2e})")
+    return error
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
+        raise SystemExit(
+            "error: writing a DeepSpeed checkpoint for a TP/PP layout is not supported yet; convert to a "
+            "consolidated folder and start training with --init-from DIR (it shards for any layout)"
+        )
+    try:
+        if args.to_fairseq:
+            cfg, state, dictionary = load_consolidated(args.input)
+            save_fairseq_checkpoint(args.output, cfg, state)
+            if dictionary is not None:
+                dictionary.save(Path(args.output).parent / "dict.txt")
+            if args.verify:
+                _same(state, load_fairseq_checkpoint(args.output)[1], args.output)
+        else:
+            cfg, state = load_fairseq_checkpoint(args.input)
+            dictionary = _dictionary(args, cfg.vocab_size)
+            save_consolidated(args.output, cfg, state, dictionary, extra={"converted_from": str(args.input)})
+            if args.verify:
+                _same(state, load_consolidated(args.output)[1], args.output)
+                error = _check_model_runs(cfg, state)
+                print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
+    except LOAD_ERRORS as err:
+        raise SystemExit(f"error: {err}") from None
+    params = sum(t.numel() for t in state.values())
+    print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")
+
+
+if __name__ == "__main__":
+    main()

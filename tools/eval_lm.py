@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Evaluate a language model with fairseq-eval-lm's semantics (see adaptive_lm_ds/evaluation.py).
+
+    python tools/eval_lm.py --path MODEL --data DATA_BIN --gen-subset test --tokens-per-sample 512 \\
+        --context-window 256 [--sample-break-mode none] [--max-tokens T] [--output-word-probs] [--json FILE]
+    torchrun --nproc_per_node 2 tools/eval_lm.py ... --tensor-model-parallel-size 2
+
+``--path`` is a consolidated model folder (tools/convert_fairseq_ckpt.py) or a fairseq ``.pt`` file
+(converted in memory). Prints fairseq's closing lines; ``--json`` writes tokens, loss_base2, loss_nats
+and perplexity at full precision. Every TP rank evaluates the same batches; rank 0 reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds.config import ModelConfig  # noqa: E402
+from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into  # noqa: E402
+from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
+from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
+from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", required=True, help="consolidated model folder or fairseq checkpoint .pt")
+    p.add_argument("--data", required=True, help="data-bin folder with dict.txt and SPLIT.{bin,idx}")
+    p.add_argument("--gen-subset", default="test")
+    p.add_argument("--tokens-per-sample", type=int, help="default: the model's max positions")
+    p.add_argument("--context-window", type=int, default=0)
+    p.add_argument("--sample-break-mode", default="none", choices=("none", "complete", "eos"))
+    p.add_argument("--max-tokens", type=int, default=36000, help="tokens per batch (fairseq's eval-lm default)")
+    p.add_argument("--batch-size", type=int, help="at most this many samples per batch")
+    p.add_argument("--max-samples", type=int, help="evaluate only the first N samples (a quick check)")
+    p.add_argument("--seed", type=int, default=1, help="fairseq's --seed: the order of the float32 sum")
+    p.add_argument("--output-word-probs", action="store_true", help="print each token's log-probability (nats)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def load_model_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
+    """``--path`` dispatch: consolidated folder | fairseq .pt | (DeepSpeed checkpoint dir: not yet)."""
+    source = Path(path)
+    if is_consolidated(source):
+        return load_consolidated(source)
+    if source.is_dir():
+        if (source / "latest").is_file() or any(source.glob("global_step*")):
+            raise SystemExit(
+                f"error: {source} is a DeepSpeed checkpoint directory; evaluating those is not supported yet. "
+                "Export it to a consolidated folder first, or pass a consolidated folder / fairseq .pt"
+            )
+        raise SystemExit(f"error: {source} is neither a consolidated model folder (config.json) nor a checkpoint")
+    cfg, state = load_fairseq_checkpoint(source)
+    return cfg, state, None
+
+
+def init_layout(tp: int) -> None:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != tp:
+        raise SystemExit(f"error: launched {world} ranks but --tensor-model-parallel-size {tp}; they must be equal")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    parallel.initialize_parallel(parallel.Layout(tp=tp))
+
+
+def report(result: EvalResult, seconds: float, args: argparse.Namespace) -> None:
+    for sample_id, words in result.word_log_probs:
+        print(f"{sample_id} " + "\t".join(f"{w} [{lp:.2f}]" for w, lp in words))
+    if result.skipped_samples:
+        print(f"{result.skipped_samples} samples have invalid sizes and were skipped (longer than max positions)")
+    print(result.summary(seconds))
+    if args.json:
+        atomic_write_bytes(Path(args.json), (json.dumps(result.as_json(), indent=2) + "\n").encode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.pipeline_model_parallel_size != 1:
+        raise SystemExit("error: --pipeline-model-parallel-size > 1 is not supported by eval_lm yet; use TP only")
+    try:
+        cfg, state, _ = load_model_source(args.path)
+        tokens_per_sample = args.tokens_per_sample or cfg.max_positions
+        dataset = build_lm_dataset(
+            args.data,
+            args.gen_subset,
+            eval_block_size(tokens_per_sample, args.context_window),
+            args.sample_break_mode,
+            drop_oversize=False,
+        )
+        if len(dataset.dictionary) != cfg.vocab_size:
+            raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
+    except LOAD_ERRORS as err:
+        raise SystemExit(f"error: {err}") from None
+    init_layout(args.tensor_model_parallel_size)
+    try:
+        model = AdaptiveLM(cfg).eval()
+        load_into(model, state)
+        start = time.perf_counter()
+        result = evaluate_lm(
+            model,
+            dataset,
+            context_window=args.context_window,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            dictionary=dataset.dictionary if args.output_word_probs else None,
+            seed=args.seed,
+        )
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            report(result, time.perf_counter() - start, args)
+    finally:
+        parallel.destroy_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
