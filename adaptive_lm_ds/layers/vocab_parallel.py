@@ -139,19 +139,24 @@ class VocabParallelTable(nn.Module):
 
 
 def log_normalizer(local_logits: torch.Tensor, group, replicated_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """``[N]`` fp32 ``logsumexp`` over all shards' ``local_logits`` plus the replicated logits (once)."""
+    """``[N]`` fp32 ``logsumexp`` over all shards' ``local_logits`` plus the replicated logits (once).
+
+    Each rank reduces its shard with the fused ``torch.logsumexp`` (no ``[N, rows]`` temporaries of
+    its own); the per-rank results combine through an all-reduced max and sum of exponentials of
+    ``[N]`` tensors only.
+    """
     local = local_logits.float()
     if local.shape[0] == 0:  # same on every TP rank (the token set is replicated): skip the collectives
         return local.sum(-1)
-    maximum = local.detach().amax(-1)
+    lse = torch.logsumexp(local, -1)
     if group.size() > 1:
+        maximum = lse.detach().clone()
         dist.all_reduce(maximum, op=dist.ReduceOp.MAX, group=group)
+        # clone: megatron's all-reduce is in place, and exp's backward reads its saved output
+        lse = maximum + torch.log(reduce_from_tp(torch.exp(lse - maximum).clone(), group))
     if replicated_logits is not None:
-        maximum = torch.maximum(maximum, replicated_logits.detach().float().amax(-1))
-    sum_exp = reduce_from_tp(torch.exp(local - maximum.unsqueeze(-1)).sum(-1), group)
-    if replicated_logits is not None:
-        sum_exp = sum_exp + torch.exp(replicated_logits.float() - maximum.unsqueeze(-1)).sum(-1)
-    return maximum + torch.log(sum_exp)
+        lse = torch.logaddexp(lse, torch.logsumexp(replicated_logits.float(), -1))
+    return lse
 
 
 def xavier_bound(fan_in: int, fan_out: int) -> float:

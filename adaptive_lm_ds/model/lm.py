@@ -56,7 +56,7 @@ class LMEmbedding(nn.Module):
                 "of the learned positional embedding; use shorter blocks"
             )
         x = self.cfg.embed_scale * self.tokens(tokens)
-        x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids))
+        x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids)).to(x.dtype)
         return F.dropout(x, self.cfg.dropout, self.training)
 
 

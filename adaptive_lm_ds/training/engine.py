@@ -126,7 +126,7 @@ class Stepper:
             dist.all_reduce(total, group=self.dp_group)
             loss_sum = float(total)
         gnorm = engine.get_global_grad_norm()
-        loss_scale = getattr(engine.optimizer, "loss_scale", None) if engine.fp16_enabled() else None
+        loss_scale = float(getattr(engine.optimizer, "loss_scale", 1.0)) if engine.fp16_enabled() else 1.0
         return StepResult(loss_sum, ntokens, float(gnorm) if gnorm is not None else float("nan"),
                           engine.was_step_applied(), loss_scale)  # fmt: skip
 

@@ -1,0 +1,216 @@
+"""Per-GPU memory of a training layout: parameters, gradients, optimizer states, activations (bytes).
+
+Parameter counts come from the real modules, built on the meta device as one TP rank of each pipeline
+stage (bands are padded to a multiple of TP, so every TP rank has the same shapes). The rest is the
+ZeRO paper's accounting (Rajbhandari et al. 2020) plus an activation model read off this code:
+
+* weights and gradients in the training precision (4 bytes fp32, 2 bf16/fp16);
+* optimizer states in fp32 (NAG: 1 momentum buffer, Adam/AdamW: 2), plus fp32 master weights under
+  bf16/fp16 and under ZeRO 1-3 (DeepSpeed's ZeRO keeps an fp32 partition even in fp32 training);
+* ZeRO stage >= 1 splits optimizer states + master weights over DP, >= 2 also gradients, 3 also weights;
+  CPU offload moves the optimizer states and master weights to host memory (reported as ``cpu``);
+* activations = the tensors autograd saves for backward, per token of a micro batch (``b * T``), with
+  ``a`` activation bytes (4 fp32, 2 bf16/fp16), ``t`` TP, per block: layer-norm inputs and outputs
+  ``4d`` and the LN statistics (16 bytes), q, k, v and the attention output ``4d/t``, the attention
+  log-sum-exp ``heads/t`` (fp32), the FFN hidden ``f/t``; with packed sentences the boolean
+  block-diagonal mask, which SDPA turns into an additive ``[b, 1, T, T]`` mask per block (``T``
+  elements per token); with dropout, 1-byte masks. Under activation checkpointing a block keeps only
+  its input ``d`` and one block is live again during its recompute. The adaptive input keeps each
+  band's looked-up vectors; the adaptive softmax keeps its input, and per logit the logits
+  (``a`` bytes, for ``gather`` and ``logsumexp``) plus their fp32 copy under bf16/fp16: all head
+  columns for every token, tail ``i``'s for its share of the targets only. Pipeline stage ``s`` of
+  ``pp`` holds ``pp - s`` micro batches in flight (DeepSpeed's 1F1B schedule).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.flops import zipf_band_fractions
+from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
+from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers
+
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+OPTIMIZER_STATES = {"nag": 1, "adam": 2, "adamw": 2}
+FP32 = 4
+
+
+class MemoryPlanError(ValueError):
+    """A layout the planner cannot describe; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainLayout:
+    """Everything besides the model that decides per-GPU memory."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    zero_stage: int = 0
+    micro_batch: int = 1
+    seq_len: int = 512
+    precision: str = "bf16"
+    optimizer: str = "nag"
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    packed: bool = False  # block-diagonal attention over packed sentences
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def validate(self, cfg: ModelConfig) -> TrainLayout:
+        if self.precision not in PRECISION_BYTES:
+            raise MemoryPlanError(f"precision {self.precision!r} is unknown; use one of {sorted(PRECISION_BYTES)}")
+        if self.optimizer not in OPTIMIZER_STATES:
+            raise MemoryPlanError(f"optimizer {self.optimizer!r} is unknown; use one of {sorted(OPTIMIZER_STATES)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise MemoryPlanError(f"ZeRO stage {self.zero_stage} does not exist; use 0, 1, 2 or 3")
+        if self.pp > 1 and self.zero_stage > 1:
+            raise MemoryPlanError("DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; lower the stage")
+        if self.cpu_offload and self.zero_stage == 0:
+            raise MemoryPlanError("CPU offload needs ZeRO stage >= 1")
+        if min(self.tp, self.pp, self.dp, self.micro_batch, self.seq_len) < 1:
+            raise MemoryPlanError(f"{self} has a size below 1")
+        cfg.validate(self.tp)
+        pipeline_stage_layers(cfg.num_layers, self.pp)
+        return self
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes on one GPU of the given pipeline ``stage`` (the fullest stage for :func:`plan_memory`)."""
+
+    stage: int
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    cpu: int  # host bytes per rank (offloaded optimizer states)
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations
+
+
+@functools.lru_cache(maxsize=64)
+def stage_parameter_counts(cfg: ModelConfig, tp: int, pp: int) -> tuple[int, ...]:
+    """Parameters of one TP rank of each pipeline stage, from modules built on the meta device.
+
+    With PP > 1 the last stage builds its own softmax (own copies of the tied tables), as a pipeline
+    split does. megatron-core reads a group's size only once torch.distributed is up, so a world-size-1
+    group is set up for the count when there is none.
+    """
+    if not dist.is_initialized():
+        with parallel.single_process():
+            return stage_parameter_counts.__wrapped__(cfg, tp, pp)
+    with torch.device("meta"):
+        model = AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(tp))
+    counts = [sum(p.numel() for i in rng for p in model.layers[i].parameters()) for rng in _stages(cfg, pp)]
+    counts[0] += sum(p.numel() for p in model.embed.parameters())
+    if model.final_norm is not None:
+        counts[-1] += sum(p.numel() for p in model.final_norm.parameters())
+    if pp == 1:
+        embed_ids = {id(p) for p in model.embed.parameters()}
+        counts[-1] += sum(p.numel() for p in model.output.parameters() if id(p) not in embed_ids)
+    else:
+        with torch.device("meta"):
+            last = VocabParallelAdaptiveSoftmax(cfg, parallel.ShapeOnlyGroup(tp))
+        counts[-1] += sum(p.numel() for p in last.parameters())
+    return tuple(counts)
+
+
+def _stages(cfg: ModelConfig, pp: int) -> list[range]:
+    return pipeline_stage_layers(cfg.num_layers, pp)
+
+
+def state_bytes(params: int, layout: TrainLayout) -> tuple[int, int, int, int]:
+    """``(weights, grads, optimizer on GPU, optimizer on CPU)`` bytes for ``params`` parameters."""
+    w = PRECISION_BYTES[layout.precision]
+    dp, zero = layout.dp, layout.zero_stage
+    weights = params * w // (dp if zero >= 3 else 1)
+    grads = params * w // (dp if zero >= 2 else 1)
+    master = layout.precision != "fp32" or zero >= 1
+    per_param = FP32 * (OPTIMIZER_STATES[layout.optimizer] + (1 if master else 0))
+    optimizer = params * per_param // (dp if zero >= 1 else 1)
+    return (weights, grads, 0, optimizer) if layout.cpu_offload else (weights, grads, optimizer, 0)
+
+
+def block_activation_bytes_per_token(cfg: ModelConfig, layout: TrainLayout) -> float:
+    """Saved bytes per token of one transformer block (without checkpointing)."""
+    a, t, d = PRECISION_BYTES[layout.precision], layout.tp, cfg.embed_dim
+    elements = 4 * d + (4 * d + cfg.ffn_dim) / t
+    if layout.packed:
+        elements += layout.seq_len
+    extra = 4 * FP32 + FP32 * cfg.num_heads / t  # LN mean/rstd, attention log-sum-exp
+    if cfg.dropout > 0:
+        extra += 2 * d  # residual dropout masks (bool)
+    if cfg.activation_dropout > 0:
+        extra += cfg.ffn_dim / t
+    return a * elements + extra
+
+
+def input_activation_bytes_per_token(cfg: ModelConfig, layout: TrainLayout) -> float:
+    """The adaptive input's looked-up band vectors and masks (a full embedding saves only ids)."""
+    a = PRECISION_BYTES[layout.precision]
+    bands = cfg.input_bands()
+    if not cfg.adaptive_input:
+        return 8.0
+    return sum(a * b.dim + 8 + FP32 + 1 for b in bands) + (cfg.embed_dim if cfg.dropout > 0 else 0)
+
+
+def output_activation_bytes_per_token(
+    cfg: ModelConfig, layout: TrainLayout, target_fractions: Sequence[float] | None = None
+) -> float:
+    """The softmax's saved input, logits and exponentials; tails weighted by their share of targets."""
+    a, t, d = PRECISION_BYTES[layout.precision], layout.tp, cfg.embed_dim
+    bands = cfg.output_bands()
+    fractions = target_fractions if target_fractions is not None else zipf_band_fractions(bands)
+    per_logit = a + (FP32 if a != FP32 else 0)  # the logits, and their fp32 copy under 16-bit
+    total = a * d + per_logit * (-(-bands[0].size // t) + len(bands) - 1)
+    for band, share in zip(bands[1:], fractions[1:]):
+        total += share * (a * (d + band.dim) + per_logit * -(-band.size // t))
+    return total
+
+
+def stage_activation_bytes(
+    cfg: ModelConfig, layout: TrainLayout, stage: int, target_fractions: Sequence[float] | None = None
+) -> int:
+    """Saved activations of pipeline ``stage`` with all its in-flight micro batches."""
+    tokens = layout.micro_batch * layout.seq_len
+    layers = len(_stages(cfg, layout.pp)[stage])
+    block = block_activation_bytes_per_token(cfg, layout)
+    if layout.activation_checkpointing:
+        per_token = layers * PRECISION_BYTES[layout.precision] * cfg.embed_dim + block
+    else:
+        per_token = layers * block
+    if stage == 0:
+        per_token += input_activation_bytes_per_token(cfg, layout)
+    if stage == layout.pp - 1:
+        per_token += output_activation_bytes_per_token(cfg, layout, target_fractions)
+    return int(per_token * tokens * (layout.pp - stage))
+
+
+def plan_stages(
+    cfg: ModelConfig, layout: TrainLayout, target_fractions: Sequence[float] | None = None
+) -> list[MemoryPlan]:
+    """One :class:`MemoryPlan` per pipeline stage."""
+    layout.validate(cfg)
+    plans = []
+    for stage, params in enumerate(stage_parameter_counts(cfg, layout.tp, layout.pp)):
+        weights, grads, optimizer, cpu = state_bytes(params, layout)
+        activations = stage_activation_bytes(cfg, layout, stage, target_fractions)
+        plans.append(MemoryPlan(stage, weights, grads, optimizer, activations, cpu))
+    return plans
+
+
+def plan_memory(cfg: ModelConfig, layout: TrainLayout, target_fractions: Sequence[float] | None = None) -> MemoryPlan:
+    """The fullest stage's per-GPU plan: what decides whether the layout fits."""
+    return max(plan_stages(cfg, layout, target_fractions), key=lambda plan: plan.total)
