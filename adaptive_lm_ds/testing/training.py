@@ -47,11 +47,15 @@ def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed
     return out_dir
 
 
-def train_on_rank(argv: list[str], report_tied: bool = False, export: bool = False) -> dict:
+def train_on_rank(
+    argv: list[str], report_tied: bool = False, export: bool = False, poison_updates: tuple[int, ...] = ()
+) -> dict:
     """Rank-side: run the trainer with launcher flags ``argv``; return its per-update history.
 
     ``report_tied``: also return this rank's tied tensors (pipeline ends) by local name.
     ``export``: also return the consolidated state dict (rank 0) gathered from this layout.
+    ``poison_updates``: attempts (1-based, counting skipped ones) whose loss is made NaN, to test
+    the skip-and-abort path (one-piece model only).
     """
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.training.config import build_parser, config_from_args
@@ -59,8 +63,14 @@ def train_on_rank(argv: list[str], report_tied: bool = False, export: bool = Fal
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
-    summary = trainer.run()
-    out = {"history": trainer.history, "summary": summary, "layout": trainer.ctx.layout}
+    if poison_updates:
+        _poison(trainer, set(poison_updates))
+    error = None
+    try:
+        summary = trainer.run()
+    except Exception as e:  # noqa: BLE001 - reported to the test, which decides
+        summary, error = None, f"{type(e).__name__}: {e}"
+    out = {"history": trainer.history, "summary": summary, "layout": trainer.ctx.layout, "error": error}
     module = trainer.engine.module
     if report_tied and hasattr(module, "tied_modules"):
         from adaptive_lm_ds.training.pipeline import TIED_KEY
@@ -71,6 +81,25 @@ def train_on_rank(argv: list[str], report_tied: bool = False, export: bool = Fal
         out["state"] = gather_full_state(module, trainer.model_cfg)
     parallel.destroy_parallel()
     return out
+
+
+def _poison(trainer, attempts: set[int]) -> None:
+    """Make the loss NaN on the given update attempts (the model's forward is wrapped)."""
+    module = trainer.engine.module
+    forward = module.forward
+    counter = {"attempt": 0}
+    train_step = trainer.stepper.train_step
+
+    def counted_step(batches):
+        counter["attempt"] += 1
+        return train_step(batches)
+
+    def poisoned(*args, **kwargs):
+        loss, n = forward(*args, **kwargs)
+        return (loss * float("nan"), n) if module.training and counter["attempt"] in attempts else (loss, n)
+
+    trainer.stepper.train_step = counted_step
+    module.forward = poisoned
 
 
 def per_token_losses(result: dict) -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""Training features: tensorboard scalars, bf16 on CPU, activation checkpointing, non-finite losses."""
+
+import pytest
+import torch
+import torch.distributed as dist
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from adaptive_lm_ds.testing import run_on_ranks
+from adaptive_lm_ds.testing.training import make_data_bin, per_token_losses, save_initial_weights, train_on_rank
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    data = make_data_bin(root / "data")
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
+    return data, root / "init"
+
+
+def _argv(setup, tmp_path, *extra):
+    data, init = setup
+    return [
+        "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", "4",
+        "--max-update", "6", "--lr", "0.1", "--lr-scheduler", "fixed", "--warmup-updates", "0",
+        "--save-dir", str(tmp_path / "save"), "--validate-interval-updates", "3", "--max-valid-steps", "2",
+        "--log-interval", "2", "--deepspeed_config", "ds_configs/zero1.json", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tensorboard_has_every_scalar_a_user_watches(setup, tmp_path):
+    logdir = tmp_path / "tb"
+    (result,) = run_on_ranks(
+        train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--tensorboard-logdir", str(logdir), "--peak-tflops", "1")
+    )
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    wanted = {"loss", "ppl", "lr", "gnorm", "loss_scale", "wps", "step_time", "mfu", "tflops_per_rank", "memory_gb"}
+    assert {f"train/{t}" for t in wanted} <= tags
+    assert {"valid/loss", "valid/ppl"} <= tags
+    # the logged loss of updates 1-2 is the token-weighted base-2 mean of the trainer's own history
+    history = result["history"][:2]
+    expected = sum(h["loss_sum"] for h in history) / sum(h["ntokens"] for h in history) / torch.log(torch.tensor(2.0))
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert logged[2] == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path):
+    fp32 = per_token_losses(run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path / "a", "--no-save"))[0])
+    bf16 = per_token_losses(
+        run_on_ranks(
+            train_on_rank,
+            nprocs=1,
+            argv=_argv(setup, tmp_path / "b", "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json"),
+        )[0]  # fmt: skip
+    )
+    assert torch.isfinite(bf16).all()
+    assert bf16[-1] < bf16[0]  # it learns
+    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
+
+
+def _grads_with_and_without_checkpointing(seed):
+    from adaptive_lm_ds import parallel
+    from adaptive_lm_ds.config import get_preset
+    from adaptive_lm_ds.model.lm import AdaptiveLM
+    from adaptive_lm_ds.training.engine import checkpoint_blocks
+
+    cfg = get_preset("tiny", vocab_size=211, dropout=0.2, attention_dropout=0.2, activation_dropout=0.2)
+    parallel.initialize_parallel(parallel.Layout.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed)
+    tokens = torch.randint(4, 211, (2, 24), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointed in (False, True):
+        parallel.destroy_parallel()
+        parallel.initialize_parallel(parallel.Layout.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed)
+        model = AdaptiveLM(cfg).train()
+        if checkpointed:
+            checkpoint_blocks(model)
+        loss, _ = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    parallel.destroy_parallel()
+    return grads
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_gives_equal_gradients_with_tp_dropout():
+    for plain, checkpointed in run_on_ranks(_grads_with_and_without_checkpointing, nprocs=2, seed=5):
+        assert plain.keys() == checkpointed.keys()
+        for name in plain:  # recomputation replays the same dropout masks on every TP rank
+            torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_non_finite_losses_are_skipped(setup, tmp_path):
+    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save"), poison_updates=(3, 4))
+    assert result["error"] is None
+    assert [h["update"] for h in result["history"]] == [1, 2, 3, 4, 5, 6]  # 8 attempts, 2 skipped
+    assert torch.isfinite(per_token_losses(result)).all()
+
+
+@pytest.mark.slow
+def test_too_many_non_finite_losses_abort_with_last_good_checkpoint(setup, tmp_path):
+    argv = _argv(setup, tmp_path, "--save-interval-updates", "2", "--max-consecutive-nan", "3")
+    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=argv, poison_updates=(5, 6, 7, 8))
+    assert result["error"].startswith("TrainingAborted: 3 updates in a row had non-finite loss")
+    assert (tmp_path / "save" / "latest").read_text().strip() == "checkpoint_4"
+    assert (tmp_path / "save" / "checkpoint_4" / ".complete").is_file()
