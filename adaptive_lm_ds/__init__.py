@@ -1,3 +1,10 @@
 """adaptive-lm-ds: adaptive-input transformer LMs (Baevski & Auli 2019) on DeepSpeed + megatron-core."""
 
+import warnings
+
 __version__ = "0.1.0"
+
+# megatron-core announces on import that the optional Transformer Engine / Apex kernels are absent;
+# this project does not use them, so the notice is noise on every command.
+warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+warnings.filterwarnings("ignore", message=".*imports from `dynamic_context.py` will be removed.*")

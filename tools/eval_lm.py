@@ -5,7 +5,8 @@
         --context-window 256 [--sample-break-mode none] [--max-tokens T] [--output-word-probs] [--json FILE]
     torchrun --nproc_per_node 2 tools/eval_lm.py ... --tensor-model-parallel-size 2
 
-``--path`` is a consolidated model folder (tools/convert_fairseq_ckpt.py) or a fairseq ``.pt`` file
+``--path`` is a consolidated model folder (tools/convert_fairseq_ckpt.py), a training checkpoint of any
+TP x PP x DP layout (a save dir or one of its tags, consolidated in memory), or a fairseq ``.pt`` file
 (converted in memory). Prints fairseq's closing lines; ``--json`` writes tokens, loss_base2, loss_nats
 and perplexity at full precision. Every TP rank evaluates the same batches; rank 0 reports.
 """
@@ -33,6 +34,8 @@ from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
+from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
+from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,17 +58,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_model_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``--path`` dispatch: consolidated folder | fairseq .pt | (DeepSpeed checkpoint dir: not yet)."""
+    """``--path`` dispatch: consolidated folder | training checkpoint (any layout) | fairseq .pt."""
     source = Path(path)
     if is_consolidated(source):
         return load_consolidated(source)
     if source.is_dir():
-        if (source / "latest").is_file() or any(source.glob("global_step*")):
-            raise SystemExit(
-                f"error: {source} is a DeepSpeed checkpoint directory; evaluating those is not supported yet. "
-                "Export it to a consolidated folder first, or pass a consolidated folder / fairseq .pt"
-            )
-        raise SystemExit(f"error: {source} is neither a consolidated model folder (config.json) nor a checkpoint")
+        if (source / "latest").is_file() or (source / STATE_FILE).is_file():
+            return consolidate_checkpoint(source)  # offline, from the DeepSpeed files of any layout
+        raise SystemExit(
+            f"error: {source} is neither a consolidated model folder (config.json) nor a training checkpoint "
+            f"({STATE_FILE} or latest)"
+        )
     cfg, state = load_fairseq_checkpoint(source)
     return cfg, state, None
 
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if len(dataset.dictionary) != cfg.vocab_size:
             raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
-    except LOAD_ERRORS as err:
+    except (*LOAD_ERRORS, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
     init_layout(args.tensor_model_parallel_size)
     try:

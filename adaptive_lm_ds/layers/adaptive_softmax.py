@@ -33,6 +33,7 @@ from torch import nn
 
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
+from adaptive_lm_ds.layers.cross_entropy import vocab_parallel_log_prob
 from adaptive_lm_ds.layers.vocab_parallel import (
     VocabParallelTable,
     VocabShard,
@@ -125,26 +126,32 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
     def target_log_probs(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Exact ``log p(target)`` ``[...]`` fp32 for ``h [..., d]``; tails only for their own tokens.
 
-        Host syncs: one ``nonzero`` per tail (the number of tokens routed to it).
+        Head and tails each go through the fused :func:`vocab_parallel_log_prob` (two collectives
+        each at TP > 1, the logits buffer reused for softmax and gradient). Tokens are routed to the
+        tails by one stable sort of their band; the one host sync is the per-band token count.
         """
         shape = targets.shape
         h = h.reshape(-1, h.shape[-1])
         t = targets.reshape(-1)
-        words, clusters, lse = self._head(h)
-        in_head = t < self.out_bands[0].end
-        lp = self.table(0).pick(words, t, in_head) - lse
+        head = self.table(0)
+        words = head.raw_logits(h)
         if self.num_tails == 0:
-            return lp.view(shape)
+            return vocab_parallel_log_prob(words, head.target_columns(t), head.shard.real_rows, self.tp_group).view(
+                shape
+            )
         band = torch.bucketize(t, self.tail_starts, right=True)  # 0 = head word, i + 1 = tail i
-        cluster = clusters.float().gather(-1, (band - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        lp = torch.where(in_head, lp, cluster - lse)
-        for i in range(self.num_tails):
-            idx = (band == i + 1).nonzero().squeeze(-1)
-            logits, tail_lse = self._tail(i, h.index_select(0, idx))
-            tail_t = t.index_select(0, idx) - self.out_bands[i + 1].start
-            picked = self.table(i + 1).pick(logits, tail_t, torch.ones_like(tail_t, dtype=torch.bool))
-            lp = lp.index_add(0, idx, picked - tail_lse)
-        return lp.view(shape)
+        # head target: the word's local column, or the tail's cluster column after this rank's words
+        columns = torch.where(band > 0, head.shard.rows_per_rank + band - 1, head.target_columns(t, band == 0))
+        lp = vocab_parallel_log_prob(words, columns, head.shard.real_rows, self.tp_group, self.cluster_proj(h))
+        order = torch.argsort(band, stable=True)  # ascending token index within each band
+        counts = torch.bincount(band, minlength=self.num_tails + 1).tolist()
+        tail_lps = []
+        for i, idx in enumerate(order.split(counts)[1:]):
+            table = self.table(i + 1)
+            logits = table.raw_logits(self._tail_hidden(i, h.index_select(0, idx)))
+            local = table.target_columns(t.index_select(0, idx) - self.out_bands[i + 1].start)
+            tail_lps.append(vocab_parallel_log_prob(logits, local, table.shard.real_rows, self.tp_group))
+        return lp.index_add(0, order[counts[0] :], torch.cat(tail_lps)).view(shape)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of -log p(target) over non-pad targets, fp32 scalar; number of those targets)``.

@@ -122,20 +122,25 @@ class VocabParallelTable(nn.Module):
         return vectors * owned.unsqueeze(-1).to(vectors.dtype)
 
     # ------------------------------------------------------------------ output side
+    def raw_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, rows_per_rank]`` logits of this shard for replicated ``h`` ``[N, dim]``, padding unmasked."""
+        return F.linear(copy_to_tp(h, self.tp_group), self.weight)
+
     def local_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """``[N, rows_per_rank]`` logits of this shard for replicated ``h`` ``[N, dim]``; padding -inf."""
-        logits = F.linear(copy_to_tp(h, self.tp_group), self.weight)
+        """:meth:`raw_logits` with the padding columns ``-inf``."""
+        logits = self.raw_logits(h)
         if self.shard.real_rows < self.shard.rows_per_rank:
             pad = torch.arange(self.shard.rows_per_rank, device=h.device) >= self.shard.real_rows
             logits = logits.masked_fill(pad, float("-inf"))
         return logits
 
-    def pick(self, logits: torch.Tensor, band_targets: torch.Tensor, in_band: torch.Tensor) -> torch.Tensor:
-        """``[N]`` fp32 logit of each in-band target, fetched from the rank that holds it (0 elsewhere)."""
+    def target_columns(self, band_targets: torch.Tensor, in_band: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N]`` local column of each (in-band) target this rank holds, -1 elsewhere (for the fused loss)."""
         local = band_targets - self.shard.start
-        owned = in_band & (local >= 0) & (local < self.shard.real_rows)
-        picked = logits.gather(-1, torch.where(owned, local, 0).unsqueeze(-1)).squeeze(-1).float()
-        return reduce_from_tp(torch.where(owned, picked, 0.0), self.tp_group)
+        owned = (local >= 0) & (local < self.shard.real_rows)
+        if in_band is not None:
+            owned &= in_band
+        return torch.where(owned, local, -1)
 
 
 def log_normalizer(local_logits: torch.Tensor, group, replicated_logits: torch.Tensor | None = None) -> torch.Tensor:

@@ -28,6 +28,7 @@ from adaptive_lm_ds.training import checkpoint as ckpt
 from adaptive_lm_ds.training.config import TrainConfig
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
+from adaptive_lm_ds.training.export import STATE_FILE
 from adaptive_lm_ds.training.lr_schedules import (
     CosineSchedule,
     FixedSchedule,
@@ -38,8 +39,6 @@ from adaptive_lm_ds.training.lr_schedules import (
 from adaptive_lm_ds.training.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.training.optim import build_optimizer
 from adaptive_lm_ds.training.resharding import load_full_state
-
-STATE_FILE = "trainer_state.json"
 
 
 class TrainingAborted(RuntimeError):
@@ -135,6 +134,7 @@ class Trainer:
             "layout": dataclasses.asdict(self.ctx.layout),
             "data": self.batches.state_dict(),
             "precision": precision(self.ds_config),
+            "zero_stage": self.ds_config.get("zero_optimization", {}).get("stage", 0),
         }
 
     def save(self) -> str:
@@ -143,8 +143,9 @@ class Trainer:
         record = self._state_record()
         self.engine.save_checkpoint(run.save_dir, tag=tag, client_state={"trainer": record}, save_latest=False)
         ckpt.save_rng(run.save_dir, tag, self.rank)
-        if self.rank == 0:
+        if self.rank == 0:  # everything an offline export needs, beside DeepSpeed's files
             (Path(run.save_dir) / tag / STATE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+            self.dictionary.save(Path(run.save_dir) / tag / "dict.txt")
         ckpt.commit_checkpoint(run.save_dir, tag, run.keep_last_n)
         return tag
 

@@ -1,0 +1,76 @@
+"""Any layout <-> one consolidated model: export TP2xPP2, continue at TP1 and back with equal losses;
+and a converted fairseq checkpoint fine-tunes at TP2xPP2."""
+
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from adaptive_lm_ds.testing import run_on_ranks
+from adaptive_lm_ds.testing.distributed import REPO_ROOT
+from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights, train_on_rank
+
+
+def _argv(data, *extra):
+    return [
+        "--data", str(data), "--tokens-per-sample", "32", "--batch-size", "4", "--lr", "0.1",
+        "--lr-scheduler", "fixed", "--warmup-updates", "0", "--validate-interval-updates", "0",
+        "--max-valid-steps", "4", "--log-interval", "100", *extra,
+    ]  # fmt: skip
+
+
+TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+           "--deepspeed_config", "ds_configs/pipeline_zero1.json"]  # fmt: skip
+
+
+def _export(checkpoint, output):
+    cmd = [sys.executable, "tools/export_checkpoint.py", "--checkpoint", str(checkpoint), "--output", str(output)]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_tp2pp2_to_tp1_and_back_keeps_the_loss(tmp_path):
+    data = make_data_bin(tmp_path / "data")
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(tmp_path / "init"))
+    trained = run_on_ranks(
+        train_on_rank, nprocs=4, timeout=300,
+        argv=_argv(data, "--init-from", str(tmp_path / "init"), "--max-update", "4",
+                   "--save-dir", str(tmp_path / "save"), *TP2_PP2),
+    )[0]["summary"]["valid_loss_base2"]  # fmt: skip
+    _export(tmp_path / "save", tmp_path / "exported")
+    evaluate = ["--init-from", str(tmp_path / "exported"), "--max-update", "0", "--no-save"]
+    tp1 = run_on_ranks(
+        train_on_rank, nprocs=1, argv=_argv(data, *evaluate, "--deepspeed_config", "ds_configs/zero1.json")
+    )
+    back = run_on_ranks(train_on_rank, nprocs=4, timeout=300, argv=_argv(data, *evaluate, *TP2_PP2))
+    assert tp1[0]["summary"]["valid_loss_base2"] == pytest.approx(trained, rel=1e-6)
+    assert back[0]["summary"]["valid_loss_base2"] == pytest.approx(trained, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_converted_fairseq_model_fine_tunes_at_tp2_pp2(wiki103_tiny_fixture, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(wiki103_tiny_fixture / "data-bin" / "dict.txt", data / "dict.txt")
+    for split in ("train", "valid"):  # the fixture ships the test split only
+        for ext in ("bin", "idx"):
+            (data / f"{split}.{ext}").symlink_to(wiki103_tiny_fixture / "data-bin" / f"test.{ext}")
+    converted = tmp_path / "converted"
+    subprocess.run(
+        [sys.executable, "tools/convert_fairseq_ckpt.py", "--input", str(wiki103_tiny_fixture / "checkpoint.pt"),
+         "--output", str(converted)],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    )  # fmt: skip
+    common = ["--init-from", str(converted), "--tokens-per-sample", "128", "--no-save", "--optimizer", "adam",
+              "--lr", "0.001", "--max-valid-steps", "8"]  # fmt: skip
+
+    def run(updates):
+        argv = _argv(data, *common, "--max-update", str(updates), *TP2_PP2)
+        return run_on_ranks(train_on_rank, nprocs=4, timeout=300, argv=argv)[0]
+
+    before, after = run(0), run(8)
+    losses = [h["loss_sum"] / h["ntokens"] for h in after["history"]]
+    assert len(losses) == 8 and all(math.isfinite(x) and x < 20 for x in losses)
+    assert after["summary"]["valid_loss_base2"] < before["summary"]["valid_loss_base2"]
