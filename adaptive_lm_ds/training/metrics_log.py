@@ -62,6 +62,7 @@ class TrainLogger:
         start_update: int = 0,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        time_limit: float = 0.0,
     ):
         if log_format not in LOG_FORMATS:
             raise LogConfigError(f"--log-format {log_format!r} is not supported: use one of {', '.join(LOG_FORMATS)}")
@@ -70,6 +71,7 @@ class TrainLogger:
         self.log_interval = log_interval
         self.log_format = log_format
         self.max_update = max_update
+        self.time_limit = time_limit  # seconds (--stop-time-hours); the ETA never exceeds what is left
         self.is_writer = rank == 0
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock
@@ -91,12 +93,13 @@ class TrainLogger:
         self._extra_sums: dict[str, float] = {}
 
     def eta_seconds(self, num_updates: int) -> float:
-        """Remaining updates to ``max_update`` at the mean rate since this logger started."""
+        """Remaining updates to ``max_update`` at the mean rate since this logger started (capped by the time limit)."""
         elapsed = self.clock() - self._start_time
         done = num_updates - self._start_update
         if self.max_update <= 0 or done <= 0 or elapsed <= 0:
             return float("nan")
-        return (self.max_update - num_updates) * elapsed / done
+        eta = (self.max_update - num_updates) * elapsed / done
+        return min(eta, max(self.time_limit - elapsed, 0.0)) if self.time_limit > 0 else eta
 
     def update(
         self,

@@ -225,6 +225,7 @@ class Trainer:
         self.logger = TrainLogger(
             log_interval=run.log_interval, log_format=run.log_format, max_update=run.max_update,
             tensorboard_logdir=run.tensorboard_logdir or None, rank=self.rank, start_update=self.num_updates,
+            time_limit=run.stop_time_hours * 3600,
         )  # fmt: skip
         if self.rank == 0:
             print(self.describe(resumed), flush=True)
