@@ -181,6 +181,55 @@ def run_script(
     return result
 
 
+def run_script_multinode(
+    script: str | Path,
+    args: Sequence[str] = (),
+    *,
+    nnodes: int = 2,
+    nproc_per_node: int = 2,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> list[LaunchResult]:
+    """Simulate ``nnodes`` machines on loopback: one ``torchrun --nnodes N --node_rank r`` per node,
+    all meeting at one master port, as a multi-node job does. Returns each node's output;
+    raises :class:`RankFailure` naming the node that failed."""
+    port = free_port()
+    procs = []
+    logs = []
+    for node in range(nnodes):
+        log = tempfile.TemporaryFile(mode="w+")
+        argv = launcher_argv("torchrun", nproc_per_node, port, nnodes=nnodes, node_rank=node)
+        procs.append(
+            subprocess.Popen(
+                argv + [str(script), *map(str, args)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=rank_env(env),
+                cwd=str(REPO_ROOT),
+                start_new_session=True,
+            )  # fmt: skip
+        )
+        logs.append(log)
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        raise RankTimeout(f"the {nnodes}-node job did not finish in {timeout:.0f}s; every rank was killed") from None
+    finally:
+        for proc in procs:
+            _kill_tree(proc)
+    results = []
+    for node, (proc, log) in enumerate(zip(procs, logs)):
+        log.seek(0)
+        results.append(LaunchResult(proc.returncode, log.read()))
+        log.close()
+        if proc.returncode != 0:
+            raise RankFailure(None, f"node {node} exited with {proc.returncode}\n{results[-1].output[-6000:]}")
+    return results
+
+
 def run_script_until_killed(
     script: str | Path,
     args: Sequence[str],

@@ -1,0 +1,34 @@
+"""Two simulated nodes (torchrun --nnodes 2 on loopback) train a TP2 x DP2 layout like one process."""
+
+import json
+
+import pytest
+
+from adaptive_lm_ds.testing import run_on_ranks
+from adaptive_lm_ds.testing.distributed import REPO_ROOT, run_script, run_script_multinode
+from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
+
+LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
+
+
+def _losses(output):
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"wps"' in line]
+    return [line["loss"] for line in lines]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_tp2_dp2_like_one_process(tmp_path):
+    data = make_data_bin(tmp_path / "data")
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(tmp_path / "init"))
+    common = [
+        "--data", str(data), "--init-from", str(tmp_path / "init"), "--tokens-per-sample", "32",
+        "--max-update", "5", "--lr", "0.05", "--lr-scheduler", "fixed", "--warmup-updates", "0", "--no-save",
+        "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "1", "--log-format", "json",
+        "--deepspeed_config", "ds_configs/zero1.json",
+    ]  # fmt: skip
+    nodes = run_script_multinode(LAUNCHER, [*common, "--batch-size", "2", "--tensor-model-parallel-size", "2"])
+    assert "layout TP2 x PP1 x DP2" in nodes[0].output  # global rank 0 lives on node 0 and reports
+    reference = run_script(LAUNCHER, [*common, "--batch-size", "4"], nprocs=1).output
+    two_nodes, single = _losses(nodes[0].output), _losses(reference)
+    assert len(two_nodes) == 5
+    assert two_nodes == pytest.approx(single, rel=1e-5)
