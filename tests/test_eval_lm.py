@@ -140,12 +140,12 @@ def _eval_lm_main():
     return module.main
 
 
-def test_eval_lm_refuses_deepspeed_dirs_and_pipeline_parallel(tmp_path, fixture_dir):
+def test_eval_lm_refuses_incomplete_training_checkpoints_and_pipeline_parallel(tmp_path, fixture_dir):
     main = _eval_lm_main()
     (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "latest").write_text("global_step10")
+    (tmp_path / "ds" / "latest").write_text("checkpoint_10")  # a save that never completed
     data = ["--data", str(fixture_dir / "data-bin")]
-    with pytest.raises(SystemExit, match="DeepSpeed checkpoint directory.*not supported yet"):
+    with pytest.raises(SystemExit, match="not a complete checkpoint"):
         main(["--path", str(tmp_path / "ds"), *data])
     with pytest.raises(SystemExit, match="pipeline-model-parallel-size"):
         main(["--path", str(fixture_dir / "checkpoint.pt"), "--pipeline-model-parallel-size", "2", *data])

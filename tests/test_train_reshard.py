@@ -60,17 +60,20 @@ def test_converted_fairseq_model_fine_tunes_at_tp2_pp2(wiki103_tiny_fixture, tmp
     converted = tmp_path / "converted"
     subprocess.run(
         [sys.executable, "tools/convert_fairseq_ckpt.py", "--input", str(wiki103_tiny_fixture / "checkpoint.pt"),
-         "--output", str(converted)],
+         "--output", str(converted), "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
         cwd=REPO_ROOT, check=True, capture_output=True,
     )  # fmt: skip
-    common = ["--init-from", str(converted), "--tokens-per-sample", "128", "--no-save", "--optimizer", "adam",
-              "--lr", "0.001", "--max-valid-steps", "8"]  # fmt: skip
-
-    def run(updates):
-        argv = _argv(data, *common, "--max-update", str(updates), *TP2_PP2)
-        return run_on_ranks(train_on_rank, nprocs=4, timeout=300, argv=argv)[0]
-
-    before, after = run(0), run(8)
+    common = ["--tokens-per-sample", "128", "--no-save", "--optimizer", "adam", "--lr", "0.001",
+              "--max-valid-steps", "8"]  # fmt: skip
+    # the converted weights as they are, loaded into TP2xPP2 from the consolidated folder
+    argv = _argv(data, *common, "--init-from", str(converted), "--max-update", "0", *TP2_PP2)
+    before = run_on_ranks(train_on_rank, nprocs=4, timeout=300, argv=argv)[0]
+    # fine-tuning resumes from the DeepSpeed checkpoint the converter wrote for that layout
+    resume = ["--init-from", str(converted), "--save-dir", str(converted / "deepspeed")]  # config + checkpoint
+    argv = _argv(data, *common, *resume, "--max-update", "8", *TP2_PP2)
+    after = run_on_ranks(train_on_rank, nprocs=4, timeout=300, argv=argv)[0]
     losses = [h["loss_sum"] / h["ntokens"] for h in after["history"]]
     assert len(losses) == 8 and all(math.isfinite(x) and x < 20 for x in losses)
     assert after["summary"]["valid_loss_base2"] < before["summary"]["valid_loss_base2"]
+    # the first update starts from the fairseq weights: its loss is the converted model's (base 2, ~8.5)
+    assert losses[0] / math.log(2) == pytest.approx(before["summary"]["valid_loss_base2"], rel=0.1)

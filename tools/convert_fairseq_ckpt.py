@@ -6,14 +6,17 @@
 
 The architecture comes from the checkpoint (its ``cfg``/``args`` and tensor shapes), never a preset.
 The fairseq file is read with ``torch.load(weights_only=True)`` and an explicit allowlist. Training
-starts from the consolidated folder (``--init-from DIR``); writing a DeepSpeed checkpoint for a
-``--tensor-model-parallel-size``/``--pipeline-model-parallel-size`` layout is not implemented yet.
+starts from the consolidated folder in any layout (``--init-from DIR``); with
+``--tensor-model-parallel-size``/``--pipeline-model-parallel-size`` the tool also writes
+``DIR/deepspeed/checkpoint_0``, a DeepSpeed checkpoint of that layout that training resumes from
+(``--init-from DIR --save-dir DIR/deepspeed``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,8 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
     p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
     p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    p.add_argument(
+        "--tensor-model-parallel-size",
+        type=int,
+        default=1,
+        help="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout",
+    )
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="see --tensor-model-parallel-size")
+    p.add_argument("--master-port", type=int, default=29517, help="rendezvous port for writing the layout")
     p.add_argument("--verify", action="store_true", help="reload the output and check it (and run the model once)")
     return p.parse_args(argv)
 
@@ -88,11 +97,9 @@ def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
-        raise SystemExit(
-            "error: writing a DeepSpeed checkpoint for a TP/PP layout is not supported yet; convert to a "
-            "consolidated folder and start training with --init-from DIR (it shards for any layout)"
-        )
+    layout = args.tensor_model_parallel_size * args.pipeline_model_parallel_size > 1
+    if layout and args.to_fairseq:
+        raise SystemExit("error: --to-fairseq writes one fairseq file; drop the TP/PP sizes")
     try:
         if args.to_fairseq:
             cfg, state, dictionary = load_consolidated(args.input)
@@ -113,6 +120,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     params = sum(t.numel() for t in state.values())
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")
+    if layout:
+        write_deepspeed_layout(args)
+
+
+def write_deepspeed_layout(args: argparse.Namespace) -> None:
+    """``OUTPUT/deepspeed/checkpoint_0``: the converted model as a training checkpoint for the TP x PP layout."""
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    save_dir = Path(args.output) / "deepspeed"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), f"--nproc_per_node={tp * pp}", f"--master_port={args.master_port}",
+           "-m", "adaptive_lm_ds.training.layout_checkpoint", "--consolidated", str(args.output),
+           "--save-dir", str(save_dir), "--tensor-model-parallel-size", str(tp),
+           "--pipeline-model-parallel-size", str(pp)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise SystemExit(f"error: writing the TP{tp} x PP{pp} DeepSpeed checkpoint failed (see above)")
+    print(f"training resumes from it with: --init-from {args.output} --save-dir {save_dir} "
+          f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ The log-normaliser is megatron-core's ``vocab_parallel_cross_entropy`` recipe (a
 all-reduced sum of exponentials) written with those mappings rather than called, because the adaptive
 head also has *replicated* cluster logits that must enter the normaliser once, not once per rank, and
 because evaluation needs the normaliser itself (full log-probability tables), not only the loss.
+The training loss takes the fused path instead (``layers/cross_entropy.py``).
 """
 
 from __future__ import annotations

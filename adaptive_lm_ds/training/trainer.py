@@ -168,19 +168,21 @@ class Trainer:
                 f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
                 "use the same --preset/--init-from or a fresh --save-dir"
             )
+        # A converted model's checkpoint (layout_checkpoint.py) carries no optimizer history: start it anew.
+        reset_optimizer = run.reset_optimizer or record.get("optimizer_fresh", False)
         try:
             path, client = self.engine.load_checkpoint(
                 str(load_dir), tag=tag,
-                load_optimizer_states=not run.reset_optimizer, load_lr_scheduler_states=not run.reset_optimizer,
+                load_optimizer_states=not reset_optimizer, load_lr_scheduler_states=not reset_optimizer,
             )  # fmt: skip
         except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types on a broken checkpoint
             raise ckpt.CheckpointError(f"cannot load checkpoint {load_dir / tag}: {type(e).__name__}: {e}") from e
         if path is None:
             raise ckpt.CheckpointError(f"DeepSpeed found no checkpoint files in {load_dir / tag}; it is corrupt")
-        self.num_updates = 0 if run.reset_optimizer else int(record["num_updates"])
-        if not run.reset_optimizer:
+        self.num_updates = 0 if reset_optimizer else int(record["num_updates"])
+        if not reset_optimizer:
             self.scheduler.num_updates = self.num_updates
-        if not run.reset_dataloader:
+        if not run.reset_dataloader and record.get("data") is not None:
             self.batches.load_state_dict(client["trainer"]["data"])
             ckpt.load_rng(load_dir, tag, self.rank)
         return tag

@@ -1,0 +1,97 @@
+"""Write a consolidated model as a DeepSpeed checkpoint of a given TP x PP layout (the inverse of export).
+
+    torchrun --nproc_per_node TP*PP -m adaptive_lm_ds.training.layout_checkpoint \\
+        --consolidated DIR --save-dir OUT --tensor-model-parallel-size TP --pipeline-model-parallel-size PP
+
+``tools/convert_fairseq_ckpt.py`` runs this when given a layout. The result is ``OUT/checkpoint_0``
+with ``latest`` pointing at it, exactly what a training run saves: rerunning training with
+``--save-dir OUT`` and the same TP/PP resumes from it (any DP size: its optimizer state is fresh,
+so the trainer starts the optimizer anew and keeps the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import deepspeed
+import torch.distributed as dist
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.consolidated import load_consolidated
+from adaptive_lm_ds.training import checkpoint as ckpt
+from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
+from adaptive_lm_ds.training.export import STATE_FILE
+from adaptive_lm_ds.training.optim import build_optimizer
+from adaptive_lm_ds.training.resharding import load_full_state
+
+
+def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, seed: int = 1) -> str:
+    """Rank-side (process group initialised, world = tp * pp): save ``checkpoint_0`` for this layout."""
+    cfg, state, dictionary = load_consolidated(consolidated)
+    layout = parallel.Layout.for_world(dist.get_world_size(), tp, pp)
+    cfg.validate(tp)
+    ctx = parallel.initialize_parallel(layout, seed)
+    try:
+        module = build_module(cfg, checkpoint_activations=False, seed=seed)
+        load_full_state(module, state, cfg)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": 1},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+        optimizer = build_optimizer("nag", module.parameters(), lr=1.0)  # a placeholder: state is never loaded
+        engine, *_ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=ds_config, mpu=None if pp > 1 else DeepSpeedMPU,
+            dist_init_required=False,
+        )  # fmt: skip
+        tag = ckpt.tag_for(0)
+        record = {
+            "num_updates": 0,
+            "model": dataclasses.asdict(cfg),
+            "layout": dataclasses.asdict(ctx.layout),
+            "data": None,  # no data position yet: training starts its data from the beginning
+            "precision": "fp32",
+            "zero_stage": 1,
+            "optimizer_fresh": True,  # resuming starts the optimizer and schedule anew
+            "converted_from": str(consolidated),
+        }
+        engine.save_checkpoint(save_dir, tag=tag, client_state={"trainer": record}, save_latest=False)
+        ckpt.save_rng(save_dir, tag, dist.get_rank())
+        if dist.get_rank() == 0:
+            (Path(save_dir) / tag / STATE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+            if dictionary is not None:
+                dictionary.save(Path(save_dir) / tag / "dict.txt")
+        ckpt.commit_checkpoint(save_dir, tag, keep_last_n=-1)
+        return tag
+    finally:
+        parallel.destroy_parallel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--consolidated", required=True)
+    p.add_argument("--save-dir", required=True)
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    args = p.parse_args(argv)
+    from adaptive_lm_ds.training.entry import init_process_group
+
+    init_process_group()
+    tag = write_layout_checkpoint(
+        args.consolidated, args.save_dir, args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    )
+    if dist.get_rank() == 0:
+        print(f"wrote DeepSpeed checkpoint {Path(args.save_dir) / tag} for TP{args.tensor_model_parallel_size} x "
+              f"PP{args.pipeline_model_parallel_size}")  # fmt: skip
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
