@@ -131,6 +131,19 @@ def test_eval_lm_cli_tp2_full_split_mode_iii(tp1_results, fixture_dir, tmp_path)
     assert "Evaluated 96,544 tokens" in log
 
 
+def test_eval_lm_cli_tp2_pp2_matches_tp1_on_a_prefix_of_mode_ii(tp1_results, fixture_dir, tmp_path):
+    out = tmp_path / "ii.json"
+    args = [
+        "--path", fixture_dir / "checkpoint.pt", "--data", fixture_dir / "data-bin", "--gen-subset", "test",
+        "--tokens-per-sample", "128", "--context-window", "64", "--max-samples", PREFIX,
+        "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--json", out,
+    ]  # fmt: skip
+    run_script(REPO_ROOT / "tools" / "eval_lm.py", args, nprocs=4, timeout=300)
+    got, want = json.loads(out.read_text()), tp1_results[1]["ii"]
+    assert got["tokens"] == want.tokens == PREFIX * 64
+    assert got["loss_base2"] == pytest.approx(want.loss_base2, rel=1e-6)
+
+
 def _eval_lm_main():
     import importlib.util
 
@@ -140,7 +153,7 @@ def _eval_lm_main():
     return module.main
 
 
-def test_eval_lm_refuses_incomplete_training_checkpoints_and_pipeline_parallel(tmp_path, fixture_dir):
+def test_eval_lm_refuses_incomplete_checkpoints_and_a_world_that_does_not_fit(tmp_path, fixture_dir):
     main = _eval_lm_main()
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "latest").write_text("checkpoint_10")  # a save that never completed

@@ -4,11 +4,13 @@
     python tools/eval_lm.py --path MODEL --data DATA_BIN --gen-subset test --tokens-per-sample 512 \\
         --context-window 256 [--sample-break-mode none] [--max-tokens T] [--output-word-probs] [--json FILE]
     torchrun --nproc_per_node 2 tools/eval_lm.py ... --tensor-model-parallel-size 2
+    torchrun --nproc_per_node 4 tools/eval_lm.py ... --tensor-model-parallel-size 2 --pipeline-model-parallel-size 2
 
 ``--path`` is a consolidated model folder (tools/convert_fairseq_ckpt.py), a training checkpoint of any
 TP x PP x DP layout (a save dir or one of its tags, consolidated in memory), or a fairseq ``.pt`` file
 (converted in memory). Prints fairseq's closing lines; ``--json`` writes tokens, loss_base2, loss_nats
-and perplexity at full precision. Every TP rank evaluates the same batches; rank 0 reports.
+and perplexity at full precision. Every rank evaluates the same batches (TP shards score without gathering a
+band; pipeline stages pass hidden states on and the last stage's log-probs are broadcast); rank 0 reports.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
-from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into  # noqa: E402
+from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
+from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM  # noqa: E402
 from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint  # noqa: E402
 
@@ -73,13 +76,30 @@ def load_model_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], 
     return cfg, state, None
 
 
-def init_layout(tp: int) -> None:
+def init_layout(tp: int, pp: int) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != tp:
-        raise SystemExit(f"error: launched {world} ranks but --tensor-model-parallel-size {tp}; they must be equal")
+    if world != tp * pp:
+        raise SystemExit(
+            f"error: launched {world} ranks but --tensor-model-parallel-size {tp} x --pipeline-model-parallel-size "
+            f"{pp} = {tp * pp}; launch exactly TP x PP ranks"
+        )
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
-    parallel.initialize_parallel(parallel.Layout(tp=tp))
+    parallel.initialize_parallel(parallel.Layout(tp=tp, pp=pp))
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], pp: int) -> torch.nn.Module:
+    """The one-piece model (TP shard) or this rank's pipeline stage, loaded from consolidated weights."""
+    if pp == 1:
+        model = AdaptiveLM(cfg).eval()
+        load_into(model, state)
+        return model
+    model = PipelineStageLM(cfg).eval()
+    owners = tied_names(cfg)
+    mine = {n for n, _ in model.named_parameters()}
+    needed = mine | {owners[n] for n in mine if n in owners}
+    load_into(model, {k: v for k, v in state.items() if k in needed})
+    return model
 
 
 def report(result: EvalResult, seconds: float, args: argparse.Namespace) -> None:
@@ -94,8 +114,6 @@ def report(result: EvalResult, seconds: float, args: argparse.Namespace) -> None
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.pipeline_model_parallel_size != 1:
-        raise SystemExit("error: --pipeline-model-parallel-size > 1 is not supported by eval_lm yet; use TP only")
     try:
         cfg, state, _ = load_model_source(args.path)
         tokens_per_sample = args.tokens_per_sample or cfg.max_positions
@@ -110,10 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
     except (*LOAD_ERRORS, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
-    init_layout(args.tensor_model_parallel_size)
+    init_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     try:
-        model = AdaptiveLM(cfg).eval()
-        load_into(model, state)
+        model = build_model(cfg, state, args.pipeline_model_parallel_size)
         start = time.perf_counter()
         result = evaluate_lm(
             model,
