@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
 from adaptive_lm_ds.flops import (  # noqa: E402
     flops_per_token,
     mfu,
@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    collectives {comm * 1e3:.0f} ms = {result['tp2_comm_fraction']:.0%} of the step ({calls} calls)")
         print(f"    TP1 step time / TP2 step time: {ratio:.2f}")
     if args.json:
-        with open(f"{args.json}.tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(f"{args.json}.tmp", args.json)
+        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
     return 0
 
 

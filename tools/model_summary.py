@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset  # noqa: E402
-from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax  # noqa: E402
-from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers  # noqa: E402
+from adaptive_lm_ds.memory import stage_parameter_counts  # noqa: E402
+from adaptive_lm_ds.model import AdaptiveLM  # noqa: E402
 
 
 def component_of(name: str) -> str:
@@ -50,33 +50,12 @@ def build_on_meta(cfg: ModelConfig, tp: int) -> AdaptiveLM:
         return AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(tp))
 
 
-def per_stage_params(model: AdaptiveLM, pp: int) -> list[int]:
-    """Parameters of one TP rank on each pipeline stage.
-
-    With PP > 1 the last stage builds the softmax on its own (its own copy of the tied tensors, no input
-    projections it does not use), exactly as a pipeline split does; that module is what is counted.
-    """
-    stages = pipeline_stage_layers(model.cfg.num_layers, pp)
-    counts = [sum(p.numel() for i in stage for p in model.layers[i].parameters()) for stage in stages]
-    counts[0] += sum(p.numel() for p in model.embed.parameters())
-    if model.final_norm is not None:
-        counts[-1] += sum(p.numel() for p in model.final_norm.parameters())
-    if pp == 1:
-        embed_ids = {id(p) for p in model.embed.parameters()}
-        counts[-1] += sum(p.numel() for p in model.output.parameters() if id(p) not in embed_ids)
-    else:
-        with torch.device("meta"):
-            last = VocabParallelAdaptiveSoftmax(model.cfg, model.tp_group)
-        counts[-1] += sum(p.numel() for p in last.parameters())
-    return counts
-
-
 def summarize(cfg: ModelConfig, tp: int, pp: int) -> dict:
     full = build_on_meta(cfg, 1)
     components = Counter()
     for name, param in full.named_parameters():  # a tied tensor appears once, under the input's name
         components[component_of(name)] += param.numel()
-    stages = per_stage_params(build_on_meta(cfg, tp), pp)
+    stages = list(stage_parameter_counts(cfg, tp, pp))
     return {
         "vocab_size": cfg.vocab_size,
         "layout": {"tp": tp, "pp": pp},
