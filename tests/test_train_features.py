@@ -1,5 +1,7 @@
 """Training features: tensorboard scalars, bf16 on CPU, activation checkpointing, non-finite losses."""
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -59,6 +61,20 @@ def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path):
     assert torch.isfinite(bf16).all()
     assert bf16[-1] < bf16[0]  # it learns
     torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaling_skips_overflowing_steps_then_trains(setup, tmp_path):
+    ds = tmp_path / "fp16.json"  # start at 2**30: the first steps overflow until DeepSpeed halves the scale enough
+    fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 30, "hysteresis": 1}
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True, "fp16": fp16}))
+    (result,) = run_on_ranks(
+        train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--deepspeed_config", str(ds))
+    )
+    assert result["error"] is None
+    assert result["skipped_overflow"] > 0  # overflow steps are loss-scale adjustments, not failures
+    losses = per_token_losses(result)
+    assert len(losses) == 6 and torch.isfinite(losses).all() and losses[-1] < losses[0]
 
 
 def _grads_with_and_without_checkpointing(seed):

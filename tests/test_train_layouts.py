@@ -74,3 +74,17 @@ def test_layout_matches_single_process(setup, reference, name):
             assert len(b) == 5  # tiny: 3 band tables + 2 tail projections are tied
             for key, tensor in b.items():
                 torch.testing.assert_close(a["tokens." + key[len("output.") :]], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_packed_sentences_reach_every_pipeline_stage(setup):
+    """Block-diagonal attention in packed mode: PP2 must see the segment ids on both stages."""
+    packed = ["--sample-break-mode", "packed", "--deepspeed_config", "ds_configs/pipeline_zero1.json"]
+    (single,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, SEQS_PER_UPDATE, packed))
+    pipelined = run_on_ranks(
+        train_on_rank, nprocs=2, timeout=300,
+        argv=_argv(setup, SEQS_PER_UPDATE, [*packed, "--pipeline-model-parallel-size", "2"]),
+    )  # fmt: skip
+    reference = per_token_losses(single)
+    for result in pipelined:
+        torch.testing.assert_close(per_token_losses(result), reference, rtol=1e-5, atol=0)

@@ -80,6 +80,17 @@ def test_resume_with_another_model_config_is_refused(data, trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_reset_optimizer_keeps_the_weights_and_restarts_the_count(data, trained, tmp_path):
+    save = tmp_path / "reset"
+    shutil.copytree(trained, save)
+    args = _single_rank_args(data, save)
+    args[args.index("--max-update") + 1] = "5"
+    out = run_script(LAUNCHER, [*args, "--reset-optimizer"], nprocs=1).output
+    assert "resumed from checkpoint_4 at update 0" in out
+    assert sorted(_losses(out)) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_refused(data, trained, tmp_path):
     save = tmp_path / "corrupt"
     shutil.copytree(trained, save)

@@ -70,7 +70,10 @@ def train_on_rank(
         summary = trainer.run()
     except Exception as e:  # noqa: BLE001 - reported to the test, which decides
         summary, error = None, f"{type(e).__name__}: {e}"
-    out = {"history": trainer.history, "summary": summary, "layout": trainer.ctx.layout, "error": error}
+    out = {
+        "history": trainer.history, "summary": summary, "layout": trainer.ctx.layout, "error": error,
+        "skipped_overflow": trainer.skipped_overflow,
+    }  # fmt: skip
     module = trainer.engine.module
     if report_tied and hasattr(module, "tied_modules"):
         from adaptive_lm_ds.training.pipeline import TIED_KEY

@@ -121,6 +121,7 @@ class Trainer:
         self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
         self.num_updates = 0
         self.consecutive_bad = 0
+        self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
         self.history: list[dict] = []  # per applied update: loss_sum (nats) and ntokens, all DP ranks
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
@@ -240,8 +241,14 @@ class Trainer:
             t0 = time.perf_counter()
             result = self.stepper.train_step([next(stream) for _ in range(gas)])
             step_time = time.perf_counter() - t0
-            if not result.applied or not math.isfinite(result.loss_sum):
+            if not math.isfinite(result.loss_sum) or (not result.applied and not self.engine.fp16_enabled()):
                 self._handle_bad_step(result.loss_sum)
+                continue
+            if not result.applied:  # fp16 gradient overflow: DeepSpeed lowered the loss scale, skipped the step
+                self.skipped_overflow += 1
+                if self.rank == 0:
+                    print(f"| gradient overflow at update {self.num_updates + 1}: step skipped, "
+                          f"loss scale now {result.loss_scale:g}", flush=True)  # fmt: skip
                 continue
             self.consecutive_bad = 0
             self.num_updates += 1
