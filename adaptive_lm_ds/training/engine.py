@@ -84,7 +84,7 @@ class StepResult:
     ntokens: int  # the update's target tokens, all DP ranks
     gnorm: float
     applied: bool  # False when DeepSpeed skipped the step (non-finite gradients / fp16 overflow)
-    loss_scale: float | None
+    loss_scale: float  # fp16's dynamic loss scale; 1.0 without loss scaling
 
 
 def _batch_inputs(batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:

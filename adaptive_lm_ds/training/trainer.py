@@ -254,11 +254,12 @@ class Trainer:
             self.num_updates += 1
             self.history.append({"update": self.num_updates, "loss_sum": result.loss_sum, "ntokens": result.ntokens})
             per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
-            extra = {"step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12}
+            extra = {
+                "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
+                "loss_scale": result.loss_scale,
+            }  # fmt: skip
             if self.peak_flops:
                 extra["mfu"] = per_rank_flops / self.peak_flops
-            if result.loss_scale is not None:
-                extra["loss_scale"] = result.loss_scale
             self.logger.update(
                 self.num_updates, result.loss_sum, result.ntokens, lr=self.scheduler.get_last_lr()[0],
                 gnorm=result.gnorm, epoch=self.batches.epoch + 1, **extra,
