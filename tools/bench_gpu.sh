@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # GPU benchmark of gbw_huge (1026M, full 793,475-entry GBW vocabulary) on one H100/H200, for the device tool.
 #
-# Prepare once, here (never commit the wheels; .whl/ is ignored through .git/info/exclude):
-#   echo /.whl/ >> .git/info/exclude
-#   .venv/bin/pip wheel --no-deps -w .whl deepspeed==0.19.8
-#   python3 -m pip download --python-version 3.12 --only-binary=:all: --no-deps \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl megatron-core==0.16.1
+# Prepare once, here: `bash tools/fetch_gpu_wheels.sh` writes .whl/ (git-ignored, ~7 MB): deepspeed (built
+# from its sdist), megatron-core cp312, and what deepspeed needs that the device image lacks (hjson,
+# pydantic + pydantic-core + annotated-types + typing-inspection). Checked here on 2026-11-26.
 # Run (device tool):  run(command="bash tools/bench_gpu.sh", carry=[".whl"], timeout_s=540)
 #
 # Measures, all written under $OUT: the output/input layer benchmark at d=1536 in bf16
