@@ -31,3 +31,15 @@ def wiki103_tiny_fixture() -> Path:
 @pytest.fixture
 def fairseq_optim_fixture() -> Path:
     return _shared_path("fixtures", "fairseq-optim")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_setup(tmp_path_factory):
+    """(data-bin, consolidated initial weights) shared by the training tests: every layout starts from them."""
+    from adaptive_lm_ds.testing import run_on_ranks
+    from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = make_data_bin(root / "data")
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
+    return data, root / "init"

@@ -4,9 +4,7 @@ import json
 
 import pytest
 
-from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.distributed import REPO_ROOT, run_script, run_script_multinode
-from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
 
 LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
 
@@ -17,11 +15,10 @@ def _losses(output):
 
 
 @pytest.mark.slow
-def test_two_nodes_train_tp2_dp2_like_one_process(tmp_path):
-    data = make_data_bin(tmp_path / "data")
-    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(tmp_path / "init"))
+def test_two_nodes_train_tp2_dp2_like_one_process(tiny_run_setup):
+    data, init = tiny_run_setup
     common = [
-        "--data", str(data), "--init-from", str(tmp_path / "init"), "--tokens-per-sample", "32",
+        "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32",
         "--max-update", "5", "--lr", "0.05", "--lr-scheduler", "fixed", "--warmup-updates", "0", "--no-save",
         "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "1", "--log-format", "json",
         "--deepspeed_config", "ds_configs/zero1.json",

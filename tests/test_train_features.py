@@ -8,15 +8,12 @@ import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import make_data_bin, per_token_losses, save_initial_weights, train_on_rank
+from adaptive_lm_ds.testing.training import per_token_losses, train_on_rank
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    data = make_data_bin(root / "data")
-    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
-    return data, root / "init"
+def setup(tiny_run_setup):
+    return tiny_run_setup
 
 
 def _argv(setup, tmp_path, *extra):

@@ -9,18 +9,15 @@ import pytest
 import torch
 
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import make_data_bin, per_token_losses, save_initial_weights, train_on_rank
+from adaptive_lm_ds.testing.training import per_token_losses, train_on_rank
 
 UPDATES = 10
 SEQS_PER_UPDATE = 4
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layouts")
-    data = make_data_bin(root / "data")
-    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
-    return data, root / "init"
+def setup(tiny_run_setup):
+    return tiny_run_setup
 
 
 def _argv(setup, batch_size, extra):

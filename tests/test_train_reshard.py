@@ -10,7 +10,7 @@ import pytest
 
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.distributed import REPO_ROOT
-from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights, train_on_rank
+from adaptive_lm_ds.testing.training import train_on_rank
 
 
 def _argv(data, *extra):
@@ -31,12 +31,11 @@ def _export(checkpoint, output):
 
 
 @pytest.mark.slow
-def test_tp2pp2_to_tp1_and_back_keeps_the_loss(tmp_path):
-    data = make_data_bin(tmp_path / "data")
-    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(tmp_path / "init"))
+def test_tp2pp2_to_tp1_and_back_keeps_the_loss(tiny_run_setup, tmp_path):
+    data, init = tiny_run_setup
     trained = run_on_ranks(
         train_on_rank, nprocs=4, timeout=300,
-        argv=_argv(data, "--init-from", str(tmp_path / "init"), "--max-update", "4",
+        argv=_argv(data, "--init-from", str(init), "--max-update", "4",
                    "--save-dir", str(tmp_path / "save"), *TP2_PP2),
     )[0]["summary"]["valid_loss_base2"]  # fmt: skip
     _export(tmp_path / "save", tmp_path / "exported")
