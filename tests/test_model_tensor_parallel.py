@@ -12,8 +12,9 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
+from adaptive_lm_ds.consolidated import load_into
 from adaptive_lm_ds.model import AdaptiveLM
-from adaptive_lm_ds.model.sharding import consolidate, load_consolidated
+from adaptive_lm_ds.model.sharding import consolidate
 from adaptive_lm_ds.testing import run_on_ranks
 
 VOCAB = 203
@@ -68,16 +69,15 @@ def _run(model, tokens, targets, segments):
 def _tp_matches_tp1(tp):
     ctx = parallel.initialize_parallel(parallel.Layout(tp=tp), seed=5)
     group = parallel.tensor_parallel_group()
-    tp_rank = group.rank()
     tokens, targets, segments = _batch()
     report = {}
     for name, overrides in CONFIGS.items():
         cfg = tiny(VOCAB, **overrides)
         reference = AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(1))
         full = _reference_weights(reference)
-        load_consolidated(reference, full, tp_rank=0)
+        load_into(reference, full)
         model = AdaptiveLM(cfg, tp_group=group)
-        load_consolidated(model, full, tp_rank=tp_rank)
+        load_into(model, full)
         want, got = _run(reference, tokens, targets, segments), _run(model, tokens, targets, segments)
         errors = {k: _rel_err(got[k], want[k]) for k in ("loss", "target_lp", "full_lp")}
         errors["ntokens_equal"] = bool(got["ntokens"] == want["ntokens"])

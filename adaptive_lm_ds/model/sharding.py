@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 def is_tensor_parallel(param: torch.Tensor) -> bool:
@@ -31,11 +30,14 @@ def shard_of(param: torch.Tensor, full: torch.Tensor, tp_rank: int) -> torch.Ten
     return part
 
 
-@torch.no_grad()
-def load_consolidated(model: nn.Module, full: dict[str, torch.Tensor], tp_rank: int) -> None:
-    """Copy consolidated parameters (names as in ``model.named_parameters()``) into this rank's shards."""
-    for name, param in model.named_parameters():
-        param.copy_(shard_of(param, full[name], tp_rank))
+def plain_shapes(cfg) -> dict[str, torch.Size]:
+    """Parameter shapes of the one-piece (TP = 1) model, built on the meta device (no memory)."""
+    from adaptive_lm_ds import parallel
+    from adaptive_lm_ds.model.lm import AdaptiveLM
+
+    with torch.device("meta"):
+        model = AdaptiveLM(cfg, parallel.ShapeOnlyGroup(1))
+    return {name: p.shape for name, p in model.named_parameters()}
 
 
 def consolidate(param: torch.Tensor, tensor: torch.Tensor, full_size: int | None, group) -> torch.Tensor:

@@ -47,19 +47,15 @@ def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed
     return out_dir
 
 
-def train_on_rank(
-    argv: list[str], report_tied: bool = False, export: bool = False, poison_updates: tuple[int, ...] = ()
-) -> dict:
+def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tuple[int, ...] = ()) -> dict:
     """Rank-side: run the trainer with launcher flags ``argv``; return its per-update history.
 
     ``report_tied``: also return this rank's tied tensors (pipeline ends) by local name.
-    ``export``: also return the consolidated state dict (rank 0) gathered from this layout.
     ``poison_updates``: attempts (1-based, counting skipped ones) whose loss is made NaN, to test
     the skip-and-abort path (one-piece model only).
     """
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.training.config import build_parser, config_from_args
-    from adaptive_lm_ds.training.resharding import gather_full_state
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
@@ -80,8 +76,6 @@ def train_on_rank(
 
         tied = module.tied_modules[TIED_KEY] if TIED_KEY in module.tied_modules else None
         out["tied"] = {n: p.detach().clone() for n, p in tied.named_parameters() if ".bands." in n} if tied else {}
-    if export:
-        out["state"] = gather_full_state(module, trainer.model_cfg)
     parallel.destroy_parallel()
     return out
 

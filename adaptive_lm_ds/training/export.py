@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.consolidated import model_config_from_dict
 from adaptive_lm_ds.data import Dictionary
-from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.sharding import plain_shapes
 from adaptive_lm_ds.training.checkpoint import COMPLETE, CheckpointError, read_latest
 
 STATE_FILE = "trainer_state.json"
@@ -81,8 +80,7 @@ def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, tor
     cfg = model_config_from_dict(record["model"])
     tp, pp = record["layout"]["tp"], record["layout"]["pp"]
     dictionary = Dictionary.load(tag_dir / "dict.txt") if (tag_dir / "dict.txt").is_file() else None
-    with torch.device("meta"):
-        full_shapes = {n: p.shape for n, p in AdaptiveLM(cfg, parallel.ShapeOnlyGroup(1)).named_parameters()}
+    full_shapes = plain_shapes(cfg)
     if record.get("zero_stage", 0) == 3:
         if tp > 1 or pp > 1:
             raise CheckpointError("offline export of ZeRO-3 checkpoints needs TP = PP = 1 (DeepSpeed's zero_to_fp32)")

@@ -8,6 +8,7 @@ data-bin against the dictionary, a resume checkpoint against the model config.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -190,12 +191,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def validate(self) -> float:
-        it = iter(self.valid_batches)
+        """Loss (base 2) over the validation split (or its first --max-valid-steps batches), logged."""
         self.valid_batches.set_epoch(0)
         limit = self.cfg.run.max_valid_steps or len(self.valid_batches)
-        batches = (b for _, b in zip(range(limit), it))
-        loss_sum, ntokens = self.stepper.eval_loss(batches)
-        self.valid_batches.set_epoch(0)
+        loss_sum, ntokens = self.stepper.eval_loss(itertools.islice(iter(self.valid_batches), limit))
         if self.logger is not None:
             self.logger.log_valid(self.num_updates, loss_sum, ntokens, epoch=self.batches.epoch + 1)
         return base2_loss(loss_sum, ntokens)
