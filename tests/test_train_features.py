@@ -45,19 +45,31 @@ def test_tensorboard_has_every_scalar_a_user_watches(setup, tmp_path):
     assert logged[2] == pytest.approx(float(expected), rel=1e-6)
 
 
+@pytest.fixture(scope="module")
+def fp32_losses(setup, tmp_path_factory):
+    """Per-token losses of the plain fp32 eager run: the reference of the precision and compile tests."""
+    argv = _argv(setup, tmp_path_factory.mktemp("fp32"), "--no-save")
+    return per_token_losses(run_on_ranks(train_on_rank, nprocs=1, argv=argv)[0])
+
+
 @pytest.mark.slow
-def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path):
-    fp32 = per_token_losses(run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path / "a", "--no-save"))[0])
-    bf16 = per_token_losses(
-        run_on_ranks(
-            train_on_rank,
-            nprocs=1,
-            argv=_argv(setup, tmp_path / "b", "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json"),
-        )[0]  # fmt: skip
-    )
+def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
+    argv = _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json")
+    bf16 = per_token_losses(run_on_ranks(train_on_rank, nprocs=1, argv=argv)[0])
     assert torch.isfinite(bf16).all()
     assert bf16[-1] < bf16[0]  # it learns
-    torch.testing.assert_close(bf16, fp32, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
+    torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--checkpoint-activations",)], ids=["compiled", "compiled+checkpointed"])
+def test_compiled_blocks_train_like_eager(setup, tmp_path, monkeypatch, fp32_losses, extra):
+    inductor_cache = tmp_path / "inductor"  # the rank's compiled kernels land here: proof that it compiled
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
+    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--compile", *extra))
+    assert any(inductor_cache.rglob("*.py"))
+    # the same maths, fused by inductor: only float rounding differs from eager
+    torch.testing.assert_close(per_token_losses(result), fp32_losses, rtol=1e-5, atol=0)
 
 
 @pytest.mark.slow

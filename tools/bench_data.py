@@ -1,17 +1,20 @@
 """Data pipeline benchmark: preprocessing tokens/s, GBW-sized block index build, loader batches/s.
 
     python tools/bench_data.py [--text-tokens 20000000] [--text FILE] [--index-tokens 800000000 \\
-        --index-sentences 30000000] [--workdir /tmp/bench_data]
+        --index-sentences 30000000] [--workdir /tmp/bench_data] [--json FILE]
 
 Needs nothing outside the repo: the text is synthetic (Zipf-distributed words, ~27 per line, like
 GBW) unless ``--text`` names a file. The GBW-sized index is a real fairseq ``.idx`` of random
 sentence sizes with a sparse ``.bin``; each block-index build runs in a fresh process, which
 reports its own wall time and peak RSS (that process imports torch, counted in the RSS).
+``--json`` writes the raw numbers, including the two the targets name: ``tokens_per_s_per_worker``
+(per worker count) and, per break mode, the index build's ``seconds`` and ``peak_rss_gib``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import resource
 import shutil
@@ -25,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive_lm_ds.data.blocks import BREAK_MODES, LMBlockDataset  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
 from adaptive_lm_ds.data.indexed import IndexedTokens, write_fairseq_index  # noqa: E402
 from adaptive_lm_ds.data.preprocess import binarize_file, build_dictionary  # noqa: E402
 from adaptive_lm_ds.data.sampler import LMBatchIterator  # noqa: E402
@@ -46,13 +50,16 @@ def synthetic_text(path: Path, tokens: int, vocab: int = 200_000, seed: int = 0)
             done += n
 
 
-def bench_preprocess(text: Path, workdir: Path) -> list[str]:
+def bench_preprocess(text: Path, workdir: Path, record: dict) -> list[str]:
     lines = []
     t0 = time.perf_counter()
     dictionary = build_dictionary([str(text)], workers=2)
-    lines.append(f"dictionary (2 workers): {len(dictionary)} types in {time.perf_counter() - t0:.2f} s")
+    record["dictionary"] = {"types": len(dictionary), "seconds": time.perf_counter() - t0}
+    lines.append(f"dictionary (2 workers): {len(dictionary)} types in {record['dictionary']['seconds']:.2f} s")
     for workers in (1, 2):
         s = binarize_file(str(text), dictionary, str(workdir / f"w{workers}"), workers=workers, progress=False)
+        record.setdefault("binarize", {})[workers] = {"tokens": s.tokens, "seconds": s.seconds}
+        record.setdefault("tokens_per_s_per_worker", {})[workers] = s.tokens / s.seconds / workers
         lines.append(
             f"binarize, {workers} worker(s): {s.tokens:,} tokens in {s.seconds:.2f} s = "
             f"{s.tokens / s.seconds / 1e6:.2f}M tokens/s ({s.tokens / s.seconds / workers / 1e6:.2f}M per worker)"
@@ -70,7 +77,7 @@ def _build_blocks(prefix: str, mode: str, tokens_per_sample: int, queue) -> None
     queue.put((t_open, elapsed, rss, len(ds)))
 
 
-def bench_index(workdir: Path, tokens: int, sentences: int, tokens_per_sample: int) -> list[str]:
+def bench_index(workdir: Path, tokens: int, sentences: int, tokens_per_sample: int, record: dict) -> list[str]:
     rng = np.random.default_rng(0)
     mean = tokens / sentences
     sizes = rng.integers(2, int(2 * mean) - 1, sentences, dtype=np.int32)
@@ -88,6 +95,8 @@ def bench_index(workdir: Path, tokens: int, sentences: int, tokens_per_sample: i
         proc.start()
         t_open, elapsed, rss, n = queue.get()
         proc.join()
+        record.setdefault("index", {})[mode] = {"blocks": n, "open_seconds": t_open, "seconds": elapsed}
+        record["index"][mode]["peak_rss_gib"] = rss
         lines.append(
             f"blocks {mode:>8} (tokens_per_sample {tokens_per_sample}): {n:,} blocks, open+validate "
             f"{t_open:.2f} s, total {elapsed:.2f} s, peak RSS {rss:.2f} GiB"
@@ -95,7 +104,9 @@ def bench_index(workdir: Path, tokens: int, sentences: int, tokens_per_sample: i
     return lines
 
 
-def bench_loader(prefix: Path, batch_size: int, tokens_per_sample: int, seconds: float = 3.0) -> list[str]:
+def bench_loader(
+    prefix: Path, batch_size: int, tokens_per_sample: int, record: dict, seconds: float = 3.0
+) -> list[str]:
     lines = []
     for mode in ("none", "packed"):
         ds = LMBlockDataset(IndexedTokens(prefix), tokens_per_sample, mode)
@@ -107,6 +118,7 @@ def bench_loader(prefix: Path, batch_size: int, tokens_per_sample: int, seconds:
                 if time.perf_counter() - t0 >= seconds:
                     break
         rate = n / (time.perf_counter() - t0)
+        record.setdefault("loader_batches_per_s", {})[mode] = rate
         lines.append(
             f"loader {mode:>6}: batch {batch_size}x{tokens_per_sample}, shuffled: {rate:,.0f} batches/s "
             f"({rate * batch_size * tokens_per_sample / 1e6:.1f}M tokens/s)"
@@ -123,6 +135,7 @@ def main() -> None:
     p.add_argument("--tokens-per-sample", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workdir", help="scratch folder (default: a temp folder, removed afterwards)")
+    p.add_argument("--json", help="write the raw numbers here")
     args = p.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -130,11 +143,14 @@ def main() -> None:
         text = Path(args.text) if args.text else workdir / "synthetic.txt"
         if not args.text:
             synthetic_text(text, args.text_tokens)
-        report = [f"text: {text} ({text.stat().st_size / 2**20:.0f} MiB)"]
-        report += bench_preprocess(text, workdir)
-        report += bench_loader(workdir / "w1", args.batch_size, args.tokens_per_sample)
-        report += bench_index(workdir, args.index_tokens, args.index_sentences, args.tokens_per_sample)
+        record: dict = {"text_mib": text.stat().st_size / 2**20}
+        report = [f"text: {text} ({record['text_mib']:.0f} MiB)"]
+        report += bench_preprocess(text, workdir, record)
+        report += bench_loader(workdir / "w1", args.batch_size, args.tokens_per_sample, record)
+        report += bench_index(workdir, args.index_tokens, args.index_sentences, args.tokens_per_sample, record)
         print("\n".join(report))
+        if args.json:
+            atomic_write_bytes(Path(args.json), (json.dumps(record, indent=2) + "\n").encode())
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
     python tools/bench_train.py [--vocab 200000] [--d 256] [--layers 2] [--batch 4] [--seq 128] [--json FILE]
     python tools/bench_train.py --preset gbw_huge --device cuda --dtype bf16 --packed --batch 16 --seq 512 \\
-        --skip-tp --json $OUT/train.json                    # the GPU run (tools/bench_gpu.sh)
+        --skip-tp [--compile] --json $OUT/train.json        # the GPU runs (tools/bench_gpu.sh)
 
 A step is forward + backward + NAG update of the whole model on a batch of Zipf-distributed ids
 (exponent 1.1, as fitted to WikiText-2 by tools/bench_adaptive_softmax.py). The adaptive and the full
@@ -10,7 +10,8 @@ model run interleaved in one process; the ratio ``speedup_adaptive_vs_full`` is 
 times. TP=2 runs the adaptive model on 2 CPU ranks (torchrun, gloo) and times every
 ``torch.distributed`` collective the step makes, giving the communication share of the step. On a GPU
 it also reports peak memory and MFU (adaptive_lm_ds.flops: frequency-weighted adaptive FLOPs,
-block-diagonal attention context when ``--packed``); an out-of-memory is reported as such.
+block-diagonal attention context when ``--packed``; on a CPU only with ``--peak-tflops``); an
+out-of-memory is reported as such. ``--compile`` compiles every transformer block of both models.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from adaptive_lm_ds.flops import (  # noqa: E402
 )
 from adaptive_lm_ds.model import AdaptiveLM  # noqa: E402
 from adaptive_lm_ds.testing import run_on_ranks  # noqa: E402
+from adaptive_lm_ds.training.engine import compile_blocks  # noqa: E402
 from adaptive_lm_ds.training.optim import NAG  # noqa: E402
 
 ZIPF_EXPONENT = 1.1
@@ -95,8 +97,10 @@ def make_batch(cfg: ModelConfig, batch: int, seq: int, packed: bool, seed: int, 
 class Trainer:
     """One model + NAG; :meth:`step` returns its wall time in seconds."""
 
-    def __init__(self, cfg: ModelConfig, device, dtype):
+    def __init__(self, cfg: ModelConfig, device, dtype, compile: bool = False):
         self.model = AdaptiveLM(cfg).to(device, dtype)
+        if compile:
+            compile_blocks(self.model)
         self.optimizer = NAG(self.model.parameters(), lr=0.01, momentum=0.99)
         self.device = device
 
@@ -176,7 +180,7 @@ def bench_single(args, device, dtype) -> dict:
         trainers = {}
         for name, variant in variants.items():
             try:
-                trainers[name] = Trainer(variant, device, dtype)
+                trainers[name] = Trainer(variant, device, dtype, args.compile)
             except torch.OutOfMemoryError as err:
                 times[name] = f"OOM while building: {str(err).splitlines()[0]}"
         for name in trainers:
@@ -201,7 +205,12 @@ def bench_single(args, device, dtype) -> dict:
             if "adaptive" in trainers:
                 trainers["adaptive"].step(make_batch(cfg, args.batch, args.seq, args.packed, 0, device))
     tokens = args.batch * args.seq
-    out = {"tokens_per_step": tokens, "raw_step_s": times, "config": {k: str(v) for k, v in vars(cfg).items()}}
+    out = {
+        "tokens_per_step": tokens,
+        "compile": args.compile,
+        "raw_step_s": times,
+        "config": {k: str(v) for k, v in vars(cfg).items()},
+    }
     for name, ts in times.items():
         if isinstance(ts, list) and ts:
             out[f"{name}_tokens_per_s"] = tokens / statistics.median(ts)
@@ -211,12 +220,13 @@ def bench_single(args, device, dtype) -> dict:
     fractions = zipf_band_fractions(cfg.output_bands(), ZIPF_EXPONENT)
     in_fractions = zipf_band_fractions(cfg.input_bands(), ZIPF_EXPONENT)
     out["model_flops_per_token"] = flops_per_token(cfg, context, in_fractions, fractions).training
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_bf16_flops(torch.cuda.get_device_name())
-        if "adaptive_tokens_per_s" in out:
-            out["mfu"] = mfu(out["adaptive_tokens_per_s"], out["model_flops_per_token"], peak)
         out["gpu"] = torch.cuda.get_device_name()
+        peak = peak or peak_bf16_flops(out["gpu"])
+    if peak and "adaptive_tokens_per_s" in out:
+        out["mfu"] = mfu(out["adaptive_tokens_per_s"], out["model_flops_per_token"], peak)
     return out
 
 
@@ -233,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: known GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--skip-tp", action="store_true", help="skip the 2-rank TP=2 measurement")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     result = bench_single(args, device, dtype)
-    print(f"{args.preset or 'small'} model, {result['tokens_per_step']} tokens/step, {args.device} {args.dtype}")
+    mode = "compiled blocks" if args.compile else "eager"
+    print(
+        f"{args.preset or 'small'} model, {result['tokens_per_step']} tokens/step, {args.device} {args.dtype}, {mode}"
+    )
     for name in ("adaptive", "full"):
         raw = result["raw_step_s"].get(name)
         shown = f"{result[f'{name}_tokens_per_s']:,.0f} tokens/s" if f"{name}_tokens_per_s" in result else raw

@@ -67,6 +67,7 @@ class RunConfig:
     pipeline_model_parallel_size: int = _f(1, "pipeline stages per model replica")
     deepspeed_config: str = _f("", "DeepSpeed JSON (ZeRO stage, bf16/fp16, offload, pipeline); see ds_configs/")
     checkpoint_activations: bool = _f(False, "recompute each transformer block in the backward pass")
+    compile: bool = _f(False, "torch.compile each transformer block (regional compilation; helps most on GPU)")
     save_dir: str = _f("checkpoints", "where checkpoints go; rerunning with the same folder resumes")
     save_interval_updates: int = _f(1000, "save a checkpoint every N updates (0: only at the end)")
     keep_last_n: int = _f(5, "keep only the newest N update checkpoints (-1: all)")

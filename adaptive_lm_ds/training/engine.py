@@ -25,6 +25,7 @@ from megatron.core import parallel_state
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.transformer import TransformerBlock
 from adaptive_lm_ds.training.pipeline import build_pipeline_module, plain_name
 
 
@@ -45,6 +46,19 @@ class DeepSpeedMPU:
     get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
 
 
+def compile_blocks(module: torch.nn.Module) -> None:
+    """``torch.compile`` each transformer block's forward (regional compilation, as torchtitan does).
+
+    The blocks share one code object, so one compilation serves all of them; the embedding, the
+    adaptive softmax (data-dependent tail routing) and the collectives between stages stay eager.
+    Compiling ``forward`` rather than the module keeps DeepSpeed's activation checkpointing outside the
+    compiled region: :func:`checkpoint_blocks` (or the pipeline engine) recomputes the compiled forward.
+    """
+    for block in module.modules():
+        if isinstance(block, TransformerBlock):
+            block.forward = torch.compile(block.forward)
+
+
 def checkpoint_blocks(model: AdaptiveLM) -> None:
     """Recompute every transformer block in backward (DeepSpeed's checkpoint restores the RNG states)."""
     for block in model.layers:
@@ -58,17 +72,21 @@ def _checkpointed(forward):
     return run
 
 
-def build_module(model_cfg: ModelConfig, checkpoint_activations: bool, seed: int) -> torch.nn.Module:
+def build_module(
+    model_cfg: ModelConfig, checkpoint_activations: bool, seed: int, compile: bool = False
+) -> torch.nn.Module:
     """``AdaptiveLM`` for this rank's TP shard, or its pipeline stage when PP > 1."""
     ctx = parallel.context()
-    if ctx.layout.pp > 1:
-        return build_pipeline_module(
-            model_cfg, parallel.tensor_parallel_group(), ctx.topology, checkpoint_activations, seed
-        )
-    model = AdaptiveLM(model_cfg)
-    if checkpoint_activations:
-        checkpoint_blocks(model)
-    return model
+    if ctx.layout.pp > 1:  # the pipeline engine applies activation checkpointing itself
+        tp_group = parallel.tensor_parallel_group()
+        module = build_pipeline_module(model_cfg, tp_group, ctx.topology, checkpoint_activations, seed)
+    else:
+        module = AdaptiveLM(model_cfg)
+    if compile:
+        compile_blocks(module)
+    if checkpoint_activations and ctx.layout.pp == 1:
+        checkpoint_blocks(module)
+    return module
 
 
 def plain_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

@@ -105,7 +105,7 @@ class Trainer:
                 f"the {data.train_subset} split has {len(self.train_data)} samples, fewer than one global batch "
                 f"({self.batches.global_batch_size}); lower --max-tokens/--batch-size or use more data"
             )
-        module = build_module(self.model_cfg, run.checkpoint_activations, run.seed)
+        module = build_module(self.model_cfg, run.checkpoint_activations, run.seed, run.compile)
         if init_state is not None:
             load_full_state(module, init_state, self.model_cfg)
         o = cfg.optim
