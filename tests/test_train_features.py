@@ -132,3 +132,26 @@ def test_too_many_non_finite_losses_abort_with_last_good_checkpoint(setup, tmp_p
     assert result["error"].startswith("TrainingAborted: 3 updates in a row had non-finite loss")
     assert (tmp_path / "save" / "latest").read_text().strip() == "checkpoint_4"
     assert (tmp_path / "save" / "checkpoint_4" / ".complete").is_file()
+
+
+def _train_with_a_fast_clock_on_rank_1(argv):
+    """The trainer's clock ticks 1 s per reading on rank 0 and 2 s on rank 1: their time limits differ."""
+    import itertools
+    import time
+    import types
+
+    from adaptive_lm_ds.training import trainer
+
+    ticks = itertools.count(step=1 + dist.get_rank())
+    trainer.time = types.SimpleNamespace(monotonic=lambda: float(next(ticks)), perf_counter=time.perf_counter)
+    return train_on_rank(argv)
+
+
+@pytest.mark.slow
+def test_time_limit_stops_every_rank_at_the_same_update(setup, tmp_path):
+    # limit 5 s: rank 1 reads 2, 4, 6 and is out of time after 2 updates, rank 0 (1, 2, ..., 6) after 5;
+    # if each rank stopped on its own clock, rank 0 would train on alone and its collectives would never match
+    argv = _argv(setup, tmp_path, "--no-save", "--stop-time-hours", str(5 / 3600))
+    results = run_on_ranks(_train_with_a_fast_clock_on_rank_1, nprocs=2, timeout=120, argv=argv)
+    assert [r["error"] for r in results] == [None, None]
+    assert [len(r["history"]) for r in results] == [2, 2]

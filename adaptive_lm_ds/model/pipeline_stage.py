@@ -45,7 +45,8 @@ class PipelineStageLM(nn.Module):
     def _exchange(self, x: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         """Receive the previous stage's hidden states (``x`` is None) or send ours to the next stage."""
         if x is None:
-            x = torch.empty(*shape, self.cfg.embed_dim, dtype=next(self.parameters()).dtype)
+            like = next(self.parameters())
+            x = torch.empty(*shape, self.cfg.embed_dim, dtype=like.dtype, device=like.device)
             dist.recv(x, src=parallel_state.get_pipeline_model_parallel_prev_rank())
             return x
         dist.send(x.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
@@ -60,7 +61,7 @@ class PipelineStageLM(nn.Module):
         x = self.embed(tokens, segment_ids) if self.first else self._exchange(None, tuple(tokens.shape))
         for layer in self.layers.values():
             x = layer(x, mask)
-        result = torch.empty(tokens.shape, dtype=torch.float32)
+        result = torch.empty(tokens.shape, dtype=torch.float32, device=tokens.device)
         if self.last:
             if self.final_norm is not None:
                 x = self.final_norm(x)

@@ -110,19 +110,37 @@ def _batch_inputs(batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:
 
 
 class Stepper:
-    """Runs updates and evaluations on a DeepSpeed engine; hides the plain/pipeline difference."""
+    """Runs updates and evaluations on a DeepSpeed engine; hides the plain/pipeline difference.
+
+    Batches arrive as CPU tensors from the data loader; the plain engine's inputs and every tensor this
+    class reduces live on ``engine.device`` (a GPU under nccl, the CPU under gloo). The pipeline engine
+    moves its own inputs.
+    """
 
     def __init__(self, engine, packed: bool):
         self.engine = engine
         self.packed = packed
         self.pipelined = isinstance(engine, deepspeed.PipelineEngine)
+        self.device = engine.device
         self.dp_group = parallel_state.get_data_parallel_group()
         self.dp_size = parallel_state.get_data_parallel_world_size()
 
     def _global_tokens(self, batches: list[dict]) -> int:
-        n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64)
+        n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64, device=self.device)
         dist.all_reduce(n, group=self.dp_group)
         return int(n.item())
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        """Summed NLL of one micro batch through the plain engine."""
+        inputs = (batch["tokens"], batch["targets"], batch.get("segment_ids"))
+        loss, _ = self.engine(*(t.to(self.device, non_blocking=True) if t is not None else None for t in inputs))
+        return loss
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any (decisions from per-rank clocks must agree)."""
+        value = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def train_step(self, batches: list[dict]) -> StepResult:
         """One update from this rank's ``gas`` micro batches."""
@@ -135,9 +153,9 @@ class Stepper:
             mean = engine.train_batch(iter([(_batch_inputs(b, self.packed), label) for b in batches]))
             loss_sum = float(mean) * ntokens
         else:
-            total = torch.zeros((), dtype=torch.float64)
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
             for b in batches:
-                loss, _ = engine(b["tokens"], b["targets"], b.get("segment_ids"))
+                loss = self._forward(b)
                 engine.backward(loss * scale)
                 engine.step()
                 total += loss.detach().double()
@@ -161,8 +179,7 @@ class Stepper:
                 mean = engine.eval_batch(iter([(_batch_inputs(b, self.packed), label)]), num_micro_batches=1)
                 loss_total += float(mean) * ntokens
             else:
-                loss, _ = engine(b["tokens"], b["targets"], b.get("segment_ids"))
-                total = loss.detach().double().reshape(1)
+                total = self._forward(b).detach().double().reshape(1)
                 dist.all_reduce(total, group=self.dp_group)
                 loss_total += float(total)
             tokens_total += ntokens

@@ -203,8 +203,9 @@ class Trainer:
         run = self.cfg.run
         if self.num_updates >= run.max_update:
             return True
-        if run.stop_time_hours > 0 and time.monotonic() - started >= run.stop_time_hours * 3600:
-            return True
+        if run.stop_time_hours > 0:  # each rank has its own clock: stop when any rank's time is up
+            if self.stepper.any_rank(time.monotonic() - started >= run.stop_time_hours * 3600):
+                return True
         return should_stop_for_min_lr(self.scheduler.get_last_lr()[0], self.cfg.optim.stop_min_lr) and (
             self.num_updates > self.cfg.optim.warmup_updates
         )
