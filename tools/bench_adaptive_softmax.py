@@ -18,7 +18,6 @@ median per repeat is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from torch import nn  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import gbw_huge  # noqa: E402
-from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.flops import DEFAULT_ZIPF_EXPONENT, NUM_SPECIALS, fit_zipf_exponent  # noqa: E402
 from adaptive_lm_ds.layers import VocabParallelAdaptiveInput, VocabParallelAdaptiveSoftmax  # noqa: E402
 from adaptive_lm_ds.training.optim import NAG  # noqa: E402
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in result if "speedup" in k]:
         print(f"{key}: {result[key]:.2f}x")
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -14,7 +14,6 @@ reports its own wall time and peak RSS (that process imports torch, counted in t
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import shutil
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive_lm_ds.data.blocks import BREAK_MODES, LMBlockDataset  # noqa: E402
-from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.data.indexed import IndexedTokens, write_fairseq_index  # noqa: E402
 from adaptive_lm_ds.data.preprocess import binarize_file, build_dictionary  # noqa: E402
 from adaptive_lm_ds.data.sampler import LMBatchIterator  # noqa: E402
@@ -95,8 +94,8 @@ def bench_index(workdir: Path, tokens: int, sentences: int, tokens_per_sample: i
         proc.start()
         t_open, elapsed, rss, n = queue.get()
         proc.join()
-        record.setdefault("index", {})[mode] = {"blocks": n, "open_seconds": t_open, "seconds": elapsed}
-        record["index"][mode]["peak_rss_gib"] = rss
+        entry = {"blocks": n, "open_seconds": t_open, "seconds": elapsed, "peak_rss_gib": rss}
+        record.setdefault("index", {})[mode] = entry
         lines.append(
             f"blocks {mode:>8} (tokens_per_sample {tokens_per_sample}): {n:,} blocks, open+validate "
             f"{t_open:.2f} s, total {elapsed:.2f} s, peak RSS {rss:.2f} GiB"
@@ -150,7 +149,7 @@ def main() -> None:
         report += bench_index(workdir, args.index_tokens, args.index_sentences, args.tokens_per_sample, record)
         print("\n".join(report))
         if args.json:
-            atomic_write_bytes(Path(args.json), (json.dumps(record, indent=2) + "\n").encode())
+            atomic_write_json(args.json, record)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset  # noqa: E402
-from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.flops import (  # noqa: E402
     flops_per_token,
     mfu,
@@ -278,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    collectives {comm * 1e3:.0f} ms = {result['tp2_comm_fraction']:.0%} of the step ({calls} calls)")
         print(f"    TP1 step time / TP2 step time: {ratio:.2f}")
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(args.json, result)
     return 0
 
 

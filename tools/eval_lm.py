@@ -16,7 +16,6 @@ band; pipeline stages pass hidden states on and the last stage's log-probs are b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
-from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
@@ -109,7 +108,7 @@ def report(result: EvalResult, seconds: float, args: argparse.Namespace) -> None
         print(f"{result.skipped_samples} samples have invalid sizes and were skipped (longer than max positions)")
     print(result.summary(seconds))
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(result.as_json(), indent=2) + "\n").encode())
+        atomic_write_json(args.json, result.as_json())
 
 
 def main(argv: list[str] | None = None) -> None:

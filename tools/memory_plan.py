@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset  # noqa: E402
-from adaptive_lm_ds.data.dictionary import atomic_write_bytes  # noqa: E402
+from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.memory import (  # noqa: E402
     OPTIMIZER_STATES,
     PRECISION_BYTES,
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(f"{gpus} GPU(s) smallest fit: {describe(found[0])}", found[1]))
         result["search"][gpus] = plan_row(*found)
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(args.json, result)
     return 0
 
 

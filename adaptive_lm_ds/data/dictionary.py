@@ -9,6 +9,7 @@ and pads the vocabulary to a multiple of ``padding_factor`` with ``madeupwordNNN
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import Counter
@@ -179,3 +180,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(data)
     os.replace(f.name, path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON, written with :func:`atomic_write_bytes` (the tools' ``--json FILE``)."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
