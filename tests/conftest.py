@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from .oracle import fairseq_oracle  # noqa: F401  (the fixture, for every test module)
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
