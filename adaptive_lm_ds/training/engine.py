@@ -7,12 +7,18 @@ group gives ``N``, and each micro batch's summed loss is scaled by ``dp * gas / 
 averages over DP and divides by the accumulation steps. Any layout then computes the same update as
 a single process that sees the whole global batch.
 
+**Gradient norm.** The logged ``gnorm`` is the pre-clip L2 norm of the update's full gradient, each
+tensor counted once over the TP x PP x DP grid (the quantity ``--clip-norm`` compares against). DeepSpeed's
+ZeRO, fp16 and bf16 optimizers compute and keep it; a plain fp32 engine clips with a norm it throws
+away, so :func:`keep_fp32_grad_norm` computes it (:func:`grad_norm`) and clips with it instead.
+
 Non-finite losses need no special path: their gradients are non-finite, DeepSpeed's ZeRO / fp16
 optimizers detect that and skip the step (``engine.was_step_applied()``), and the caller counts it.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass
 
@@ -20,6 +26,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
+from deepspeed.runtime.utils import is_model_parallel_parameter
 from megatron.core import parallel_state
 
 from adaptive_lm_ds import parallel
@@ -96,6 +103,53 @@ def plain_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {plain_name(module, name): p for name, p in module.named_parameters()}
 
 
+def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm (fp64 scalar) of reduced, unpartitioned gradients, each tensor counted once.
+
+    TP shards count on every TP rank, replicated tensors on TP rank 0 only; a pipeline's non-owner tied
+    copies (``ds_pipe_replicated``) not at all; the sum of squares is all-reduced over TP and PP. The
+    gradients are already averaged over DP, so DP adds nothing.
+    """
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    total = torch.zeros((), dtype=torch.float64, device=parameters[0].device)
+    for p in parameters:
+        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+            continue
+        if tp_rank == 0 or is_model_parallel_parameter(p):
+            total += p.grad.detach().double().square().sum()
+    for group in (parallel_state.get_tensor_model_parallel_group(), parallel_state.get_pipeline_model_parallel_group()):
+        dist.all_reduce(total, group=group)
+    return total.sqrt()
+
+
+def keep_fp32_grad_norm(engine) -> None:
+    """Make a plain fp32 engine (no ZeRO, no fp16/bf16 optimizer) keep its pre-clip global grad norm.
+
+    DeepSpeed's ``clip_fp32_gradients`` discards the norm it clips with, computes nothing when
+    ``gradient_clipping`` is 0, and under a pipeline counts tied tensors twice. Here the norm is
+    :func:`grad_norm` before every optimizer step, stored where ``get_global_grad_norm`` reads it, and the
+    gradients are clipped with it (fairseq's and DeepSpeed's coefficient ``max / (norm + 1e-6)``).
+    """
+    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return
+    take_model_step = engine._take_model_step
+    parameters = [p for p in engine.module.parameters() if p.requires_grad]
+
+    def step_with_norm(lr_kwargs=None):
+        norm = grad_norm(parameters)
+        engine._global_grad_norm = float(norm)
+        max_norm = engine.gradient_clipping()
+        if max_norm > 0 and math.isfinite(engine._global_grad_norm):
+            coef = min(1.0, max_norm / (engine._global_grad_norm + 1e-6))
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        take_model_step(lr_kwargs)
+
+    engine.clip_fp32_gradients = lambda: None  # clipped above with the right norm
+    engine._take_model_step = step_with_norm
+
+
 @dataclass
 class StepResult:
     loss_sum: float  # summed NLL (nats) of the update's targets, all DP ranks
@@ -124,6 +178,7 @@ class Stepper:
         self.device = engine.device
         self.dp_group = parallel_state.get_data_parallel_group()
         self.dp_size = parallel_state.get_data_parallel_world_size()
+        keep_fp32_grad_norm(engine)
 
     def _global_tokens(self, batches: list[dict]) -> int:
         n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64, device=self.device)

@@ -16,6 +16,13 @@ block-diagonal in packed mode.
 each end builds its own ``BandWeights`` and DeepSpeed sums their gradients across the two stages
 (``tied_weight_attr`` lists the same tensors in the same order on both). Parameter names map to the
 one-piece ``AdaptiveLM`` names through :func:`plain_name`, which export and import use.
+
+**Gradient norm.** DeepSpeed keeps a tied tensor out of the norm on every stage but the owner (the
+first) by flagging it ``ds_pipe_replicated``; it flags *every* parameter of the non-owner's tied module,
+which here would also drop the output's own tensors (``cluster_proj``, ``final_norm``, untied tail
+projections). :class:`AdaptiveLMPipeline` clears the flag on all but the tied tensors, so each tensor
+enters the norm exactly once over the TP x PP x DP grid (TP shards once per rank, replicated tensors
+on TP rank 0, ZeRO partitions once per DP rank) and clipping sees the single-process norm.
 """
 
 from __future__ import annotations
@@ -67,6 +74,19 @@ class OutputPipe(nn.Module):
         return loss_sum
 
 
+class AdaptiveLMPipeline(PipelineModule):
+    """``PipelineModule`` whose non-owner stage excludes only the truly tied tensors from the grad norm."""
+
+    def _index_tied_modules(self) -> dict:
+        comms = super()._index_tied_modules()
+        for comm in comms.values():
+            tied = {id(self._recursive_getattr(comm["module"], attr)) for attr in comm["weight_attr"]}
+            for p in comm["module"].parameters():
+                if id(p) not in tied:
+                    p.ds_pipe_replicated = False
+        return comms
+
+
 def scaled_loss(loss_sum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``loss_fn``: the micro batch's summed NLL times the update's normaliser (``dp*gas/N``)."""
     return loss_sum * scale.to(loss_sum.dtype)
@@ -97,7 +117,7 @@ def build_pipeline_module(
             f"{cfg.num_layers} transformer blocks cannot fill {topology.get_dim('pipe')} pipeline stages; "
             "lower --pipeline-model-parallel-size"
         )
-    return PipelineModule(
+    return AdaptiveLMPipeline(
         layers=layer_specs(cfg, tp_group),
         topology=topology,
         loss_fn=scaled_loss,

@@ -252,7 +252,14 @@ class Trainer:
                 continue
             self.consecutive_bad = 0
             self.num_updates += 1
-            self.history.append({"update": self.num_updates, "loss_sum": result.loss_sum, "ntokens": result.ntokens})
+            self.history.append(
+                {
+                    "update": self.num_updates,
+                    "loss_sum": result.loss_sum,
+                    "ntokens": result.ntokens,
+                    "gnorm": result.gnorm,
+                }
+            )
             per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
             extra = {
                 "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
@@ -260,6 +267,8 @@ class Trainer:
             }  # fmt: skip
             if self.peak_flops:
                 extra["mfu"] = per_rank_flops / self.peak_flops
+            if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
+                extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
             self.logger.update(
                 self.num_updates, result.loss_sum, result.ntokens, lr=self.scheduler.get_last_lr()[0],
                 gnorm=result.gnorm, epoch=self.batches.epoch + 1, **extra,
