@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptive_lm_ds.config import Band, ModelConfig
+from adaptive_lm_ds.layers import seeded_init
 from adaptive_lm_ds.layers.vocab_parallel import VocabParallelTable, copy_to_tp, reduce_from_tp
 
 
@@ -57,12 +58,13 @@ class BandWeights(nn.ModuleList):
         """fairseq's init: tables N(0, d_i**-0.5); projections xavier-uniform.
 
         fairseq's ``AdaptiveInput`` zeroes row ``padding_idx`` of *every* band table at init (its init
-        function indexes each table with the global padding index); so do we.
+        function indexes each table with the global padding index); so do we. Keys ``bands.{i}.*``
+        (``seeded_init``) do not depend on the holder, so a pipeline's two copies start equal.
         """
-        for weight in self:
-            weight.table.init_normal(weight.band.dim**-0.5, zero_rows=(cfg.padding_idx,))
-            if weight.proj is not None and not weight.proj.weight.is_meta:
-                nn.init.xavier_uniform_(weight.proj.weight)
+        for i, weight in enumerate(self):
+            weight.table.init_normal(weight.band.dim**-0.5, f"bands.{i}.table", zero_rows=(cfg.padding_idx,))
+            if weight.proj is not None:
+                seeded_init.xavier_uniform(f"bands.{i}.proj")(weight.proj.weight)
 
     @staticmethod
     def tied_weight_attrs(cfg: ModelConfig, prefix: str = "bands") -> list[str]:

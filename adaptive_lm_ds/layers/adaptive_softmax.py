@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.layers import seeded_init
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
 from adaptive_lm_ds.layers.cross_entropy import vocab_parallel_log_prob
 from adaptive_lm_ds.layers.vocab_parallel import (
@@ -76,22 +77,24 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """fairseq's init of the parameters this layer owns (tied ones belong to the input)."""
+        """fairseq's init of the parameters this layer owns (tied ones belong to the input).
+
+        Each tensor from its own ``seeded_init`` stream (keys ``output.*``): layout-invariant.
+        """
         cfg, d, k = self.cfg, self.cfg.embed_dim, self.num_tails
-        if self.cluster_proj is not None and not self.cluster_proj.weight.is_meta:
+        if self.cluster_proj is not None:
             # untied: one fairseq head matrix [n_0 + k, d] (xavier over the whole); tied: Linear(d, k)
             fan_out = k if cfg.ties_tables else self.out_bands[0].size + k
-            nn.init.uniform_(self.cluster_proj.weight, -xavier_bound(d, fan_out), xavier_bound(d, fan_out))
+            seeded_init.uniform(self.cluster_proj.weight, xavier_bound(d, fan_out), "output.cluster_proj")
         if self.tables is not None:
             if not cfg.adaptive_softmax:
-                self.tables[0].init_normal(d**-0.5)  # fairseq's output_projection init
+                self.tables[0].init_normal(d**-0.5, "output.tables.0")  # fairseq's output_projection init
             else:
-                self.tables[0].init_uniform(xavier_bound(d, self.out_bands[0].size + k))
-                for table, band in zip(self.tables[1:], self.out_bands[1:]):
-                    table.init_uniform(xavier_bound(band.dim, band.size))
-        for proj in self.tail_projs or []:
-            if not proj.weight.is_meta:
-                nn.init.xavier_uniform_(proj.weight)
+                self.tables[0].init_uniform(xavier_bound(d, self.out_bands[0].size + k), "output.tables.0")
+                for i, (table, band) in enumerate(zip(self.tables[1:], self.out_bands[1:]), start=1):
+                    table.init_uniform(xavier_bound(band.dim, band.size), f"output.tables.{i}")
+        for i, proj in enumerate(self.tail_projs or []):
+            seeded_init.xavier_uniform(f"output.tail_projs.{i}")(proj.weight)
 
     # ------------------------------------------------------------------ parts
     def table(self, band: int) -> VocabParallelTable:

@@ -34,7 +34,7 @@ from megatron.core.tensor_parallel import (
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from torch import nn
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds.layers import seeded_init
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,18 @@ class VocabParallelTable(nn.Module):
         set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
 
     # ------------------------------------------------------------------ initialisation
-    def init_normal(self, std: float, zero_rows: tuple[int, ...] = ()) -> None:
-        """N(0, std) on this shard's rows (each TP rank its own stream); ``zero_rows`` band-local."""
-        self._init(lambda w: w.normal_(0.0, std), zero_rows)
+    def init_normal(self, std: float, key: str, zero_rows: tuple[int, ...] = ()) -> None:
+        """N(0, std) on this shard's rows of the keyed table (``seeded_init``); ``zero_rows`` band-local."""
+        self._init(seeded_init.normal_rows(std, self.dim), key, zero_rows)
 
-    def init_uniform(self, bound: float) -> None:
-        self._init(lambda w: w.uniform_(-bound, bound), ())
+    def init_uniform(self, bound: float, key: str) -> None:
+        self._init(seeded_init.uniform_rows(bound, self.dim), key, ())
 
-    def _init(self, fill, zero_rows: tuple[int, ...]) -> None:
+    def _init(self, sample: seeded_init.RowSampler, key: str, zero_rows: tuple[int, ...]) -> None:
         if self.weight.is_meta:
             return
-        with torch.no_grad(), parallel.model_parallel_rng():
-            fill(self.weight)
-            self.weight[self.shard.real_rows :].zero_()
+        seeded_init.fill_rows(self.weight, self.shard.start, self.shard.real_rows, key, sample)
+        with torch.no_grad():
             for row in zero_rows:
                 if 0 <= row - self.shard.start < self.shard.real_rows:
                     self.weight[row - self.shard.start].zero_()

@@ -72,7 +72,9 @@ class AdaptiveLM(nn.Module):
         self.cfg = cfg.validate(self.tp_group.size())
         mp_config = megatron_config(self.tp_group.size(), meta=building_on_meta())
         self.embed = LMEmbedding(cfg, self.tp_group)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, self.tp_group, mp_config) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            TransformerBlock(cfg, self.tp_group, mp_config, index=i) for i in range(cfg.num_layers)
+        )
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.final_norm else None
         shared = self.embed.bands if cfg.ties_tables else None
         self.output = VocabParallelAdaptiveSoftmax(cfg, self.tp_group, shared)

@@ -34,7 +34,7 @@ class PipelineStageLM(nn.Module):
         self.first, self.last = self.stage == 0, self.stage == self.num_stages - 1
         self.embed = LMEmbedding(cfg, self.tp_group) if self.first else None
         blocks = pipeline_stage_layers(cfg.num_layers, self.num_stages)[self.stage]
-        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, self.tp_group) for i in blocks})
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg, self.tp_group, index=i) for i in blocks})
         self.final_norm = None
         self.output = None
         if self.last:

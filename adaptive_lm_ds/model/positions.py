@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaptive_lm_ds.layers import seeded_init
+
 
 def make_positions(tokens: torch.Tensor, padding_idx: int, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, T]`` positions: non-pad tokens count ``padding_idx + 1, ...`` (per segment), pads get ``padding_idx``.
@@ -57,6 +59,6 @@ class LearnedPositions(nn.Embedding):
     def __init__(self, max_positions: int, dim: int, padding_idx: int):
         super().__init__(max_positions + padding_idx + 1, dim, padding_idx=padding_idx)
         if not self.weight.is_meta:
-            nn.init.normal_(self.weight, mean=0.0, std=dim**-0.5)
+            nn.init.normal_(self.weight, mean=0.0, std=dim**-0.5, generator=seeded_init.generator("embed.positions"))
             with torch.no_grad():
                 self.weight[padding_idx].zero_()

@@ -26,10 +26,11 @@ from torch import nn
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.layers import seeded_init
 
 
 def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
-    """CPU-initialised fp32 linears: every rank builds the full matrix from the shared seed, keeps its part."""
+    """CPU-initialised fp32 linears: every rank builds the full matrix from its keyed stream, keeps its part."""
     return ModelParallelConfig(
         tensor_model_parallel_size=tp_size,
         use_cpu_initialization=True,
@@ -37,10 +38,6 @@ def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
         gradient_accumulation_fusion=False,
         params_dtype=torch.float32,
     )
-
-
-def xavier_init(gain: float = 1.0):
-    return lambda w: nn.init.xavier_uniform_(w, gain=gain)
 
 
 def attention_mask(segment_ids: torch.Tensor | None) -> torch.Tensor | None:
@@ -58,26 +55,28 @@ def _sharded_rng(active: bool):
     return parallel.model_parallel_rng() if active else contextlib.nullcontext()
 
 
-def column_linear(size_in: int, size_out: int, mp_config, tp_group, gain: float = 1.0) -> ColumnParallelLinear:
-    """Output features split over TP, bias included, output left sharded."""
+def column_linear(
+    size_in: int, size_out: int, mp_config, tp_group, key: str, gain: float = 1.0
+) -> ColumnParallelLinear:
+    """Output features split over TP, bias included, output left sharded; weight from stream ``key``."""
     return ColumnParallelLinear(
         size_in,
         size_out,
         config=mp_config,
-        init_method=xavier_init(gain),
+        init_method=seeded_init.xavier_uniform(key, gain),
         bias=True,
         gather_output=False,
         tp_group=tp_group,
     )
 
 
-def row_linear(size_in: int, size_out: int, mp_config, tp_group) -> RowParallelLinear:
-    """Input features split over TP; one all-reduce, then the (replicated) bias."""
+def row_linear(size_in: int, size_out: int, mp_config, tp_group, key: str) -> RowParallelLinear:
+    """Input features split over TP; one all-reduce, then the (replicated) bias; weight from stream ``key``."""
     return RowParallelLinear(
         size_in,
         size_out,
         config=mp_config,
-        init_method=xavier_init(),
+        init_method=seeded_init.xavier_uniform(key),
         bias=True,
         input_is_parallel=True,
         skip_bias_add=False,
@@ -86,17 +85,17 @@ def row_linear(size_in: int, size_out: int, mp_config, tp_group) -> RowParallelL
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig, key: str):
         super().__init__()
         d = cfg.embed_dim
         self.local_heads = cfg.num_heads // tp_group.size()
         self.head_dim = cfg.head_dim
         self.dropout = cfg.attention_dropout
         gain = 1 / math.sqrt(2)  # fairseq's init when q, k, v have the same dim
-        self.q_proj = column_linear(d, d, mp_config, tp_group, gain)
-        self.k_proj = column_linear(d, d, mp_config, tp_group, gain)
-        self.v_proj = column_linear(d, d, mp_config, tp_group, gain)
-        self.out_proj = row_linear(d, d, mp_config, tp_group)
+        self.q_proj = column_linear(d, d, mp_config, tp_group, f"{key}.q_proj", gain)
+        self.k_proj = column_linear(d, d, mp_config, tp_group, f"{key}.k_proj", gain)
+        self.v_proj = column_linear(d, d, mp_config, tp_group, f"{key}.v_proj", gain)
+        self.out_proj = row_linear(d, d, mp_config, tp_group, f"{key}.out_proj")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -113,10 +112,10 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig):
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig, key: str):
         super().__init__()
-        self.fc1 = column_linear(cfg.embed_dim, cfg.ffn_dim, mp_config, tp_group)
-        self.fc2 = row_linear(cfg.ffn_dim, cfg.embed_dim, mp_config, tp_group)
+        self.fc1 = column_linear(cfg.embed_dim, cfg.ffn_dim, mp_config, tp_group, f"{key}.fc1")
+        self.fc2 = row_linear(cfg.ffn_dim, cfg.embed_dim, mp_config, tp_group, f"{key}.fc2")
         self.activation = F.relu if cfg.activation_fn == "relu" else F.gelu
         self.activation_dropout = cfg.activation_dropout
 
@@ -131,13 +130,14 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """``[B, T, d] -> [B, T, d]``; ``mask`` from :func:`attention_mask` (None: plain causal)."""
 
-    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig | None = None):
+    def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig | None = None, *, index: int):
+        """``index``: the block's position in the model; it keys the initial weights (``seeded_init``)."""
         super().__init__()
         mp_config = mp_config or megatron_config(tp_group.size(), meta=False)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.self_attn = SelfAttention(cfg, tp_group, mp_config)
+        self.self_attn = SelfAttention(cfg, tp_group, mp_config, f"layers.{index}.self_attn")
         self.final_layer_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg, tp_group, mp_config)
+        self.ffn = FeedForward(cfg, tp_group, mp_config, f"layers.{index}.ffn")
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -49,8 +49,8 @@ class EmbeddingPipe(LMEmbedding):
 
 
 class TransformerBlockPipe(TransformerBlock):
-    def __init__(self, cfg: ModelConfig, tp_group):
-        super().__init__(cfg, tp_group, megatron_config(tp_group.size(), meta=building_on_meta()))
+    def __init__(self, cfg: ModelConfig, tp_group, index: int):
+        super().__init__(cfg, tp_group, megatron_config(tp_group.size(), meta=building_on_meta()), index=index)
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         h, *rest, targets = inputs
@@ -102,7 +102,7 @@ def layer_specs(cfg: ModelConfig, tp_group) -> list[LayerSpec]:
         )
     else:
         first, last = LayerSpec(EmbeddingPipe, cfg, tp_group), LayerSpec(OutputPipe, cfg, tp_group)
-    blocks = [LayerSpec(TransformerBlockPipe, cfg, tp_group) for _ in range(cfg.num_layers)]
+    blocks = [LayerSpec(TransformerBlockPipe, cfg, tp_group, i) for i in range(cfg.num_layers)]
     return [first, *blocks, last]
 
 

@@ -1,0 +1,86 @@
+"""Layout-invariant parameter initialisation: every tensor drawn from its own seeded stream.
+
+The same ``--seed`` must give the same model in every layout (TP, PP, DP and their products), as
+torchtitan's DTensor random ops and Megatron's CPU initialisation do. Drawing from the default
+generator would not: what a rank draws depends on what it built before (a pipeline stage builds only
+its own layers; a TP rank only its shard). Instead every parameter has a stable *key* (its role in the
+one-piece model, e.g. ``"layers.3.ffn.fc1"``), and its values come from a ``torch.Generator`` seeded
+with ``hash(seed, key)``, whatever else the rank builds.
+
+* A replicated tensor, or a megatron linear (whose CPU initialisation builds the full master matrix on
+  every TP rank and keeps its slice), is drawn whole from ``generator(key)``.
+* A vocabulary table is drawn in blocks of :data:`ROWS_PER_BLOCK` rows, block ``b`` from
+  ``generator(key, b)``. A TP shard draws only the blocks overlapping its rows (never the whole
+  793k-row table of gbw_huge) and gets exactly the single-process rows.
+* The tied tables' key is the band's (``bands.{i}.table``), so the copies a pipeline's first and last
+  stages build start equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from adaptive_lm_ds import parallel
+
+ROWS_PER_BLOCK = 1024
+
+# sample(rows, generator) -> [rows, dim] fp32 values of one block of a table
+RowSampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def init_seed() -> int:
+    """The run's seed (``initialize_parallel``'s); outside a parallel context the default generator's."""
+    try:
+        return parallel.context().seed
+    except parallel.ParallelNotInitialized:
+        return torch.initial_seed()
+
+
+def generator(key: str, block: int = 0) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, key, block)`` only (blake2b of the three, 63 bits)."""
+    digest = hashlib.blake2b(f"{init_seed()}/{key}/{block}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def xavier_uniform(key: str, gain: float = 1.0) -> Callable[[torch.Tensor], None]:
+    """``init_method`` filling a *full* matrix (a replicated ``Linear``, megatron's master weight)."""
+
+    def init(weight: torch.Tensor) -> None:
+        if not weight.is_meta:
+            nn.init.xavier_uniform_(weight, gain=gain, generator=generator(key))
+
+    return init
+
+
+def uniform(weight: torch.Tensor, bound: float, key: str) -> None:
+    """U(-bound, bound) on a full (replicated) tensor."""
+    if not weight.is_meta:
+        nn.init.uniform_(weight, -bound, bound, generator=generator(key))
+
+
+def normal_rows(std: float, dim: int) -> RowSampler:
+    return lambda rows, gen: torch.empty(rows, dim).normal_(0.0, std, generator=gen)
+
+
+def uniform_rows(bound: float, dim: int) -> RowSampler:
+    return lambda rows, gen: torch.empty(rows, dim).uniform_(-bound, bound, generator=gen)
+
+
+@torch.no_grad()
+def fill_rows(weight: torch.Tensor, start: int, real_rows: int, key: str, sample: RowSampler) -> None:
+    """``weight[:real_rows]`` = rows ``[start, start + real_rows)`` of the keyed table; the rest zero.
+
+    ``weight`` ``[rows_per_rank, dim]`` is one TP shard (padding rows last); only the blocks that
+    overlap its rows are drawn.
+    """
+    weight.zero_()
+    end = start + real_rows
+    for block in range(start // ROWS_PER_BLOCK, -(-end // ROWS_PER_BLOCK)):
+        lo = block * ROWS_PER_BLOCK
+        values = sample(ROWS_PER_BLOCK, generator(key, block))
+        a, b = max(lo, start), min(lo + ROWS_PER_BLOCK, end)
+        weight[a - start : b - start].copy_(values[a - lo : b - lo])
