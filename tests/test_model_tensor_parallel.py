@@ -4,6 +4,9 @@ Every rank builds the TP = 1 reference itself (a world-size-1 stand-in group: no
 it from a fixed-seed generator, copies its own shards into the TP model and compares loss, per-token
 log-probabilities, the gathered full table and the gathered gradients. The vocabulary (203) and every
 band divide by neither 2 nor 4, so the padding rows are exercised.
+
+Initialisation is layout-invariant: from the same seed, each TP rank's freshly built shards are exactly
+its slice of the freshly built TP = 1 model (``layers/seeded_init.py``).
 """
 
 import pytest
@@ -74,9 +77,10 @@ def _tp_matches_tp1(tp):
     for name, overrides in CONFIGS.items():
         cfg = tiny(VOCAB, **overrides)
         reference = AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(1))
+        model = AdaptiveLM(cfg, tp_group=group)
+        report[f"{name}_init_differs"] = _init_differences(reference, model, group)
         full = _reference_weights(reference)
         load_into(reference, full)
-        model = AdaptiveLM(cfg, tp_group=group)
         load_into(model, full)
         want, got = _run(reference, tokens, targets, segments), _run(model, tokens, targets, segments)
         errors = {k: _rel_err(got[k], want[k]) for k in ("loss", "target_lp", "full_lp")}
@@ -98,6 +102,18 @@ def _tp_matches_tp1(tp):
     del ctx
     parallel.destroy_parallel()
     return report
+
+
+def _init_differences(reference, model, group) -> list[str]:
+    """Names of the TP model's fresh parameters that are not exactly the TP = 1 model's (none expected)."""
+    ref_params = dict(reference.named_parameters())
+    differs = []
+    for pname, param in model.named_parameters():
+        ref = ref_params[pname]
+        gathered = consolidate(param, param.detach(), ref.shape[getattr(param, "partition_dim", 0)], group)
+        if not torch.equal(gathered, ref.detach()):
+            differs.append(pname)
+    return differs
 
 
 def _dropout_streams(group):
@@ -127,6 +143,7 @@ def test_tensor_parallel_model_equals_single_rank(tp):
     for report in reports:
         assert report["dropout"] == {"default_equal": True, "sharded_distinct": True}
         for name in CONFIGS:
+            assert report[f"{name}_init_differs"] == [], name
             errors = report[name]
             assert errors["ntokens_equal"], name
             assert errors["num_params"] > 0

@@ -71,7 +71,9 @@ def uniform_rows(bound: float, dim: int) -> RowSampler:
 
 
 @torch.no_grad()
-def fill_rows(weight: torch.Tensor, start: int, real_rows: int, key: str, sample: RowSampler) -> None:
+def fill_rows(
+    weight: torch.Tensor, start: int, real_rows: int, key: str, sample: RowSampler, block_rows: int = ROWS_PER_BLOCK
+) -> None:
     """``weight[:real_rows]`` = rows ``[start, start + real_rows)`` of the keyed table; the rest zero.
 
     ``weight`` ``[rows_per_rank, dim]`` is one TP shard (padding rows last); only the blocks that
@@ -79,8 +81,8 @@ def fill_rows(weight: torch.Tensor, start: int, real_rows: int, key: str, sample
     """
     weight.zero_()
     end = start + real_rows
-    for block in range(start // ROWS_PER_BLOCK, -(-end // ROWS_PER_BLOCK)):
-        lo = block * ROWS_PER_BLOCK
-        values = sample(ROWS_PER_BLOCK, generator(key, block))
-        a, b = max(lo, start), min(lo + ROWS_PER_BLOCK, end)
+    for block in range(start // block_rows, -(-end // block_rows)):
+        lo = block * block_rows
+        values = sample(block_rows, generator(key, block))
+        a, b = max(lo, start), min(lo + block_rows, end)
         weight[a - start : b - start].copy_(values[a - lo : b - lo])
