@@ -88,3 +88,28 @@ def test_tails_run_only_on_their_own_tokens():
     targets = torch.tensor([3, 5, 25, 19, 90, 91, 92])  # head x3, tail 0 x1, tail 1 x3
     layer.target_log_probs(torch.randn(7, cfg.embed_dim), targets)
     assert seen == [1, 3]
+
+
+CUTOFF_IDS = torch.tensor([0, 2, 19, 20, 21, 69, 70, 71, VOCAB - 1])  # each side of both cutoffs (20, 70)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_targets_on_band_cutoffs_are_routed_to_their_band(variant):
+    """Reference: the full normalised table, computed band by band; ids on a cutoff start the next band."""
+    model = AdaptiveLM(tiny(VOCAB, **VARIANTS[variant])).eval()
+    h = torch.randn(len(CUTOFF_IDS), model.cfg.embed_dim, generator=torch.Generator().manual_seed(6))
+    full = model.gather_log_probs(model.output.log_probs(h))
+    picked = full.gather(-1, CUTOFF_IDS.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(model.output.target_log_probs(h, CUTOFF_IDS), picked, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_input_ids_on_band_cutoffs_look_up_their_band(variant):
+    """Reference: row ``id - start`` of the id's own band table, through that band's projection."""
+    model = AdaptiveLM(tiny(VOCAB, **VARIANTS[variant])).eval()
+    got = model.embed.tokens(CUTOFF_IDS)
+    for i, token in enumerate(CUTOFF_IDS.tolist()):
+        (weight,) = [w for w in model.embed.bands if w.band.start <= token < w.band.end]
+        row = weight.table.weight[token - weight.band.start]
+        want = row if weight.proj is None else weight.proj(row)
+        torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)

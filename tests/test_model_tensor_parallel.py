@@ -44,11 +44,14 @@ CONFIGS = {
 
 def _batch():
     g = torch.Generator().manual_seed(7)
-    tokens = torch.randint(0, VOCAB, (2, 12), generator=g)
-    targets = torch.randint(0, VOCAB, (2, 12), generator=g)
+    tokens = torch.randint(0, VOCAB, (2, 15), generator=g)
+    targets = torch.randint(0, VOCAB, (2, 15), generator=g)
+    # ids on each band cutoff (23, 81), just below them, and on the TP=2/4 shard boundaries of each band
+    edges = torch.tensor([0, 6, 12, 18, 22, 23, 38, 52, 53, 80, 81, 112, 142, 143, 202])
+    tokens[0], targets[1] = edges, edges
     targets[0, :3] = 1  # padding targets are ignored
     targets[1, 5] = 81 + 1  # a tail word whose tail-local index equals padding_idx still counts
-    segments = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    segments = torch.tensor([[0] * 5 + [1] * 10, [0] * 15])
     return tokens, targets, segments
 
 

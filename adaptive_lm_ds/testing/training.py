@@ -56,6 +56,7 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
     """
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.training.config import build_parser, config_from_args
+    from adaptive_lm_ds.training.engine import plain_parameters
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
@@ -71,6 +72,7 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
         "skipped_overflow": trainer.skipped_overflow,
     }  # fmt: skip
     module = trainer.engine.module
+    out["blocks"] = sorted({int(n.split(".")[1]) for n in plain_parameters(module) if n.startswith("layers.")})
     if report_tied and hasattr(module, "tied_modules"):
         from adaptive_lm_ds.training.pipeline import TIED_KEY
 
@@ -78,6 +80,11 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
         out["tied"] = {n: p.detach().clone() for n, p in tied.named_parameters() if ".bands." in n} if tied else {}
     parallel.destroy_parallel()
     return out
+
+
+def train_runs_on_rank(argvs: list[list[str]], report_tied: bool = False) -> list[dict]:
+    """Rank-side: :func:`train_on_rank` for each ``argv`` in turn, in this one process group (one launch)."""
+    return [train_on_rank(argv, report_tied) for argv in argvs]
 
 
 def _poison(trainer, attempts: set[int]) -> None:
@@ -101,3 +108,8 @@ def _poison(trainer, attempts: set[int]) -> None:
 
 def per_token_losses(result: dict) -> torch.Tensor:
     return torch.tensor([h["loss_sum"] / h["ntokens"] for h in result["history"]], dtype=torch.float64)
+
+
+def grad_norms(result: dict) -> torch.Tensor:
+    """The logged pre-clip global gradient norm of each update."""
+    return torch.tensor([h["gnorm"] for h in result["history"]], dtype=torch.float64)
