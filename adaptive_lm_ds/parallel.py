@@ -12,7 +12,7 @@ TP = 1; a world-size-1 group keeps a single code path and costs nothing.
 Dropout RNG: DeepSpeed's activation-checkpointing RNG tracker (CPU and GPU alike) is configured with
 ``parallel_state`` as its mpu. The default generator carries the same seed on every TP rank (dropout on
 replicated activations must agree); :func:`model_parallel_rng` forks the tracker's per-TP-rank stream for
-dropout on sharded activations (attention heads, FFN shard), and for initialising sharded tables.
+dropout on sharded activations (attention heads, FFN shard); initialisation uses layers/seeded_init.py.
 """
 
 from __future__ import annotations

@@ -1,52 +1,92 @@
-"""Every parallel layout trains exactly like one process (tiny preset, fp32, dropout off, 10 updates).
+"""Every parallel layout trains exactly like one process under the recipe users run.
 
-Reference: a single rank whose micro batch is the whole global batch. Each layout starts from the
-same consolidated weights and sees the same samples per update; its per-update losses must match
-the reference within 1e-5 relative, and a pipeline's tied tables must be equal on both ends.
+Recipe (the wiki103 launcher's, shrunk): NAG lr 1.0 momentum 0.99, cosine schedule with warmup,
+``--clip-norm 0.1`` (gnorm is ~5-10 here, so every update is clipped), ``--update-freq 2``, dropout 0,
+fp32; validation mid-run and at the end. Reference: a single process (plain fp32 engine, no ZeRO) seeing
+the same global batch per update. Each layout runs in one launch (one process group) twice: from the
+same ``--init-from`` weights (3 blocks, so PP2 splits them unevenly) and from ``--seed`` alone (the
+tiny preset), and must give per-update losses and logged gnorm within 1e-5 relative of the reference,
+the same validation loss, and, under a pipeline, equal tied tables on both ends afterwards.
 """
 
 import pytest
 import torch
+from deepspeed.runtime.utils import partition_balanced
 
+from adaptive_lm_ds.model.lm import pipeline_stage_layers
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import per_token_losses, train_on_rank
+from adaptive_lm_ds.testing.training import grad_norms, per_token_losses, save_initial_weights, train_runs_on_rank
 
-UPDATES = 10
-SEQS_PER_UPDATE = 4
+UPDATES = 5
+SEQS_PER_UPDATE = 4  # global: micro batch x DP x update-freq
+UPDATE_FREQ = 2
+RTOL = 1e-5
+INIT_LAYERS = 3
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_run_setup):
-    return tiny_run_setup
+def setup(tiny_run_setup, tmp_path_factory):
+    """(data-bin, consolidated 3-block initial weights)."""
+    data, _ = tiny_run_setup
+    init = tmp_path_factory.mktemp("init-3-blocks")
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(init), num_layers=INIT_LAYERS)
+    return data, init
 
 
-def _argv(setup, batch_size, extra):
+def _argvs(setup, dp: int, extra: list[str]) -> list[list[str]]:
+    """[from --init-from, from --seed alone] launcher flags for a layout of data-parallel size ``dp``."""
     data, init = setup
-    return [
-        "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", str(batch_size),
-        "--max-update", str(UPDATES), "--optimizer", "nag", "--lr", "0.05", "--lr-scheduler", "fixed",
-        "--warmup-updates", "0", "--clip-norm", "0", "--no-save", "--validate-interval-updates", "0",
-        "--max-valid-steps", "1", "--log-interval", "100", *extra,
+    recipe = [
+        "--data", str(data), "--tokens-per-sample", "32", "--batch-size", str(SEQS_PER_UPDATE // (dp * UPDATE_FREQ)),
+        "--update-freq", str(UPDATE_FREQ), "--max-update", str(UPDATES), "--optimizer", "nag", "--lr", "1.0",
+        "--momentum", "0.99", "--lr-scheduler", "cosine", "--warmup-updates", "2", "--warmup-init-lr", "1e-7",
+        "--lr-period-updates", "-1", "--clip-norm", "0.1", "--dropout", "0", "--no-save",
+        "--validate-interval-updates", "3", "--max-valid-steps", "3", "--log-interval", "100", *extra,
     ]  # fmt: skip
+    return [[*recipe, "--init-from", str(init)], [*recipe, "--preset", "tiny", "--seed", "7"]]
+
+
+def _layout_flags(tp: int, pp: int, ds: str | None) -> list[str]:
+    flags = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+    return flags + (["--deepspeed_config", f"ds_configs/{ds}.json"] if ds else [])
 
 
 @pytest.fixture(scope="module")
 def reference(setup):
-    (result,) = run_on_ranks(
-        train_on_rank, nprocs=1, argv=_argv(setup, SEQS_PER_UPDATE, ["--deepspeed_config", "ds_configs/zero1.json"])
-    )
-    return per_token_losses(result)
+    """Single process, plain fp32 engine: [init-from run, seed run]."""
+    return run_on_ranks(train_runs_on_rank, nprocs=1, timeout=300, argvs=_argvs(setup, 1, []))[0]
 
 
+def assert_same_training(got: dict, want: dict, what: str) -> None:
+    assert got["error"] is None and want["error"] is None, (what, got["error"], want["error"])
+    assert len(got["history"]) == UPDATES, what
+    torch.testing.assert_close(per_token_losses(got), per_token_losses(want), rtol=RTOL, atol=0, msg=what)
+    torch.testing.assert_close(grad_norms(got), grad_norms(want), rtol=RTOL, atol=0, msg=what)
+    assert abs(got["summary"]["valid_loss_base2"] / want["summary"]["valid_loss_base2"] - 1) <= RTOL, what
+
+
+def assert_tied_tables_equal(results: list[dict]) -> None:
+    first = [r["tied"] for r in results if r["tied"] and any(k.startswith("tokens.") for k in r["tied"])]
+    last = [r["tied"] for r in results if r["tied"] and any(k.startswith("output.") for k in r["tied"])]
+    assert first and len(first) == len(last)
+    for a, b in zip(first, last):  # same TP and DP rank order on both ends
+        assert len(b) == 5  # tiny: 3 band tables + 2 tail projections are tied
+        for key, tensor in b.items():
+            torch.testing.assert_close(a["tokens." + key[len("output.") :]], tensor, rtol=0, atol=0)
+
+
+# name: (world size, tp, pp, DeepSpeed JSON or None for the plain fp32 engine)
 LAYOUTS = {
     "dp2-zero1": (2, 1, 1, "zero1"),
     "dp2-zero2": (2, 1, 1, "zero2"),
     "dp2-zero3": (2, 1, 1, "zero3"),
     "tp2": (2, 2, 1, "zero1"),
+    "tp2-zero2": (2, 2, 1, "zero2"),
+    "tp2-zero3": (2, 2, 1, "zero3"),
     "pp2": (2, 1, 2, "pipeline_zero1"),
     "tp2-pp2": (4, 2, 2, "pipeline_zero1"),
-    "tp2-dp2": (4, 2, 1, "zero1"),
-    "pp2-dp2": (4, 1, 2, "pipeline_zero1"),
+    "tp2-dp2": (4, 2, 1, None),
+    "pp2-dp2": (4, 1, 2, None),
     "tp2-pp2-dp2": (8, 2, 2, "pipeline_zero1"),
 }
 
@@ -56,32 +96,45 @@ LAYOUTS = {
 def test_layout_matches_single_process(setup, reference, name):
     world, tp, pp, ds = LAYOUTS[name]
     dp = world // (tp * pp)
-    extra = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
-    extra += ["--deepspeed_config", f"ds_configs/{ds}.json"]
-    results = run_on_ranks(
-        train_on_rank, nprocs=world, timeout=300, argv=_argv(setup, SEQS_PER_UPDATE // dp, extra), report_tied=pp > 1
-    )
-    for result in results:  # every rank reports the same global losses
-        torch.testing.assert_close(per_token_losses(result), reference, rtol=1e-5, atol=0)
+    argvs = _argvs(setup, dp, _layout_flags(tp, pp, ds))
+    runs = run_on_ranks(train_runs_on_rank, nprocs=world, timeout=900, argvs=argvs, report_tied=pp > 1)
+    for rank_runs in runs:  # every rank reports the same global numbers
+        for got, want, mode in zip(rank_runs, reference, ("init-from", "seed")):
+            assert_same_training(got, want, f"{name} from {mode}, rank layout {got['layout']}")
     if pp > 1:
-        first = [r["tied"] for r in results if r["tied"] and any(k.startswith("tokens.") for k in r["tied"])]
-        last = [r["tied"] for r in results if r["tied"] and any(k.startswith("output.") for k in r["tied"])]
-        assert first and last
-        for a, b in zip(first, last):  # same TP rank order on both ends
-            assert len(b) == 5  # tiny: 3 band tables + 2 tail projections are tied
-            for key, tensor in b.items():
-                torch.testing.assert_close(a["tokens." + key[len("output.") :]], tensor, rtol=0, atol=0)
+        for mode in range(2):
+            assert_tied_tables_equal([rank_runs[mode] for rank_runs in runs])
+
+
+@pytest.mark.parametrize("pp", [2, 3, 4])
+def test_stage_split_is_deepspeeds_partition(pp):
+    """``pipeline_stage_layers`` (evaluation's and the summary's split) = the training pipeline's.
+
+    Reference: DeepSpeed's ``partition_balanced`` over the layer specs as ``type:TransformerBlockPipe``
+    weighs them (embedding, L blocks, output -> 0, 1 x L, 0).
+    """
+    for layers in range(pp, 13):
+        parts = [int(x) for x in partition_balanced([0] + [1] * layers + [0], pp)]
+        want = [range(max(a, 1) - 1, min(b, layers + 1) - 1) for a, b in zip(parts, parts[1:])]
+        assert pipeline_stage_layers(layers, pp) == want, layers
+
+
+@pytest.mark.slow
+def test_uneven_pipeline_with_activation_checkpointing(setup, reference):
+    """3 blocks on 2 stages split as ``pipeline_stage_layers`` says; recomputation changes nothing."""
+    init_argv = _argvs(setup, 1, [*_layout_flags(1, 2, "pipeline_zero1"), "--checkpoint-activations"])[0]
+    runs = run_on_ranks(train_runs_on_rank, nprocs=2, timeout=600, argvs=[init_argv])
+    split = pipeline_stage_layers(INIT_LAYERS, 2)
+    assert sorted(tuple(r[0]["blocks"]) for r in runs) == [tuple(split[0]), tuple(split[1])]
+    for (got,) in runs:
+        assert_same_training(got, reference[0], "pp2 with --checkpoint-activations")
 
 
 @pytest.mark.slow
 def test_packed_sentences_reach_every_pipeline_stage(setup):
     """Block-diagonal attention in packed mode: PP2 must see the segment ids on both stages."""
-    packed = ["--sample-break-mode", "packed", "--deepspeed_config", "ds_configs/pipeline_zero1.json"]
-    (single,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, SEQS_PER_UPDATE, packed))
-    pipelined = run_on_ranks(
-        train_on_rank, nprocs=2, timeout=300,
-        argv=_argv(setup, SEQS_PER_UPDATE, [*packed, "--pipeline-model-parallel-size", "2"]),
-    )  # fmt: skip
-    reference = per_token_losses(single)
-    for result in pipelined:
-        torch.testing.assert_close(per_token_losses(result), reference, rtol=1e-5, atol=0)
+    packed = ["--sample-break-mode", "packed"]
+    (single,) = run_on_ranks(train_runs_on_rank, nprocs=1, timeout=600, argvs=_argvs(setup, 1, packed)[:1])
+    pp2 = _argvs(setup, 1, [*packed, *_layout_flags(1, 2, "pipeline_zero1")])[:1]
+    for (got,) in run_on_ranks(train_runs_on_rank, nprocs=2, timeout=600, argvs=pp2):
+        assert_same_training(got, single[0], "packed pp2")
