@@ -43,6 +43,11 @@ def test_tensorboard_has_every_scalar_a_user_watches(setup, tmp_path):
     expected = sum(h["loss_sum"] for h in history) / sum(h["ntokens"] for h in history) / torch.log(torch.tensor(2.0))
     logged = {e.step: e.value for e in events.Scalars("train/loss")}
     assert logged[2] == pytest.approx(float(expected), rel=1e-6)
+    # gnorm: the interval's mean pre-clip norm; clip (default --clip-norm 0.1): % of its updates clipped
+    norms = [h["gnorm"] for h in history]
+    assert {e.step: e.value for e in events.Scalars("train/gnorm")}[2] == pytest.approx(sum(norms) / 2, rel=1e-6)
+    clipped = 100.0 * sum(n > 0.1 for n in norms) / 2
+    assert {e.step: e.value for e in events.Scalars("train/clip")}[2] == pytest.approx(clipped)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +60,10 @@ def fp32_losses(setup, tmp_path_factory):
 @pytest.mark.slow
 def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
     argv = _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json")
-    bf16 = per_token_losses(run_on_ranks(train_on_rank, nprocs=1, argv=argv)[0])
+    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=argv)
+    bf16 = per_token_losses(result)
     assert torch.isfinite(bf16).all()
+    assert all(h["gnorm"] > 0 and torch.isfinite(torch.tensor(h["gnorm"])) for h in result["history"])
     assert bf16[-1] < bf16[0]  # it learns
     torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
 
