@@ -37,6 +37,7 @@ from adaptive_lm_ds.consolidated import (  # noqa: E402
     save_consolidated,
 )
 from adaptive_lm_ds.data import Dictionary  # noqa: E402
+from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary  # noqa: E402
 from adaptive_lm_ds.interop import (  # noqa: E402
     LOAD_ERRORS,
     load_fairseq_checkpoint,
@@ -79,6 +80,7 @@ def _dictionary(args: argparse.Namespace, vocab_size: int) -> Dictionary | None:
             raise SystemExit(f"error: --dict {path} does not exist")
         return None
     dictionary = Dictionary.load(path)
+    check_data_bin_dictionary(path, dictionary)  # a data-bin's dict.txt: the one its splits were made with
     if len(dictionary) != vocab_size:
         raise SystemExit(
             f"error: {path} has {len(dictionary)} types (with the 4 specials) but the model has {vocab_size}; "
