@@ -7,7 +7,7 @@ Three things DeepSpeed does on every start, and what we do about them:
   ``~/.cache/torch_extensions``, which every venv of the user shares: two checkouts rebuild it in turn.
   :func:`configure_environment` (run when the package is imported, so by every entry point, tool and
   test process and inherited by the ranks they launch) points ``TORCH_EXTENSIONS_DIR`` into the venv;
-  ``make venv`` builds the op there once (``python -m adaptive_lm_ds.ds_runtime``).
+  ``make venv`` builds the op there once (:func:`main`; ``make ds-ops`` again).
 * **A build killed half-way leaves ``DIR/deepspeed_shm_comm/lock``**, and torch's ``FileBaton`` then
   waits for it forever, without a word. Our processes build and load the op only while holding an
   ``flock`` on ``DIR/.build.lock`` (:func:`load_shm_op`); the kernel drops an ``flock`` when its
@@ -149,7 +149,7 @@ def remove_shm_buffers(addr: str, port: int, nprocs: int) -> list[Path]:
 
 
 def main() -> int:
-    """``python -m adaptive_lm_ds.ds_runtime``: build the op into the venv now (``make venv`` runs it)."""
+    """Build the op into the venv now (``make venv`` and ``make ds-ops`` run it)."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         op = load_shm_op()
@@ -159,7 +159,3 @@ def main() -> int:
     where = extensions_dir() / SHM_OP
     print(f"{SHM_OP}: {'built in ' + str(where) if op is not None else 'not used on this accelerator'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
