@@ -25,6 +25,7 @@ Three things DeepSpeed does on every start, and what we do about them:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import sys
 import time
@@ -46,12 +47,19 @@ class StaleBuildLock(RuntimeError):
 
 def extensions_dir() -> Path:
     """Where this checkout's compiled ops live: inside the venv (``build/`` of the checkout without one),
-    or ``$ADAPTIVE_LM_TORCH_EXTENSIONS_DIR`` when set."""
+    or ``$ADAPTIVE_LM_TORCH_EXTENSIONS_DIR`` when set.
+
+    One sub-folder per spelling of the interpreter's prefix: torch writes the absolute source paths
+    into ``build.ninja``, so a venv reached through a symlink and through its real path would otherwise
+    rebuild the op in turn (the ``deepspeed`` and ``torchrun`` scripts start ranks through the real path).
+    """
     if os.environ.get(OVERRIDE):
         return Path(os.environ[OVERRIDE]).resolve()
-    if sys.prefix != sys.base_prefix:  # resolved: launchers may start the ranks through a symlinked venv path
-        return Path(sys.prefix).resolve() / "torch_extensions"
-    return Path(__file__).resolve().parents[1] / "build" / "torch_extensions"
+    if sys.prefix != sys.base_prefix:
+        root = Path(sys.prefix).resolve() / "torch_extensions"
+    else:
+        root = Path(__file__).resolve().parents[1] / "build" / "torch_extensions"
+    return root / hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
 
 
 def configure_environment() -> None:

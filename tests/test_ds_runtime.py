@@ -26,6 +26,7 @@ def _start_deepspeed_comm() -> dict:
     buffer = ds_runtime.shm_buffer_path(dist.get_rank())
     return {
         "extensions_dir": os.environ.get(ds_runtime.ENV),
+        "ours": str(ds_runtime.extensions_dir()),
         "op_file": getattr(op, "__file__", None),
         "buffer": str(buffer),
         "buffer_made": buffer.exists(),
@@ -43,11 +44,10 @@ def deepspeed_launch(tmp_path_factory):
 
 def test_the_shm_op_is_built_and_loaded_in_this_venv_not_the_home_cache(deepspeed_launch):
     home, results = deepspeed_launch
-    venv_dir = str(ds_runtime.extensions_dir())
-    assert Path(venv_dir).is_relative_to(Path(sys.prefix).resolve())
+    venv = Path(sys.prefix).resolve()
     for r in results:
-        assert r["extensions_dir"] == venv_dir
-        assert r["op_file"] is not None and r["op_file"].startswith(venv_dir + "/")
+        assert r["extensions_dir"] == r["ours"] and Path(r["ours"]).is_relative_to(venv / "torch_extensions")
+        assert r["op_file"] is not None and r["op_file"].startswith(r["ours"] + "/")
     assert not (home / ".cache").exists()
 
 
