@@ -12,7 +12,15 @@ import pytest
 
 from adaptive_lm_ds import ds_runtime
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, _descendants, _kill_tree, free_port, rank_env
+from adaptive_lm_ds.testing.distributed import (
+    REPO_ROOT,
+    _descendants,
+    _kill_tree,
+    free_port,
+    launch,
+    launcher_argv,
+    rank_env,
+)
 
 
 def _start_deepspeed_comm() -> dict:
@@ -92,6 +100,25 @@ def test_a_killed_training_run_leaves_no_shm_buffer(tiny_run_setup):
         _kill_tree(proc)
     assert mapped, "".join(lines)[-3000:]
     assert all(m.endswith("(deleted)") for m in mapped), mapped  # used, and already unlinked
+    assert [p for p in (ds_runtime.shm_buffer_path(r, "127.0.0.1", port) for r in range(2)) if p.exists()] == []
+
+
+@pytest.mark.parametrize("ending", ["normal end", "user error"])
+def test_a_training_run_under_the_deepspeed_launcher_leaves_no_shm_buffer(ending, tiny_run_setup, tmp_path):
+    """Launched without the harness's own clean-up: the ranks themselves must leave nothing behind."""
+    data, _ = tiny_run_setup
+    if ending == "user error":  # fails after DeepSpeed's start: a block longer than the model's positions
+        flags = ["--tokens-per-sample", "2048", "--max-tokens", "2048"]
+    else:
+        flags = ["--tokens-per-sample", "32", "--max-tokens", "128"]
+    port = free_port()
+    argv = launcher_argv("deepspeed", 2, port) + [
+        "launchers/train_wiki103.py", "--data", str(data), "--preset", "tiny", "--no-save", "--max-update", "2",
+        "--update-freq", "1", "--deepspeed_config", "ds_configs/zero1.json", *flags,
+    ]  # fmt: skip
+    result = launch(argv, timeout=300, env=rank_env())
+    assert (result.returncode == 0) == (ending == "normal end"), result.output[-3000:]
+    assert "built successfully" in result.output  # DeepSpeed's shm op was up on the ranks
     assert [p for p in (ds_runtime.shm_buffer_path(r, "127.0.0.1", port) for r in range(2)) if p.exists()] == []
 
 
