@@ -4,10 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The stamp's name carries a hash of pyproject.toml: re-install only when the pins change.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# DeepSpeed's JIT op, built into the venv (adaptive_lm_ds/ds_runtime.py), never ~/.cache.
+BUILD_OPS := $(PY) -c 'import sys; from adaptive_lm_ds.ds_runtime import main; sys.exit(main())'
 export DS_ACCELERATOR ?= cpu
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv ds-ops demo test lint format clean
 
 venv: $(STAMP)
 
@@ -17,8 +19,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@echo ">> building DeepSpeed's shared-memory op into $(VENV)/torch_extensions (once; not ~/.cache)"
+	$(BUILD_OPS)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+# Rebuild DeepSpeed's JIT op in the venv (a no-op when it is up to date).
+ds-ops: $(STAMP)
+	$(BUILD_OPS)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py

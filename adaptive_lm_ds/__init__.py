@@ -8,3 +8,8 @@ __version__ = "0.1.0"
 # this project does not use them, so the notice is noise on every command.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 warnings.filterwarnings("ignore", message=".*imports from `dynamic_context.py` will be removed.*")
+
+# DeepSpeed's JIT-built ops go to this venv, never the user-wide ~/.cache/torch_extensions (ds_runtime.py).
+from adaptive_lm_ds.ds_runtime import configure_environment  # noqa: E402
+
+configure_environment()

@@ -4,14 +4,15 @@ Layout of ``DIR``::
 
     model.safetensors   the AdaptiveLM parameters at TP = 1: unsharded, unpadded, fp32, named as in
                         ``AdaptiveLM.named_parameters()`` (a tied tensor appears once, under its owner)
-    config.json         {"format": "adaptive-lm-ds/consolidated", "version": 1,
+    config.json         {"format": "adaptive-lm-ds/consolidated", "version": 1, "writer": TOOL,
                          "model": dataclasses.asdict(ModelConfig), "tied": {alias: owner, ...}}
     dict.txt            the fairseq dictionary, when one was given
 
 ``tied`` records which parameter names of the model in one piece are the same tensor as a stored one
 (e.g. ``output.bands.0.table.weight -> embed.tokens.bands.0.table.weight``); a pipeline stage that builds
 its own copy of a tied tensor reads it from the owner's entry. :func:`save_consolidated` writes a temp
-folder and renames it, so a reader never sees a half-written model.
+folder and renames it, so a reader never sees a half-written model; whether an existing folder may be
+replaced is decided by :mod:`adaptive_lm_ds.outputs` (``writer`` names the tool, for that check).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ from torch import nn
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.model.sharding import shard_of
+from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
 
 FORMAT = "adaptive-lm-ds/consolidated"
 VERSION = 1
 WEIGHTS, CONFIG, DICT = "model.safetensors", "config.json", "dict.txt"
+DEFAULT_WRITER = "adaptive_lm_ds"
 
 
 class ConsolidatedFormatError(ValueError):
@@ -65,17 +68,38 @@ def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**fixed)
 
 
+def check_model_output(
+    path: str | os.PathLike,
+    *,
+    writer: str = DEFAULT_WRITER,
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+    own_entries: Sequence[str] = (),
+) -> None:
+    """Raise :class:`~adaptive_lm_ds.outputs.OutputError` unless :func:`save_consolidated` may write ``path``
+    (tools call it before their slow part, so a refused ``--output`` fails fast)."""
+    check_output_folder(path, writer, {WEIGHTS, CONFIG, DICT, *own_entries}, force=force, inputs=inputs)
+
+
 def save_consolidated(
     path: str | os.PathLike,
     cfg: ModelConfig,
     state_dict: dict[str, torch.Tensor],
     dictionary: Dictionary | None = None,
     extra: dict[str, Any] | None = None,
+    *,
+    writer: str = DEFAULT_WRITER,
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+    own_entries: Sequence[str] = (),
 ) -> Path:
     """Write ``state_dict`` (consolidated names, tied tensors once) and ``cfg`` to folder ``path``.
 
     ``extra`` (JSON-able) is stored in config.json under ``"extra"`` (e.g. where the model came from).
-    An existing ``path`` is replaced only once the new folder is complete.
+    An existing ``path`` is replaced only when :func:`~adaptive_lm_ds.outputs.check_output_folder`
+    allows it (empty, a previous output of ``writer``, or ``force``; never when it holds one of
+    ``inputs``), and only once the new folder is complete. ``own_entries``: further names ``writer``
+    puts in the folder after this call (the converter's ``deepspeed/``).
     """
     path = Path(path)
     aliases = set(tied_names(cfg)) & set(state_dict)
@@ -83,20 +107,19 @@ def save_consolidated(
         raise ConsolidatedFormatError(f"state dict holds tied aliases {sorted(aliases)}; store only the owners")
     if dictionary is not None and len(dictionary) != cfg.vocab_size:
         raise ConsolidatedFormatError(f"dictionary has {len(dictionary)} types but the model {cfg.vocab_size}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    check_model_output(path, writer=writer, force=force, inputs=inputs, own_entries=own_entries)
+    tmp = temp_folder_beside(path)
     try:
         tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg), "tied": tied_names(cfg)}
+        meta = {"format": FORMAT, "version": VERSION, "writer": writer}
+        meta.update(model=dataclasses.asdict(cfg), tied=tied_names(cfg))
         if extra:
             meta["extra"] = extra
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         if dictionary is not None:
             dictionary.save(tmp / DICT)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

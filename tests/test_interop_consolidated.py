@@ -47,10 +47,9 @@ def test_round_trip_keeps_config_tensors_ties_and_dictionary(tmp_path, model_and
     assert all(params[alias] is params[owner] for alias, owner in tied_names(model.cfg).items())
 
 
-def test_save_replaces_an_existing_folder_and_leaves_no_temp(tmp_path, model_and_state):
+def test_save_replaces_its_previous_output_and_leaves_no_temp(tmp_path, model_and_state):
     model, state = model_and_state
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "stale.txt").write_text("old")
+    save_consolidated(tmp_path / "m", model.cfg, state, _dictionary(200))
     save_consolidated(tmp_path / "m", model.cfg, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]

@@ -10,6 +10,10 @@ starts from the consolidated folder in any layout (``--init-from DIR``); with
 ``--tensor-model-parallel-size``/``--pipeline-model-parallel-size`` the tool also writes
 ``DIR/deepspeed/checkpoint_0``, a DeepSpeed checkpoint of that layout that training resumes from
 (``--init-from DIR --save-dir DIR/deepspeed``).
+
+Outputs never destroy data: an existing output folder is replaced only when it is empty or a previous
+output of this tool, an existing ``.pt`` not at all (``--force`` for either), and never when it holds
+an input. ``--to-fairseq`` writes the model's dictionary only where ``--save-dict`` says.
 """
 
 from __future__ import annotations
@@ -27,16 +31,22 @@ import torch  # noqa: E402
 
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import (  # noqa: E402
+    check_model_output,
     load_consolidated,
     load_into,
     save_consolidated,
 )
 from adaptive_lm_ds.data import Dictionary  # noqa: E402
+from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary  # noqa: E402
 from adaptive_lm_ds.interop import (  # noqa: E402
     LOAD_ERRORS,
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
+from adaptive_lm_ds.outputs import OutputError, check_output_file  # noqa: E402
+
+WRITER = "convert_fairseq_ckpt"
+LAYOUT_DIR = "deepspeed"  # OUTPUT/deepspeed: the training checkpoint for a TP x PP layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
     p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
     p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
+    p.add_argument("--save-dict", help="with --to-fairseq: also write the model's dict.txt to this file")
+    p.add_argument("--force", action="store_true", help="replace an existing output that this tool did not write")
     p.add_argument(
         "--tensor-model-parallel-size",
         type=int,
@@ -57,13 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _dict_path(args: argparse.Namespace) -> Path:
+    return Path(args.dict) if args.dict else Path(args.input).parent / "dict.txt"
+
+
 def _dictionary(args: argparse.Namespace, vocab_size: int) -> Dictionary | None:
-    path = Path(args.dict) if args.dict else Path(args.input).parent / "dict.txt"
+    path = _dict_path(args)
     if not path.is_file():
         if args.dict:
             raise SystemExit(f"error: --dict {path} does not exist")
         return None
     dictionary = Dictionary.load(path)
+    check_data_bin_dictionary(path, dictionary)  # a data-bin's dict.txt: the one its splits were made with
     if len(dictionary) != vocab_size:
         raise SystemExit(
             f"error: {path} has {len(dictionary)} types (with the 4 specials) but the model has {vocab_size}; "
@@ -100,23 +117,33 @@ def main(argv: list[str] | None = None) -> None:
     layout = args.tensor_model_parallel_size * args.pipeline_model_parallel_size > 1
     if layout and args.to_fairseq:
         raise SystemExit("error: --to-fairseq writes one fairseq file; drop the TP/PP sizes")
+    if args.save_dict and not args.to_fairseq:
+        raise SystemExit("error: --save-dict goes with --to-fairseq (the consolidated folder holds its dict.txt)")
     try:
         if args.to_fairseq:
+            for out in (args.output, args.save_dict):
+                if out:
+                    check_output_file(out, force=args.force, inputs=[args.input])
             cfg, state, dictionary = load_consolidated(args.input)
+            if args.save_dict and dictionary is None:
+                raise SystemExit(f"error: {args.input} holds no dict.txt, so --save-dict has nothing to write")
             save_fairseq_checkpoint(args.output, cfg, state)
-            if dictionary is not None:
-                dictionary.save(Path(args.output).parent / "dict.txt")
+            if args.save_dict:
+                dictionary.save(args.save_dict)
             if args.verify:
                 _same(state, load_fairseq_checkpoint(args.output)[1], args.output)
         else:
+            policy = dict(writer=WRITER, force=args.force, inputs=[args.input, _dict_path(args)])
+            check_model_output(args.output, own_entries=(LAYOUT_DIR,), **policy)
             cfg, state = load_fairseq_checkpoint(args.input)
             dictionary = _dictionary(args, cfg.vocab_size)
-            save_consolidated(args.output, cfg, state, dictionary, extra={"converted_from": str(args.input)})
+            extra = {"converted_from": str(args.input)}
+            save_consolidated(args.output, cfg, state, dictionary, extra, own_entries=(LAYOUT_DIR,), **policy)
             if args.verify:
                 _same(state, load_consolidated(args.output)[1], args.output)
                 error = _check_model_runs(cfg, state)
                 print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
-    except LOAD_ERRORS as err:
+    except (*LOAD_ERRORS, OutputError) as err:
         raise SystemExit(f"error: {err}") from None
     params = sum(t.numel() for t in state.values())
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")
@@ -127,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_deepspeed_layout(args: argparse.Namespace) -> None:
     """``OUTPUT/deepspeed/checkpoint_0``: the converted model as a training checkpoint for the TP x PP layout."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    save_dir = Path(args.output) / "deepspeed"
+    save_dir = Path(args.output) / LAYOUT_DIR
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), f"--nproc_per_node={tp * pp}", f"--master_port={args.master_port}",
            "-m", "adaptive_lm_ds.training.layout_checkpoint", "--consolidated", str(args.output),

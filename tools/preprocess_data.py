@@ -6,7 +6,8 @@ Same output as ``fairseq-preprocess --only-source`` (byte for byte in the defaul
         --testpref wiki.test.tokens --destdir data-bin/wikitext-103 --workers 2
 
 ``--validpref``/``--testpref`` take comma-separated files (valid, valid1, ...), as fairseq does.
-See docs/data.md for WikiText-103 and GBW recipes.
+Each split also gets ``{split}.dict.json``, the fingerprint of the dictionary its ids came from, which
+training, eval and conversion check their dict.txt against. See docs/data.md for WikiText-103 and GBW recipes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adaptive_lm_ds.data.dictionary import Dictionary  # noqa: E402
 from adaptive_lm_ds.data.errors import DataError  # noqa: E402
 from adaptive_lm_ds.data.indexed import LAYOUTS  # noqa: E402
-from adaptive_lm_ds.data.preprocess import CHUNK_BYTES, binarize_file, build_dictionary  # noqa: E402
+from adaptive_lm_ds.data.preprocess import CHUNK_BYTES, binarize_file, build_dictionary, has_words  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     for _, path in todo:
         if not Path(path).is_file():
             raise DataError(f"input file {path} does not exist; check --trainpref/--validpref/--testpref")
+    if args.trainpref and not has_words(args.trainpref):
+        raise DataError(f"training text {args.trainpref} has no words (empty or only whitespace); check --trainpref")
     destdir = Path(args.destdir)
     destdir.mkdir(parents=True, exist_ok=True)
     if args.srcdict:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_lm_ds.data import fingerprint
 from adaptive_lm_ds.data.dictionary import Dictionary
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.indexed import IndexedTokens
@@ -143,7 +144,8 @@ def build_lm_dataset(
 ) -> LMBlockDataset:
     """The one entry point for training/eval: ``DATA_DIR/dict.txt`` + ``DATA_DIR/{split}.{bin,idx}``.
 
-    Checks (clear ``DataError``): files exist and agree, ``tokens_per_sample >= 2``, and (with
+    Checks (clear ``DataError``): files exist and agree, ``dict.txt`` is the dictionary the split was
+    made with (:mod:`~adaptive_lm_ds.data.fingerprint`), ``tokens_per_sample >= 2``, and (with
     ``check_ids``, one streamed pass over the ids) every id is < the dictionary size.
     """
     if tokens_per_sample < 2:
@@ -151,6 +153,7 @@ def build_lm_dataset(
     data_dir = Path(data_dir)
     dictionary = Dictionary.load(data_dir / "dict.txt")
     tokens = IndexedTokens(data_dir / split)
+    fingerprint.check(data_dir / split, dictionary, data_dir / "dict.txt")
     if check_ids:
         tokens.check_ids(len(dictionary))
     return LMBlockDataset(tokens, tokens_per_sample, break_mode, dictionary.eos(), drop_oversize, dictionary)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive_lm_ds.data import fingerprint
 from adaptive_lm_ds.data.dictionary import Dictionary, _IdLookup
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.indexed import TokenFileWriter, best_fitting_dtype
@@ -96,6 +97,15 @@ def _count_newlines(path: str, end: int) -> int:
 
 def _num_lines(text: str) -> int:
     return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+
+
+def has_words(path: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES) -> bool:
+    """Whether the text file holds at least one whitespace-separated word (read until the first one)."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            if block.decode("utf-8", "replace").split():
+                return True
+    return False
 
 
 def count_chunk(chunk: Chunk) -> tuple[Counter, int, int]:
@@ -214,7 +224,10 @@ def binarize_file(
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = True,
 ) -> SplitSummary:
-    """Write ``prefix.bin``/``prefix.idx`` for the text file ``path`` (atomically) and summarise it."""
+    """Write ``prefix.bin``/``prefix.idx`` for the text file ``path`` (atomically) and summarise it.
+
+    ``prefix.dict.json`` records ``dictionary``'s fingerprint, so readers can refuse another dict.txt.
+    """
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -224,6 +237,7 @@ def binarize_file(
     sentences = tokens = unk = replaced = invalid = 0
     name = Path(prefix).name
     bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=name, disable=not progress)
+    fingerprint.forget(prefix)
     with bar, TokenFileWriter(prefix, dtype, layout) as writer:
         for chunk, enc in zip(chunks, _map_ordered(encoder, chunks, workers)):
             writer.add_chunk(enc.ids, enc.sizes)
@@ -234,4 +248,5 @@ def binarize_file(
             invalid += enc.invalid_bytes
             bar.update(chunk.end - chunk.start)
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tokens/s")
+    fingerprint.record(prefix, dictionary)
     return SplitSummary(name, sentences, tokens, unk, replaced, invalid, time.perf_counter() - t0)

@@ -21,6 +21,9 @@ def main() -> int:
     try:
         import torch.distributed as dist
 
+        from adaptive_lm_ds import ds_runtime
+
+        ds_runtime.load_shm_op()  # from the venv, under our build lock: a stale torch lock fails, never hangs
         dist.init_process_group(backend="gloo")
         module_name, qualname = target.split(":")
         fn = importlib.import_module(module_name)

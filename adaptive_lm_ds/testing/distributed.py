@@ -9,7 +9,8 @@ it, so every test gets the same guarantees:
   launcher's noise);
 * a wall-clock ``timeout`` kills the whole process group and raises :class:`RankTimeout`;
 * nothing survives the call: the launcher runs in its own session, which is always killed;
-* every call gets a fresh free port, so parallel or consecutive calls never collide.
+* every call gets a fresh free port, so parallel or consecutive calls never collide;
+* DeepSpeed's ``/dev/shm`` buffers of that port are removed afterwards, even when ranks were killed.
 
 Typical use in a test::
 
@@ -39,7 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptive_lm_ds.ds_runtime import remove_shm_buffers
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
 LAUNCHERS = ("torchrun", "deepspeed")
 
 
@@ -59,7 +63,7 @@ class RankTimeout(RuntimeError):
 def free_port() -> int:
     """A TCP port on loopback that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
 
 
@@ -71,7 +75,7 @@ def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         OMP_NUM_THREADS=env.get("ADAPTIVE_LM_RANK_THREADS", "1"),
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
-        MASTER_ADDR="127.0.0.1",
+        MASTER_ADDR=LOOPBACK,
         TORCH_CPP_LOG_LEVEL="ERROR",
     )
     env.update(extra or {})
@@ -87,7 +91,7 @@ def launcher_argv(launcher: str, nprocs: int, port: int, *, nnodes: int = 1, nod
             f"--nproc_per_node={nprocs}",
             f"--nnodes={nnodes}",
             f"--node_rank={node_rank}",
-            "--master_addr=127.0.0.1",
+            f"--master_addr={LOOPBACK}",
             f"--master_port={port}",
         ]
     if launcher == "deepspeed":
@@ -136,9 +140,17 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 def launch(
-    argv: Sequence[str], *, timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    shm_job: tuple[int, int] | None = None,
 ) -> LaunchResult:
-    """Run ``argv`` in a new session; on timeout (or any exit) kill the whole session."""
+    """Run ``argv`` in a new session; on timeout (or any exit) kill the whole session.
+
+    ``shm_job=(port, nprocs)``: afterwards remove the ``/dev/shm`` buffers DeepSpeed made for that job.
+    """
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -160,6 +172,8 @@ def launch(
             ) from None
         finally:
             _kill_tree(proc)  # launchers may leave children behind when a rank dies
+            if shm_job is not None:
+                remove_shm_buffers(LOOPBACK, *shm_job)
         log.seek(0)
         return LaunchResult(proc.returncode, log.read())
 
@@ -174,8 +188,9 @@ def run_script(
     env: dict[str, str] | None = None,
 ) -> LaunchResult:
     """Launch a user-facing script on ``nprocs`` CPU ranks; raise with its output if it fails."""
-    argv = launcher_argv(launcher, nprocs, free_port()) + [str(script), *map(str, args)]
-    result = launch(argv, timeout=timeout, env=rank_env(env))
+    port = free_port()
+    argv = launcher_argv(launcher, nprocs, port) + [str(script), *map(str, args)]
+    result = launch(argv, timeout=timeout, env=rank_env(env), shm_job=(port, nprocs))
     if result.returncode != 0:
         raise RankFailure(None, f"exit code {result.returncode}\n{result.output[-6000:]}")
     return result
@@ -244,7 +259,8 @@ def run_script_until_killed(
     is printed (simulates a crash or a pre-empted node). Returns the output up to the kill; raises
     :class:`RankFailure` if the script ended first, :class:`RankTimeout` if the line never came.
     """
-    argv = launcher_argv(launcher, nprocs, free_port()) + [str(script), *map(str, args)]
+    port = free_port()
+    argv = launcher_argv(launcher, nprocs, port) + [str(script), *map(str, args)]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
@@ -266,6 +282,7 @@ def run_script_until_killed(
     finally:
         timer.cancel()
         _kill_tree(proc)
+        remove_shm_buffers(LOOPBACK, port, nprocs)
     tail = "".join(lines)[-4000:]
     if timed_out.is_set():
         raise RankTimeout(f"{kill_when!r} did not appear within {timeout:.0f}s\n{tail}")
@@ -294,14 +311,15 @@ def run_on_ranks(
     try:
         with open(workdir / "kwargs.pkl", "wb") as f:
             pickle.dump(kwargs, f)
-        argv = launcher_argv(launcher, nprocs, free_port())
+        port = free_port()
+        argv = launcher_argv(launcher, nprocs, port)
         worker = ["-m", "adaptive_lm_ds.testing._worker"]
         if launcher == "deepspeed":
             worker = ["--module", "adaptive_lm_ds.testing._worker"]
             argv = argv + ["--no_local_rank"]
         argv = argv + worker + [target, str(workdir)]
         start = time.monotonic()
-        result = launch(argv, timeout=timeout, env=rank_env(env))
+        result = launch(argv, timeout=timeout, env=rank_env(env), shm_job=(port, nprocs))
         # The first traceback written is the cause; peers that died in a collective come after.
         errors = sorted(workdir.glob("rank*.err"), key=lambda p: (p.stat().st_mtime_ns, p.name))
         if errors:

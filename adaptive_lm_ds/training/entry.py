@@ -11,6 +11,7 @@ import sys
 
 import torch.distributed as dist
 
+from adaptive_lm_ds import ds_runtime
 from adaptive_lm_ds.config import ConfigError
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.data import DataError
@@ -38,7 +39,11 @@ USER_ERRORS = (
 
 
 def init_process_group() -> None:
-    """gloo on CPU, nccl on GPU; a plain ``python launchers/...`` run is a world of one."""
+    """gloo on CPU, nccl on GPU; a plain ``python launchers/...`` run is a world of one.
+
+    DeepSpeed's shared-memory op is loaded from this venv first (a stale build lock is an error, not a
+    hang), and each rank's ``/dev/shm`` buffer name is unlinked once all ranks have mapped it.
+    """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -46,7 +51,9 @@ def init_process_group() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
     backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
+    ds_runtime.load_shm_op()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    ds_runtime.release_shm_buffer()
 
 
 def main(argv=None, description: str = "Train an adaptive-input LM", defaults: dict | None = None) -> int:
@@ -55,7 +62,12 @@ def main(argv=None, description: str = "Train an adaptive-input LM", defaults: d
     if not cfg.data.data:
         print("error: --data DATA_BIN is required (the folder tools/preprocess_data.py wrote)", file=sys.stderr)
         return 2
-    init_process_group()
+    try:
+        init_process_group()
+    except ds_runtime.StaleBuildLock as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     try:
         summary = Trainer(cfg).run()
     except USER_ERRORS as e:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.config import ModelConfig, get_preset
+from adaptive_lm_ds.config import ConfigError, ModelConfig, get_preset
 from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dict
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
@@ -73,6 +73,16 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, di
     return model_cfg, state
 
 
+def check_block_fits(tokens_per_sample: int, model_cfg: ModelConfig) -> None:
+    """A training block longer than the model's positions would run past its position table (or, with
+    sinusoidal positions, train at lengths the model declares it never sees)."""
+    if tokens_per_sample > model_cfg.max_positions:
+        raise ConfigError(
+            f"--tokens-per-sample {tokens_per_sample} exceeds the model's {model_cfg.max_positions} positions; "
+            f"use --tokens-per-sample {model_cfg.max_positions} or less"
+        )
+
+
 def _endless(iterator: LMBatchIterator):
     while True:
         yield from iterator
@@ -91,6 +101,7 @@ class Trainer:
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
         self.model_cfg.validate(layout.tp)
+        check_block_fits(data.tokens_per_sample, self.model_cfg)
         self.train_data = build_lm_dataset(data.data, data.train_subset, data.tokens_per_sample, data.sample_break_mode)
         self.valid_data = build_lm_dataset(data.data, data.valid_subset, data.tokens_per_sample, data.sample_break_mode)
         self.ctx = parallel.initialize_parallel(layout, run.seed)
