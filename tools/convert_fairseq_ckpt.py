@@ -25,6 +25,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import (  # noqa: E402
     load_consolidated,
@@ -37,14 +38,21 @@ from adaptive_lm_ds.interop import (  # noqa: E402
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
+from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(description=__doc__)
     p.add_argument("--input", required=True, help="fairseq .pt (or, with --to-fairseq, a consolidated folder)")
     p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
     p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
     p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
+    p.add_argument(
+        "--arch",
+        choices=fairseq_archs(),
+        help="with --to-fairseq: the fairseq arch to record in cfg.model._name "
+        "(default: transformer_lm_wiki103 for tied adaptive models, else transformer_lm)",
+    )
     p.add_argument(
         "--tensor-model-parallel-size",
         type=int,
@@ -103,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.to_fairseq:
             cfg, state, dictionary = load_consolidated(args.input)
-            save_fairseq_checkpoint(args.output, cfg, state)
+            data = str(Path(args.output).parent) if dictionary is not None else ""  # cfg.task.data: dict.txt's folder
+            save_fairseq_checkpoint(args.output, cfg, state, data=data, arch=args.arch)
             if dictionary is not None:
                 dictionary.save(Path(args.output).parent / "dict.txt")
             if args.verify:

@@ -12,7 +12,6 @@ with --init-from.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -20,13 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError, save_consolidated  # noqa: E402
 from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.training.export import consolidate_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a --save-dir (its latest checkpoint) or one tag folder")
     parser.add_argument("--output", required=True, help="consolidated model folder to write (replaced atomically)")
     args = parser.parse_args(argv)
