@@ -1,6 +1,7 @@
 """Run with the fairseq oracle's python: print the cfg fairseq-train builds for the LM recipe, as JSON.
 
-    .fairseq-oracle/bin/python tests/oracle_scripts/dump_fairseq_defaults.py > adaptive_lm_ds/interop/fairseq_defaults.json
+    cd adaptive_lm_ds/interop && ../../.fairseq-oracle/bin/python ../../tests/oracle_scripts/dump_fairseq_defaults.py \
+        fairseq_defaults.json
 
 ``cfg``: every section of ``checkpoint["cfg"]`` except ``model`` for the seed's choices (task
 language_modeling, criterion adaptive_loss, optimizer nag, lr-scheduler cosine, ddp-backend legacy_ddp)
@@ -36,5 +37,6 @@ base = cfg_for("transformer_lm")
 base.pop("model")
 out = {"command": " ".join(["fairseq-train", *COMMON, "--arch", "ARCH"]), "cfg": base,
        "models": {arch: cfg_for(arch)["model"] for arch in archs}}  # fmt: skip
-json.dump(out, sys.stdout, indent=1, sort_keys=True)
-sys.stdout.write("\n")
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f, indent=1, sort_keys=True)
+    f.write("\n")
