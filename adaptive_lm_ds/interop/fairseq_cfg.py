@@ -51,56 +51,71 @@ def _cutoffs(value: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in value)
 
 
+# fairseq model option -> ModelConfig field, where the two are one value under two names
+_SAME = {
+    "decoder_embed_dim": "embed_dim", "decoder_ffn_embed_dim": "ffn_dim", "decoder_layers": "num_layers",
+    "decoder_attention_heads": "num_heads", "activation_fn": "activation_fn", "dropout": "dropout",
+    "attention_dropout": "attention_dropout", "activation_dropout": "activation_dropout",
+    "decoder_learned_pos": "learned_pos", "no_scale_embedding": "no_scale_embedding",
+    "adaptive_input": "adaptive_input", "adaptive_input_factor": "adaptive_input_factor",
+    "adaptive_softmax_factor": "adaptive_softmax_factor", "adaptive_softmax_dropout": "adaptive_softmax_dropout",
+    "tie_adaptive_weights": "tie_adaptive_weights", "tie_adaptive_proj": "tie_adaptive_proj",
+    "share_decoder_input_output_embed": "share_input_output_embed", "max_target_positions": "max_positions",
+}  # fmt: skip
+
+
+def model_fields(args: Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`ModelConfig` fields of the fairseq model options in ``args`` (only those present and not None).
+
+    ``decoder_input_dim``/``decoder_output_dim`` are checked by :func:`check_io_dims`, not mapped: this
+    model has no projection around the decoder.
+    """
+    out: dict[str, Any] = {}
+    for name, field in _SAME.items():
+        if args.get(name) is not None:
+            out[field] = args[name]
+    if "adaptive_input_cutoff" in args:
+        out["adaptive_input_cutoffs"] = _cutoffs(args["adaptive_input_cutoff"])
+    if "adaptive_softmax_cutoff" in args:
+        out["adaptive_softmax_cutoffs"] = _cutoffs(args["adaptive_softmax_cutoff"])
+        out["adaptive_softmax"] = bool(out["adaptive_softmax_cutoffs"])
+    if args.get("no_decoder_final_norm") is not None:
+        out["final_norm"] = not args["no_decoder_final_norm"]
+    return out
+
+
+def check_io_dims(cfg: ModelConfig, flags: Mapping[str, Any]) -> None:
+    for name in ("decoder_input_dim", "decoder_output_dim"):
+        if flags.get(name) is not None and int(flags[name]) != cfg.embed_dim:
+            raise FairseqArchError(
+                f"--{name.replace('_', '-')} {flags[name]} differs from the decoder width {cfg.embed_dim}: "
+                "input/output projections around the decoder are not implemented; give them equal"
+            )
+
+
 def arch_model_config(arch: str, vocab_size: int, flags: Mapping[str, Any], tokens_per_sample: int) -> ModelConfig:
     """The model of fairseq ``--arch ARCH`` refined by fairseq model ``flags`` (fairseq names, set ones only).
 
     As fairseq: the arch's values, each overridden by a flag given; ``max_target_positions`` defaults
-    to ``tokens_per_sample``. ``decoder_input_dim``/``decoder_output_dim`` other than
-    ``decoder_embed_dim`` (projections around the decoder) are refused by name.
+    to ``tokens_per_sample``.
     """
     models = fairseq_defaults()["models"]
     if arch not in models:
         raise FairseqArchError(f"--arch {arch} is not a fairseq transformer_lm arch; choose one of {', '.join(models)}")
-    a = {**models[arch], **flags}
-    d = int(a["decoder_embed_dim"])
-    for name in ("decoder_input_dim", "decoder_output_dim"):
-        if name in flags and int(flags[name]) != d:
-            raise FairseqArchError(
-                f"--{name.replace('_', '-')} {flags[name]} differs from --decoder-embed-dim {d}: "
-                "input/output projections around the decoder are not implemented; give them equal"
-            )
-    if not a.get("decoder_normalize_before", True):
+    if not models[arch].get("decoder_normalize_before", True):
         raise FairseqArchError(f"--arch {arch}: post-norm decoders are not implemented (fairseq LMs are pre-norm)")
-    in_cut, out_cut = _cutoffs(a.get("adaptive_input_cutoff")), _cutoffs(a.get("adaptive_softmax_cutoff"))
-    cfg = ModelConfig(
-        vocab_size=vocab_size,
-        embed_dim=d,
-        ffn_dim=int(a["decoder_ffn_embed_dim"]),
-        num_layers=int(a["decoder_layers"]),
-        num_heads=int(a["decoder_attention_heads"]),
-        activation_fn=a.get("activation_fn") or "relu",
-        dropout=float(a["dropout"]),
-        attention_dropout=float(a["attention_dropout"]),
-        activation_dropout=float(a.get("activation_dropout") or a.get("relu_dropout") or 0.0),
-        learned_pos=bool(a["decoder_learned_pos"]),
-        max_positions=int(a.get("max_target_positions") or tokens_per_sample),
-        no_scale_embedding=bool(a["no_scale_embedding"]),
-        final_norm=not a["no_decoder_final_norm"],
-        adaptive_input=bool(a["adaptive_input"]),
-        adaptive_input_cutoffs=in_cut if a["adaptive_input"] else (),
-        adaptive_input_factor=float(a["adaptive_input_factor"]),
-        adaptive_softmax=bool(out_cut),
-        adaptive_softmax_cutoffs=out_cut,
-        adaptive_softmax_factor=float(a["adaptive_softmax_factor"]),
-        adaptive_softmax_dropout=float(a["adaptive_softmax_dropout"]),
-        tie_adaptive_weights=bool(a["tie_adaptive_weights"]),
-        tie_adaptive_proj=bool(a["tie_adaptive_proj"]),
-        share_input_output_embed=bool(a["share_decoder_input_output_embed"]),
-    )
+    base = ModelConfig(vocab_size=vocab_size, **{**model_fields(models[arch]), "max_positions": tokens_per_sample})
+    return refine(base, flags, f"--arch {arch}")
+
+
+def refine(base: ModelConfig, flags: Mapping[str, Any], what: str) -> ModelConfig:
+    """``base`` with the fairseq model ``flags`` applied, validated (one :class:`FairseqArchError` line)."""
     try:
+        cfg = base.replace(**model_fields(flags))
+        check_io_dims(cfg, flags)
         return cfg.validate()
     except ConfigError as err:
-        raise FairseqArchError(f"--arch {arch} with the given model flags: {err}") from None
+        raise FairseqArchError(f"{what} with the given model flags: {err}") from None
 
 
 def arch_for(cfg: ModelConfig) -> str:
