@@ -9,8 +9,8 @@ fairseq-train's own command line for this recipe also runs unchanged after the p
 transformer_lm_wiki103 ... --criterion adaptive_loss ... --ddp-backend=legacy_ddp``; README).
 
 Defaults are fairseq's command: the transformer_lm_wiki103 model (preset wiki103), --criterion
-adaptive_loss, NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000 --lr-shrink 0.75, warmup 16000 updates from 1e-7, --min-lr 1e-4, --stop-min-lr 1e-9, --clip-norm 0.1,
---max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none,
+adaptive_loss, NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000 --lr-shrink 0.75,
+warmup 16000 updates from 1e-7, --min-lr 1e-4, --stop-min-lr 1e-9, --clip-norm 0.1, --max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none,
 --max-update 286000, --seed 1. Every flag can be overridden; `--help` lists them all.
 """
 
