@@ -11,7 +11,8 @@ transformer_lm_wiki103 ... --criterion adaptive_loss ... --ddp-backend=legacy_dd
 Defaults are fairseq's command: the transformer_lm_wiki103 model (preset wiki103), --criterion
 adaptive_loss, NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000 --lr-shrink 0.75,
 warmup 16000 updates from 1e-7, --min-lr 1e-4, --stop-min-lr 1e-9, --clip-norm 0.1,
---max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none, --max-update 286000, --seed 1. Every flag can be overridden; `--help` lists them all.
+--max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none, --max-update 286000,
+--seed 1. Every flag can be overridden; `--help` lists them all.
 """
 
 import sys
