@@ -167,12 +167,15 @@ def fairseq_model_args(cfg: ModelConfig, arch: str | None = None) -> dict[str, A
 
 def fairseq_cfg(cfg: ModelConfig, data: str = "", arch: str | None = None) -> dict[str, Any]:
     """The complete ``checkpoint["cfg"]`` (every section) for the model; ``data`` is ``task.data``."""
-    out = copy.deepcopy(fairseq_defaults()["cfg"])
+    defaults = fairseq_defaults()["cfg"]
+    sections = list(defaults)  # fairseq's order; "model" goes before "task", as fairseq writes it
+    sections.insert(sections.index("task"), "model")
+    out = {key: copy.deepcopy(defaults.get(key)) for key in sections}
     out["model"] = fairseq_model_args(cfg, arch)
     out["task"].update(data=data, tokens_per_sample=cfg.max_positions)
     if not cfg.adaptive_softmax:  # fairseq's adaptive_loss needs an adaptive softmax
         out["criterion"] = {"_name": "cross_entropy", "sentence_avg": False}
-    return {key: out[key] for key in sorted(out, key=lambda k: k != "_name")}
+    return out
 
 
 def criterion_class_name(cfg: ModelConfig) -> str:

@@ -38,5 +38,5 @@ base.pop("model")
 out = {"command": " ".join(["fairseq-train", *COMMON, "--arch", "ARCH"]), "cfg": base,
        "models": {arch: cfg_for(arch)["model"] for arch in archs}}  # fmt: skip
 with open(sys.argv[1], "w") as f:
-    json.dump(out, f, indent=1, sort_keys=True)
+    json.dump(out, f, indent=1)  # fairseq's own key order (the order it writes sections in)
     f.write("\n")
