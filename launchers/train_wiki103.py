@@ -4,10 +4,15 @@
     deepspeed [--hostfile hostfile] launchers/train_wiki103.py --data data-bin/wikitext-103 \\
         --deepspeed_config ds_configs/zero1.json [--tensor-model-parallel-size 2] ...
 
-Defaults are fairseq's command: NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000
---lr-shrink 0.75, warmup 16000 updates from 1e-7, --min-lr 1e-4, --stop-min-lr 1e-9, --clip-norm 0.1,
---max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none,
---max-update 286000, --seed 1. Every flag can be overridden; `--help` lists them all.
+fairseq-train's own command line for this recipe also runs unchanged after the program name
+(``launchers/train_wiki103.py --task language_modeling data-bin/wikitext-103 --arch
+transformer_lm_wiki103 ... --criterion adaptive_loss ... --ddp-backend=legacy_ddp``; README).
+
+Defaults are fairseq's command: the transformer_lm_wiki103 model (preset wiki103), --criterion
+adaptive_loss, NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000 --lr-shrink 0.75,
+warmup 16000 updates from 1e-7, --min-lr 1e-4, --stop-min-lr 1e-9, --clip-norm 0.1,
+--max-tokens 3072 --update-freq 3 --tokens-per-sample 3072 --sample-break-mode none, --max-update 286000,
+--seed 1. Every flag can be overridden; `--help` lists them all.
 """
 
 import sys
@@ -19,6 +24,7 @@ from adaptive_lm_ds.training.entry import main  # noqa: E402
 
 WIKI103_RECIPE = dict(
     preset="wiki103",
+    criterion="adaptive_loss",
     optimizer="nag",
     lr=1.0,
     momentum=0.99,

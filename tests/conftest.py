@@ -5,12 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .oracle import fairseq_oracle  # noqa: F401  (the fixture, for every test module)
+from .oracle import SHARED, fairseq_oracle, oracle_data_bin  # noqa: F401  (fixtures, for every test module)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ADAPTIVE_LM_SHARED", REPO.parent / "shared"))
 
 
 def _shared_path(*parts: str) -> Path:

@@ -3,6 +3,10 @@
 `.ci/run` builds it into `.fairseq-oracle/` (git-ignored) when ../shared has the kit;
 `FAIRSEQ_ORACLE` points elsewhere. Tests that need it take the `fairseq_oracle` fixture, which
 skips with the reason where it is absent (a user's machine without ../shared).
+
+Shared oracle inputs (session-scoped, made once): `oracle_data_bin`, fairseq-preprocess's own
+binarisation of small WikiText-2 slices with fixture A's dictionary, and `oracle_python_script`, the
+path of a script under tests/oracle_scripts/ to run with the oracle's interpreter.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADAPTIVE_LM_SHARED", REPO.parent / "shared"))
+FIXTURE_A = SHARED / "fixtures" / "fairseq-wiki103-tiny"
+SCRIPTS = Path(__file__).resolve().parent / "oracle_scripts"
 ORACLE_DIR = Path(os.environ.get("FAIRSEQ_ORACLE", REPO / ".fairseq-oracle"))
 
 
@@ -54,3 +61,54 @@ def fairseq_oracle() -> FairseqOracle:
             "../shared/oracles/fairseq/setup.sh .fairseq-oracle (CI does when ../shared has the kit)"
         )
     return oracle
+
+
+def shared_or_skip(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the ../shared fixtures that CI provides")
+    return path
+
+
+# (split, source file under shared/data/wikitext-2, first line, line count): ~8-20k tokens each
+ORACLE_SPLITS = (("train", "valid.txt", 0, 400), ("valid", "test.txt", 0, 120), ("test", "test.txt", 120, 240))
+
+
+@pytest.fixture(scope="session")
+def oracle_data_bin(fairseq_oracle, tmp_path_factory) -> Path:
+    """fairseq-preprocess (the oracle) of WikiText-2 slices with fixture A's dict: train/valid/test."""
+    text_dir = shared_or_skip(SHARED / "data" / "wikitext-2")
+    fixture = shared_or_skip(FIXTURE_A)
+    root = tmp_path_factory.mktemp("oracle-data")
+    prefixes = {}
+    for split, source, first, count in ORACLE_SPLITS:
+        lines = (text_dir / source).read_text(encoding="utf-8").splitlines(keepends=True)[first : first + count]
+        (root / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+        prefixes[split] = root / f"{split}.txt"  # fairseq reads PREF itself when no language is given
+    fairseq_oracle.run(
+        "fairseq-preprocess", "--only-source", "--srcdict", fixture / "dict.txt",
+        "--trainpref", prefixes["train"], "--validpref", prefixes["valid"], "--testpref", prefixes["test"],
+        "--destdir", root / "data-bin", "--workers", "1",
+    )  # fmt: skip
+    return root / "data-bin"
+
+
+def tool_main(name: str):
+    """``main`` of ``tools/NAME.py`` (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def fairseq_arch_flags(cfg) -> list[str]:
+    """fairseq-train model flags that build ``cfg`` (a tied adaptive ModelConfig) from transformer_lm_wiki103."""
+    cut = ",".join(map(str, cfg.adaptive_softmax_cutoffs))
+    return [
+        "--arch", "transformer_lm_wiki103", "--decoder-layers", cfg.num_layers, "--decoder-embed-dim", cfg.embed_dim,
+        "--decoder-input-dim", cfg.embed_dim, "--decoder-output-dim", cfg.embed_dim,
+        "--decoder-ffn-embed-dim", cfg.ffn_dim, "--decoder-attention-heads", cfg.num_heads,
+        "--adaptive-input-cutoff", cut, "--adaptive-softmax-cutoff", cut,
+        "--adaptive-input-factor", cfg.adaptive_input_factor, "--adaptive-softmax-factor", cfg.adaptive_softmax_factor,
+    ]  # fmt: skip

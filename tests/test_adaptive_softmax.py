@@ -113,3 +113,38 @@ def test_input_ids_on_band_cutoffs_look_up_their_band(variant):
         row = weight.table.weight[token - weight.band.start]
         want = row if weight.proj is None else weight.proj(row)
         torch.testing.assert_close(got[i], want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["tied", "untied"])
+def test_adaptive_loss_drops_only_the_tail_term_of_tail_local_padding(variant):
+    """fairseq's adaptive_loss: target ``start_i + padding_idx`` scores only log p_head(cluster i).
+
+    Reference from the full table: a dropped word's term is the band's total probability (its
+    cluster's head probability); every other word keeps log p(word). Loss and gradients must agree.
+    """
+    from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
+
+    model = AdaptiveLM(tiny(VOCAB, **VARIANTS[variant])).eval()
+    set_criterion(model, "adaptive_loss")
+    tokens, targets = _tokens(seed=2)
+    pad = model.cfg.padding_idx
+    targets[0, :3] = 20 + pad  # tail 0, tail-local index == padding_idx
+    targets[1, :2] = 70 + pad  # tail 1, likewise
+    targets[2, 0] = pad
+    keep = targets != pad
+    loss, ntokens = model(tokens, targets)
+    (loss_grad,) = torch.autograd.grad(loss, [model.output.cluster_proj.weight])
+
+    full = model.gather_log_probs(model.log_probs(tokens))
+    picked = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    for start, end in ((20, 70), (70, VOCAB)):
+        dropped = targets == start + pad
+        picked = torch.where(dropped, torch.logsumexp(full[..., start:end], -1), picked)
+    reference = -picked[keep].sum()
+    (ref_grad,) = torch.autograd.grad(reference, [model.output.cluster_proj.weight])
+    assert int(ntokens) == int(keep.sum())
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss_grad, ref_grad, rtol=1e-4, atol=1e-6)
+    set_criterion(model, "nll")  # the exact NLL differs exactly by those tail terms
+    nll, _ = model(tokens, targets)
+    assert float((nll - loss).detach()) > 1e-3

@@ -178,3 +178,21 @@ def test_namespace_model_args_are_read():
     checkpoint = make_fairseq_checkpoint()
     checkpoint["cfg"]["model"] = argparse.Namespace(**checkpoint["cfg"]["model"])
     assert fairseq_to_ours(checkpoint)[0].num_heads == 4
+
+
+def test_written_checkpoint_has_what_fairseqs_trainer_saves(wiki103_tiny_fixture):
+    """Every cfg section and model key of a checkpoint fairseq-train saved; what its loaders read."""
+    original = safe_load(wiki103_tiny_fixture / "checkpoint.pt")
+    cfg, state = fairseq_to_ours(original)
+    back = ours_to_fairseq(cfg, state, data="data-bin")
+    assert list(back["cfg"]) == list(original["cfg"])  # all 20 sections, in fairseq's order
+    assert back["cfg"]["model"].keys() == original["cfg"]["model"].keys()  # the arch's 51 keys
+    assert back["cfg"]["model"]["_name"] == original["cfg"]["model"]["_name"] == "transformer_lm_wiki103"
+    assert back["cfg"]["task"]["data"] == "data-bin" and back["cfg"]["criterion"]["_name"] == "adaptive_loss"
+    for section, values in back["cfg"].items():
+        if isinstance(values, dict):
+            assert values.keys() == original["cfg"][section].keys(), section
+    history = back["optimizer_history"][-1]
+    assert history.keys() == original["optimizer_history"][-1].keys()
+    assert history["lr_scheduler_state"] == {"best": None} and history["num_updates"] == 0
+    assert {"metrics", "previous_training_time", "train_iterator", "val_loss"} <= back["extra_state"].keys()

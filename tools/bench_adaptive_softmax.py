@@ -17,7 +17,6 @@ median per repeat is reported.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -32,7 +31,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds import (
+    cli,  # noqa: E402
+    parallel,  # noqa: E402
+)
 from adaptive_lm_ds.config import gbw_huge  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.flops import DEFAULT_ZIPF_EXPONENT, NUM_SPECIALS, fit_zipf_exponent  # noqa: E402
@@ -124,7 +126,7 @@ def time_interleaved(cases: dict, make_args, repeats: int, warmup: int, device) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=256, help="tokens per step (full logits: tokens x 793k fp32)")
     parser.add_argument("--repeats", type=int, default=7)

@@ -13,7 +13,6 @@ reports its own wall time and peak RSS (that process imports torch, counted in t
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import resource
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.data.blocks import BREAK_MODES, LMBlockDataset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.data.indexed import IndexedTokens, write_fairseq_index  # noqa: E402
@@ -126,7 +126,7 @@ def bench_loader(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(description=__doc__)
     p.add_argument("--text", help="benchmark preprocessing on this file instead of synthetic text")
     p.add_argument("--text-tokens", type=int, default=20_000_000)
     p.add_argument("--index-tokens", type=int, default=800_000_000)

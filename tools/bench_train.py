@@ -16,7 +16,6 @@ out-of-memory is reported as such. ``--compile`` compiles every transformer bloc
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import statistics
 import sys
@@ -29,7 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds import (
+    cli,  # noqa: E402
+    parallel,  # noqa: E402
+)
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.flops import (  # noqa: E402
@@ -230,7 +232,7 @@ def bench_single(args, device, dtype) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None, help="a named preset instead of the small CPU model")
     parser.add_argument("--vocab", type=int, default=200_000)
     parser.add_argument("--d", type=int, default=256)

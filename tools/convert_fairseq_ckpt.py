@@ -29,6 +29,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import (  # noqa: E402
     check_model_output,
@@ -43,6 +44,7 @@ from adaptive_lm_ds.interop import (  # noqa: E402
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
+from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs  # noqa: E402
 from adaptive_lm_ds.outputs import OutputError, check_output_file  # noqa: E402
 
 WRITER = "convert_fairseq_ckpt"
@@ -50,13 +52,19 @@ LAYOUT_DIR = "deepspeed"  # OUTPUT/deepspeed: the training checkpoint for a TP x
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(description=__doc__)
     p.add_argument("--input", required=True, help="fairseq .pt (or, with --to-fairseq, a consolidated folder)")
     p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
     p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
     p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
     p.add_argument("--save-dict", help="with --to-fairseq: also write the model's dict.txt to this file")
     p.add_argument("--force", action="store_true", help="replace an existing output that this tool did not write")
+    p.add_argument(
+        "--arch",
+        choices=fairseq_archs(),
+        help="with --to-fairseq: the fairseq arch to record in cfg.model._name "
+        "(default: transformer_lm_wiki103 for tied adaptive models, else transformer_lm)",
+    )
     p.add_argument(
         "--tensor-model-parallel-size",
         type=int,
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg, state, dictionary = load_consolidated(args.input)
             if args.save_dict and dictionary is None:
                 raise SystemExit(f"error: {args.input} holds no dict.txt, so --save-dict has nothing to write")
-            save_fairseq_checkpoint(args.output, cfg, state)
+            data = str(Path(args.save_dict).parent) if args.save_dict else ""  # cfg.task.data: dict.txt's folder
+            save_fairseq_checkpoint(args.output, cfg, state, data=data, arch=args.arch)
             if args.save_dict:
                 dictionary.save(args.save_dict)
             if args.verify:

@@ -32,7 +32,7 @@ def run(argv: list[str], **env: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--out-dir", default="demo_out", help="where everything is written")
     parser.add_argument("--train-minutes", type=float, default=3.0, help="training wall-clock budget")
     parser.add_argument("--master-port", type=int, default=29533, help="rendezvous port of the 2 training ranks")

@@ -27,7 +27,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds import (
+    cli,  # noqa: E402
+    parallel,  # noqa: E402
+)
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
@@ -41,7 +44,7 @@ from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint  #
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.rank_parser(description=__doc__)
     p.add_argument("--path", required=True, help="consolidated model folder or fairseq checkpoint .pt")
     p.add_argument("--data", required=True, help="data-bin folder with dict.txt and SPLIT.{bin,idx}")
     p.add_argument("--gen-subset", default="test")

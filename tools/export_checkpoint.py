@@ -15,7 +15,6 @@ folder), and never when it holds the checkpoint read.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError, check_model_output, save_consolidated  # noqa: E402
 from adaptive_lm_ds.outputs import OutputError  # noqa: E402
 from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
@@ -32,7 +32,7 @@ WRITER = "export_checkpoint"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="a --save-dir (its latest checkpoint) or one tag folder")
     parser.add_argument("--output", required=True, help="consolidated model folder to write (replaced atomically)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output that is not an export")

@@ -12,11 +12,12 @@ import argparse
 import dataclasses
 import time
 
+from adaptive_lm_ds import cli
 from adaptive_lm_ds.synthetic_corpus import CorpusSpec, generate_corpus
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(description=__doc__)
     parser.add_argument("--out-dir", required=True, help="folder for train.txt, valid.txt, test.txt")
     for field in dataclasses.fields(CorpusSpec):
         flag = "--" + field.name.replace("_", "-")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.memory import (  # noqa: E402
@@ -96,7 +97,7 @@ HEADER = f"{'layout (GB per GPU)':<46}" + "".join(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--tp", type=int, default=1)

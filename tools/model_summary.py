@@ -12,7 +12,6 @@ totals; with PP > 1 the last stage holds its own copy of the tied tensors, which
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -24,7 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds import (
+    cli,  # noqa: E402
+    parallel,  # noqa: E402
+)
 from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset  # noqa: E402
 from adaptive_lm_ds.memory import stage_parameter_counts  # noqa: E402
 from adaptive_lm_ds.model import AdaptiveLM  # noqa: E402
@@ -82,7 +84,7 @@ def _stdout_to_stderr():
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1)

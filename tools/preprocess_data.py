@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.data.dictionary import Dictionary  # noqa: E402
 from adaptive_lm_ds.data.errors import DataError  # noqa: E402
 from adaptive_lm_ds.data.indexed import LAYOUTS  # noqa: E402
@@ -25,7 +26,7 @@ from adaptive_lm_ds.data.preprocess import CHUNK_BYTES, binarize_file, build_dic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(description=__doc__)
     p.add_argument("--trainpref", help="training text (builds the dictionary unless --srcdict)")
     p.add_argument("--validpref", help="validation text(s), comma-separated")
     p.add_argument("--testpref", help="test text(s), comma-separated")

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from adaptive_lm_ds.config import ModelConfig
-from adaptive_lm_ds.interop.fairseq_args import D, FairseqConversionError, fairseq_model_args, infer_config, model_args
+from adaptive_lm_ds.interop.fairseq_args import D, FairseqConversionError, infer_config, model_args
+from adaptive_lm_ds.interop.fairseq_cfg import criterion_class_name, fairseq_cfg
 from adaptive_lm_ds.interop.safe_load import safe_load
 
 SCRATCH_SUFFIXES = ("._float_tensor",)  # fairseq's uninitialised device-placeholder buffers
@@ -157,37 +158,47 @@ def fairseq_model_state(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> O
     return state
 
 
-def ours_to_fairseq(cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """A checkpoint dict in the layout fairseq's trainer saves (``args`` None, ``cfg`` of plain dicts)."""
+def ours_to_fairseq(
+    cfg: ModelConfig,
+    ours: Mapping[str, torch.Tensor],
+    data: str = "",
+    arch: str | None = None,
+    num_updates: int = 0,
+    best: float | None = None,
+) -> dict[str, Any]:
+    """A checkpoint dict fairseq treats as its own trainer's (``Trainer.state_dict`` layout).
+
+    ``cfg``: every section, the arch's complete model keys (:func:`fairseq_cfg`; ``data`` is
+    ``task.data``). ``optimizer_history``: one entry as fairseq appends it, with the
+    ``lr_scheduler_state`` ``{"best": best}`` its loaders read. No ``last_optimizer_state`` (as
+    ``--no-save-optimizer-state``): ``--restore-file`` then starts the optimizer afresh, with the
+    weights, ``num_updates`` and an epoch-1 data iterator from here.
+    """
     expected = {name for e in key_map(cfg) for name in e.ours}
     missing, extra = sorted(expected - set(ours)), sorted(set(ours) - expected)
     if missing or extra:
         raise FairseqConversionError(
             f"state dict does not match the config: missing {missing[:8]}, unexpected {extra[:8]}"
         )
-    model = fairseq_model_args(cfg)
-    task = {
-        "_name": "language_modeling",
-        "data": "",
-        "sample_break_mode": "none",
-        "tokens_per_sample": cfg.max_positions,
-        "output_dictionary_size": -1,
-        "self_target": False,
-        "future_target": False,
-        "past_target": False,
-        "add_bos_token": False,
-        "max_target_positions": None,
+    history = {
+        "criterion_name": criterion_class_name(cfg),
+        "optimizer_name": "FairseqNAG",
+        "lr_scheduler_state": {"best": best},
+        "num_updates": int(num_updates),
     }
-    criterion = {"_name": "adaptive_loss" if cfg.adaptive_softmax else "cross_entropy", "sentence_avg": False}
     return {
         "args": None,
-        "cfg": {"_name": None, "model": model, "task": task, "criterion": criterion},
+        "cfg": fairseq_cfg(cfg, data=data, arch=arch),
         "model": fairseq_model_state(cfg, ours),
         "criterion": None,
-        "optimizer_history": [{"criterion_name": "AdaptiveLoss", "optimizer_name": "none", "num_updates": 0}],
+        "optimizer_history": [history],
         "task_state": {},
-        "extra_state": {"train_iterator": {"epoch": 1}, "val_loss": None},
-        "last_optimizer_state": None,
+        "extra_state": {
+            "metrics": {},
+            "previous_training_time": 0.0,
+            "train_iterator": {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True},
+            "val_loss": best,
+        },
     }
 
 
@@ -196,10 +207,12 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[
     return fairseq_to_ours(safe_load(path))
 
 
-def save_fairseq_checkpoint(path: str | os.PathLike, cfg: ModelConfig, ours: Mapping[str, torch.Tensor]) -> None:
-    """Write :func:`ours_to_fairseq` to ``path`` (temp file + rename)."""
+def save_fairseq_checkpoint(
+    path: str | os.PathLike, cfg: ModelConfig, ours: Mapping[str, torch.Tensor], **fields: Any
+) -> None:
+    """Write :func:`ours_to_fairseq` (``fields``: its keyword options) to ``path`` (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ours_to_fairseq(cfg, ours), tmp)
+    torch.save(ours_to_fairseq(cfg, ours, **fields), tmp)
     os.replace(tmp, path)

@@ -3,8 +3,8 @@
 Reading: hyperparameters from a checkpoint's ``cfg["model"]`` (a plain dict, newer releases) or ``args``
 (an ``argparse.Namespace``, older releases), shapes from its tensors, which win and are cross-checked
 (vocabulary, cutoffs, band dims, layers, FFN width). Never a preset. Writing: the ``cfg["model"]``
-dict fairseq itself would save for the config. The tensors' key mapping is
-:mod:`adaptive_lm_ds.interop.fairseq`.
+dict fairseq itself would save for the config is :mod:`adaptive_lm_ds.interop.fairseq_cfg`. The
+tensors' key mapping is :mod:`adaptive_lm_ds.interop.fairseq`.
 """
 
 from __future__ import annotations
@@ -164,47 +164,3 @@ def infer_config(args: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> 
         ).validate()
     except ConfigError as err:
         raise FairseqConversionError(f"{arch}: unsupported architecture: {err}") from None
-
-
-def fairseq_model_args(cfg: ModelConfig) -> dict[str, Any]:
-    """``cfg["model"]`` as fairseq writes it for ``transformer_lm`` (strings for cutoffs, plain values)."""
-
-    def cut(values: tuple[int, ...], on: bool) -> str | None:
-        return ",".join(str(c) for c in values) if on else None
-
-    return {
-        "_name": "transformer_lm",
-        "activation_fn": cfg.activation_fn,
-        "dropout": cfg.dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "activation_dropout": cfg.activation_dropout,
-        "relu_dropout": 0.0,
-        "decoder_embed_dim": cfg.embed_dim,
-        "decoder_output_dim": cfg.embed_dim,
-        "decoder_input_dim": cfg.embed_dim,
-        "decoder_ffn_embed_dim": cfg.ffn_dim,
-        "decoder_layers": cfg.num_layers,
-        "decoder_attention_heads": cfg.num_heads,
-        "decoder_normalize_before": True,
-        "no_decoder_final_norm": not cfg.final_norm,
-        "adaptive_softmax_cutoff": cut(cfg.adaptive_softmax_cutoffs, cfg.adaptive_softmax),
-        "adaptive_softmax_dropout": cfg.adaptive_softmax_dropout,
-        "adaptive_softmax_factor": cfg.adaptive_softmax_factor,
-        "no_token_positional_embeddings": False,
-        "share_decoder_input_output_embed": cfg.share_input_output_embed,
-        "character_embeddings": False,
-        "adaptive_input": cfg.adaptive_input,
-        "adaptive_input_factor": cfg.adaptive_input_factor,
-        "adaptive_input_cutoff": cut(cfg.adaptive_input_cutoffs, cfg.adaptive_input),
-        "tie_adaptive_weights": cfg.tie_adaptive_weights,
-        "tie_adaptive_proj": cfg.tie_adaptive_proj,
-        "decoder_learned_pos": cfg.learned_pos,
-        "layernorm_embedding": False,
-        "no_scale_embedding": cfg.no_scale_embedding,
-        "decoder_layerdrop": 0.0,
-        "quant_noise_pq": 0.0,
-        "quant_noise_scalar": 0.0,
-        "add_bos_token": False,
-        "tokens_per_sample": cfg.max_positions,
-        "max_target_positions": cfg.max_positions,
-    }

@@ -23,6 +23,13 @@ fairseq layout (for the converter):
 Shard layout of :meth:`log_probs`: for every band in order, this rank's ``rows_per_rank`` columns
 (band rows ``[r * rows_per_rank, (r + 1) * rows_per_rank)``, padding columns ``-inf``), concatenated;
 :meth:`gather_log_probs` turns that into ``[..., V]``.
+
+**Training criteria** (:attr:`VocabParallelAdaptiveSoftmax.criterion`, ``--criterion``): ``nll`` is the
+exact negative log-likelihood of every non-pad target. ``adaptive_loss`` is fairseq's criterion of that
+name, bit for bit: fairseq scores tail ``i`` with ``F.cross_entropy(..., ignore_index=padding_idx)`` on
+the *tail-local* target ``id - start_i``, so a word whose tail-local index equals ``padding_idx``
+(ids ``start_i + 1``) keeps only its head (cluster) term, in the loss and in its gradient. Both
+criteria count the same tokens; evaluation (log-prob tables, ``target_log_probs``) is always exact.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from adaptive_lm_ds.layers.vocab_parallel import (
     log_normalizer,
     xavier_bound,
 )
+
+CRITERIA = ("adaptive_loss", "nll")
 
 
 class VocabParallelAdaptiveSoftmax(nn.Module):
@@ -71,6 +80,7 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         self.tail_projs = None
         if not cfg.tie_adaptive_proj:
             self.tail_projs = nn.ModuleList(nn.Linear(d, b.dim, bias=False) for b in self.out_bands[1:])
+        self.criterion = "nll"  # or "adaptive_loss" (fairseq's tail rule); set by set_criterion
         self.register_buffer(
             "tail_starts", torch.tensor([b.start for b in self.out_bands[1:]], dtype=torch.long), persistent=False
         )
@@ -126,12 +136,14 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         return logits, log_normalizer(logits, self.tp_group)
 
     # ------------------------------------------------------------------ outputs
-    def target_log_probs(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def target_log_probs(self, h: torch.Tensor, targets: torch.Tensor, drop_tail_padding: bool = False) -> torch.Tensor:
         """Exact ``log p(target)`` ``[...]`` fp32 for ``h [..., d]``; tails only for their own tokens.
 
         Head and tails each go through the fused :func:`vocab_parallel_log_prob` (two collectives
         each at TP > 1, the logits buffer reused for softmax and gradient). Tokens are routed to the
         tails by one stable sort of their band; the one host sync is the per-band token count.
+        ``drop_tail_padding``: fairseq ``adaptive_loss``'s rule, the tail term of targets whose
+        tail-local index is ``padding_idx`` left out (module docstring).
         """
         shape = targets.shape
         h = h.reshape(-1, h.shape[-1])
@@ -152,18 +164,21 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         for i, idx in enumerate(order.split(counts)[1:]):
             table = self.table(i + 1)
             logits = table.raw_logits(self._tail_hidden(i, h.index_select(0, idx)))
-            local = table.target_columns(t.index_select(0, idx) - self.out_bands[i + 1].start)
-            tail_lps.append(vocab_parallel_log_prob(logits, local, table.shard.real_rows, self.tp_group))
+            band_targets = t.index_select(0, idx) - self.out_bands[i + 1].start
+            local = table.target_columns(band_targets)
+            tail_lp = vocab_parallel_log_prob(logits, local, table.shard.real_rows, self.tp_group)
+            if drop_tail_padding:
+                tail_lp = torch.where(band_targets == self.cfg.padding_idx, 0.0, tail_lp)
+            tail_lps.append(tail_lp)
         return lp.index_add(0, order[counts[0] :], torch.cat(tail_lps)).view(shape)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sum of -log p(target) over non-pad targets, fp32 scalar; number of those targets)``.
 
-        The exact NLL. (fairseq's ``adaptive_loss`` also drops tail words whose *tail-local* index
-        equals ``padding_idx``, a quirk of reusing ``ignore_index``; evaluation is unaffected.)
+        Under :attr:`criterion` ``nll`` the exact NLL; under ``adaptive_loss`` fairseq's (module docstring).
         """
         keep = targets != self.cfg.padding_idx
-        lp = self.target_log_probs(h, targets)
+        lp = self.target_log_probs(h, targets, drop_tail_padding=self.criterion == "adaptive_loss")
         return -torch.where(keep, lp, 0.0).sum(), keep.sum()
 
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
@@ -184,3 +199,12 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
     def gather_log_probs(self, shard: torch.Tensor) -> torch.Tensor:
         """``[..., V]`` from :meth:`log_probs` shards (all-gather; small vocabularies and tests only)."""
         return gather_band_columns(shard, self.shards(), self.tp_group)
+
+
+def set_criterion(module: nn.Module, criterion: str) -> None:
+    """Make every adaptive softmax inside ``module`` (one piece or a pipeline stage) train with ``criterion``."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    for layer in module.modules():
+        if isinstance(layer, VocabParallelAdaptiveSoftmax):
+            layer.criterion = criterion

@@ -5,6 +5,12 @@ fairseq recipe's command line maps over unchanged, and Megatron's for the layout
 (``--tensor-model-parallel-size``, ``--pipeline-model-parallel-size``). DeepSpeed owns its JSON
 (``--deepspeed_config``); we never mirror its keys here. The two launchers differ only in the
 defaults they pass to :func:`build_parser`.
+
+fairseq-train's own command line runs too: the data dir may come first as a positional argument,
+``--arch`` names a fairseq ``transformer_lm*`` arch and fairseq's model flags refine it (or the
+preset), ``--task``, ``--criterion``, ``--ddp-backend`` and ``--skip-invalid-size-inputs-valid-test``
+are accepted, and the fairseq flags with no counterpart stop with one line naming the equivalent
+(training/fairseq_flags.py). No flag may be abbreviated.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
+from adaptive_lm_ds import cli
+from adaptive_lm_ds.config import ModelConfig, get_preset
+from adaptive_lm_ds.interop.fairseq_cfg import arch_model_config, fairseq_archs, refine
+from adaptive_lm_ds.layers.adaptive_softmax import CRITERIA
+from adaptive_lm_ds.training.fairseq_flags import add_fairseq_compat
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field that carries its ``--help`` text (and argparse extras such as choices)."""
@@ -22,7 +34,14 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    data: str = _f("", "data-bin folder written by tools/preprocess_data.py (either MMIDIDX layout)")
+    data: str = _f(
+        "",
+        "data-bin folder written by tools/preprocess_data.py (either MMIDIDX layout); may also "
+        "come first, as fairseq-train's positional DATA",
+    )
+    task: str = _f(
+        "language_modeling", "fairseq's --task: language modeling is the one task here", choices=("language_modeling",)
+    )
     train_subset: str = _f("train", "split to train on")
     valid_subset: str = _f("valid", "split to validate on")
     tokens_per_sample: int = _f(512, "tokens per sample (block size)")
@@ -36,15 +55,27 @@ class DataConfig:
     batch_size: int = _f(0, "sequences per micro batch (0: derived from --max-tokens)")
     update_freq: int = _f(1, "micro batches accumulated per update (gradient accumulation)")
     num_workers: int = _f(0, "data loader worker processes")
+    skip_invalid_size_inputs_valid_test: bool = _f(
+        False,
+        "accepted for fairseq command lines; here samples longer than --tokens-per-sample (eos, complete, "
+        "packed modes) are always left out of training and validation, which is what this flag asks of fairseq",
+    )
 
 
 @dataclass
 class OptimConfig:
+    criterion: str = _f(
+        "nll",
+        "training and validation loss: nll = exact negative log-likelihood of every target; adaptive_loss "
+        "= fairseq's criterion of that name (also drops the tail term of targets whose tail-local index equals "
+        "the padding index, ids cutoff_i + 1; docs/interop.md)",
+        choices=CRITERIA,
+    )
     optimizer: str = _f("nag", "optimizer", choices=("nag", "adam", "adamw"))
     lr: float = _f(1.0, "peak learning rate")
     momentum: float = _f(0.99, "NAG momentum")
     weight_decay: float = _f(0.0, "weight decay")
-    adam_betas: str = _f("(0.9, 0.98)", "Adam betas, as fairseq writes them")
+    adam_betas: str = _f("(0.9, 0.999)", "Adam betas, as fairseq writes them (fairseq's default)")
     adam_eps: float = _f(1e-8, "Adam epsilon")
     clip_norm: float = _f(0.1, "clip gradients to this global norm (0: off)")
     lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=("cosine", "inverse_sqrt", "fixed"))
@@ -59,7 +90,22 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    preset: str = _f("tiny", "model preset", choices=("tiny", "wiki103", "gbw_large", "gbw_huge"))
+    preset: str = _f("tiny", "model preset (see --arch)", choices=("tiny", "wiki103", "gbw_large", "gbw_huge"))
+    arch: str = _f(
+        "",
+        "a fairseq transformer_lm* arch (transformer_lm_wiki103, transformer_lm_gbw, ...): the model is that "
+        "arch's hyperparameters, refined by fairseq's model flags, instead of --preset. One of: "
+        + ", ".join(fairseq_archs()),
+        choices=("", *fairseq_archs()),
+        metavar="ARCH",
+    )
+    ddp_backend: str = _f(
+        "pytorch_ddp",
+        "accepted for fairseq command lines and ignored: gradients are always reduced by "
+        "DeepSpeed's engine here (data parallel over the DP group, ZeRO as --deepspeed_config says), with "
+        "fairseq's per-token normalisation; no value changes the arithmetic",
+        choices=("c10d", "pytorch_ddp", "legacy_ddp", "no_c10d", "fully_sharded", "slowmo"),
+    )
     max_update: int = _f(286000, "stop after this many updates")
     stop_time_hours: float = _f(0.0, "stop after this much wall-clock time (0: no limit)")
     seed: int = _f(1, "random seed (model init, dropout, data order)")
@@ -85,17 +131,54 @@ class RunConfig:
     peak_tflops: float = _f(0.0, "per-device dense peak for the MFU estimate (0: known GPUs by name, none on CPU)")
 
 
+_SHAPE = "fairseq model flag: refines --arch or --preset"
+
+
 @dataclass
 class ModelOverrides:
-    """Regularisation knobs that override the preset (or --init-from model); -1 keeps its value."""
+    """fairseq's model flags, under fairseq's names: each one given refines the arch or preset.
 
-    dropout: float = _f(-1.0, "dropout on the residual stream and embeddings (-1: the preset's)")
-    attention_dropout: float = _f(-1.0, "dropout on attention probabilities (-1: the preset's)")
-    activation_dropout: float = _f(-1.0, "dropout after the FFN activation (-1: the preset's)")
-    adaptive_softmax_dropout: float = _f(-1.0, "dropout in the adaptive-softmax tails (-1: the preset's)")
+    Regularisation (dropouts; -1 keeps the model's value) also refines an --init-from model; shape
+    flags cannot (the weights fix the shape). Boolean flags can only switch an option on, as in fairseq.
+    """
 
-    def changes(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) >= 0}
+    dropout: float = _f(-1.0, "dropout on the residual stream and embeddings (-1: the model's)")
+    attention_dropout: float = _f(-1.0, "dropout on attention probabilities (-1: the model's)")
+    activation_dropout: float = _f(-1.0, "dropout after the FFN activation (-1: the model's)")
+    adaptive_softmax_dropout: float = _f(-1.0, "dropout in the adaptive-softmax tails (-1: the model's)")
+    decoder_layers: int | None = _f(None, _SHAPE)
+    decoder_embed_dim: int | None = _f(None, _SHAPE)
+    decoder_input_dim: int | None = _f(None, _SHAPE + " (must equal the embed dim: no input projection)")
+    decoder_output_dim: int | None = _f(None, _SHAPE + " (must equal the embed dim: no output projection)")
+    decoder_ffn_embed_dim: int | None = _f(None, _SHAPE)
+    decoder_attention_heads: int | None = _f(None, _SHAPE)
+    activation_fn: str | None = _f(None, _SHAPE, choices=("relu", "gelu"))
+    adaptive_input: bool = _f(False, _SHAPE)
+    adaptive_input_cutoff: str | None = _f(None, _SHAPE + " (comma-separated)")
+    adaptive_input_factor: float | None = _f(None, _SHAPE)
+    adaptive_softmax_cutoff: str | None = _f(None, _SHAPE + " (comma-separated; turns the adaptive softmax on)")
+    adaptive_softmax_factor: float | None = _f(None, _SHAPE)
+    tie_adaptive_weights: bool = _f(False, _SHAPE)
+    tie_adaptive_proj: bool = _f(False, _SHAPE)
+    share_decoder_input_output_embed: bool = _f(False, _SHAPE)
+    decoder_learned_pos: bool = _f(False, _SHAPE)
+    no_decoder_final_norm: bool = _f(False, _SHAPE)
+    no_scale_embedding: bool = _f(False, _SHAPE)
+    max_target_positions: int | None = _f(None, _SHAPE + " (default: --tokens-per-sample under --arch)")
+
+    def regularisation(self) -> dict[str, float]:
+        names = ("dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout")
+        return {n: getattr(self, n) for n in names if getattr(self, n) >= 0}
+
+    def shape_flags(self) -> dict[str, Any]:
+        """The shape flags given (fairseq names): not None, booleans only when switched on."""
+        skip = set(self.regularisation()) | {"dropout", "attention_dropout", "activation_dropout",
+                                              "adaptive_softmax_dropout"}  # fmt: skip
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) not in (None, False)
+        }
 
 
 @dataclass
@@ -113,6 +196,14 @@ class TrainConfig:
 ALIASES = {"deepspeed_config": ["--deepspeed_config"], "keep_last_n": ["--keep-interval-updates"]}
 
 
+def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The model to train from scratch: ``--arch`` (fairseq's) or ``--preset``, refined by fairseq's model flags."""
+    flags = {**cfg.model.shape_flags(), **cfg.model.regularisation()}
+    if cfg.run.arch:
+        return arch_model_config(cfg.run.arch, vocab_size, flags, cfg.data.tokens_per_sample)
+    return refine(get_preset(cfg.run.preset, vocab_size=vocab_size), flags, f"--preset {cfg.run.preset}")
+
+
 def _flags(name: str) -> list[str]:
     return ["--" + name.replace("_", "-"), *ALIASES.get(name, [])]
 
@@ -122,8 +213,8 @@ def _field_names() -> set[str]:
 
 
 def _plain_type(tp: Any) -> type:
-    if isinstance(tp, str):
-        return {"int": int, "float": float, "str": str, "bool": bool}[tp]
+    if isinstance(tp, str):  # postponed annotations: "int", "int | None", ...
+        return {"int": int, "float": float, "str": str, "bool": bool}[tp.split("|")[0].strip()]
     if get_origin(tp) is not None:
         return next(t for t in get_args(tp) if t is not type(None))
     return tp
@@ -132,7 +223,8 @@ def _plain_type(tp: Any) -> type:
 def build_parser(description: str, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per :class:`TrainConfig` field; ``defaults`` override ours."""
     defaults = defaults or {}
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.rank_parser(description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_fairseq_compat(parser)
     for section in dataclasses.fields(TrainConfig):
         group = parser.add_argument_group(section.name)
         for f in dataclasses.fields(section.default_factory):
@@ -143,8 +235,6 @@ def build_parser(description: str, defaults: dict[str, Any] | None = None) -> ar
                 group.add_argument(*_flags(f.name), action="store_true", default=default, help=f.metadata["help"])
             else:
                 group.add_argument(*_flags(f.name), type=tp, default=default, help=f.metadata["help"], **extra)
-    # DeepSpeed's launcher passes --local_rank to every rank.
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     unknown = set(defaults) - _field_names()
     if unknown:
         raise ValueError(f"launcher defaults name unknown options: {sorted(unknown)}")
@@ -154,6 +244,11 @@ def build_parser(description: str, defaults: dict[str, Any] | None = None) -> ar
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The typed config from parsed flags (the inverse of :func:`build_parser`)."""
     values = vars(args)
+    positional = values.get("data_positional")
+    if positional:
+        if values["data"] and values["data"] != positional:
+            raise SystemExit(f"error: two data dirs given: {positional} (positional) and --data {values['data']}")
+        values = {**values, "data": positional}
     return TrainConfig(
         **{
             s.name: s.default_factory(**{f.name: values[f.name] for f in dataclasses.fields(s.default_factory)})

@@ -11,7 +11,6 @@ so the trainer starts the optimizer anew and keeps the weights).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import deepspeed
 import torch.distributed as dist
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.consolidated import load_consolidated
 from adaptive_lm_ds.training import checkpoint as ckpt
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
@@ -74,7 +73,7 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.rank_parser(description=__doc__)
     p.add_argument("--consolidated", required=True)
     p.add_argument("--save-dir", required=True)
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)

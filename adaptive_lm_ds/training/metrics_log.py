@@ -46,8 +46,10 @@ class TrainLogger:
     """Accumulates per-update metrics and emits them every ``log_interval`` updates.
 
     Call :meth:`update` after every optimizer update with that update's summed loss (nats), token
-    count, lr and gradient norm, plus any extra scalars (``loss_scale``, ``step_time``, ``mfu``,
+    count, lr and gradient norm, plus any extra scalars (``bsz``, ``loss_scale``, ``step_time``, ``mfu``,
     ``memory_allocated_gb`` ...). Extras are averaged over the interval, ``lr`` is the latest.
+    fairseq's ``wpb`` (target tokens per update), ``num_updates`` and ``wall`` (seconds since this
+    logger started) are added to every line.
     Every scalar also goes to tensorboard as ``train/<name>``; :meth:`log_valid` writes
     ``valid/loss`` and ``valid/ppl``; :meth:`write_scalars` writes any dict under any prefix.
     """
@@ -138,6 +140,8 @@ class TrainLogger:
             "ups": self._updates / elapsed if elapsed > 0 else float("nan"),
         }
         scalars.update({name: total / self._updates for name, total in self._extra_sums.items()})
+        # fairseq's fields: words (target tokens) per update, updates so far, seconds since the start
+        scalars.update(wpb=self._ntokens / self._updates, num_updates=num_updates, wall=self.clock() - self._start_time)
         record: dict[str, Any] = {"epoch": epoch, "update": num_updates, **scalars}
         record["eta_s"] = self.eta_seconds(num_updates)
         self._emit(self._format_train(record))

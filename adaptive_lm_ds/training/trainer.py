@@ -21,12 +21,13 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.config import ConfigError, ModelConfig, get_preset
+from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dict
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
+from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.training import checkpoint as ckpt
-from adaptive_lm_ds.training.config import TrainConfig
+from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
 from adaptive_lm_ds.training.export import STATE_FILE
@@ -62,9 +63,14 @@ def build_schedule(cfg: TrainConfig):
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
     """The model config (preset, or the consolidated model's own) and its initial weights if any."""
     if not cfg.run.init_from:
-        return get_preset(cfg.run.preset, vocab_size=vocab_size, **cfg.model.changes()), None
+        return model_config(cfg, vocab_size), None
+    if cfg.model.shape_flags() or cfg.run.arch:
+        raise ckpt.CheckpointError(
+            f"--init-from {cfg.run.init_from} fixes the model's shape: drop --arch and the fairseq shape flags "
+            f"{sorted(cfg.model.shape_flags())}"
+        )
     model_cfg, state, _ = load_consolidated(cfg.run.init_from)
-    model_cfg = model_cfg.replace(**cfg.model.changes())
+    model_cfg = model_cfg.replace(**cfg.model.regularisation())
     if model_cfg.vocab_size != vocab_size:
         raise ckpt.CheckpointError(
             f"--init-from {cfg.run.init_from} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
@@ -117,6 +123,7 @@ class Trainer:
                 f"({self.batches.global_batch_size}); lower --max-tokens/--batch-size or use more data"
             )
         module = build_module(self.model_cfg, run.checkpoint_activations, run.seed, run.compile)
+        set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
             load_full_state(module, init_state, self.model_cfg)
         o = cfg.optim
@@ -273,6 +280,7 @@ class Trainer:
             )
             per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
             extra = {
+                "bsz": self.micro * self.ctx.layout.dp * gas,
                 "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
                 "loss_scale": result.loss_scale,
             }  # fmt: skip
@@ -303,14 +311,15 @@ class Trainer:
         n_local = sum(p.numel() for p in plain_parameters(self.engine.module).values())
         lay = self.ctx.layout
         return (
-            f"| model {self.cfg.run.preset if not self.cfg.run.init_from else self.cfg.run.init_from}: "
+            f"| model {self.cfg.run.init_from or self.cfg.run.arch or self.cfg.run.preset}: "
             f"{self.model_cfg.num_layers} layers, d {self.model_cfg.embed_dim}, vocab {self.model_cfg.vocab_size}; "
             f"{n_local:,} parameters on rank 0\n"
             f"| layout TP{lay.tp} x PP{lay.pp} x DP{lay.dp}; micro batch {self.micro} x "
             f"{self.cfg.data.tokens_per_sample} tokens, update-freq {self.cfg.data.update_freq}; "
-            f"{precision(self.ds_config)}; "
+            f"{precision(self.ds_config)}; criterion {self.cfg.optim.criterion}; "
             f"ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}\n"
-            f"| train: {len(self.train_data):,} samples, {len(self.batches):,} updates per epoch; "
+            f"| train: {len(self.train_data):,} samples, {len(self.batches) // self.cfg.data.update_freq:,} updates "
+            f"per epoch ({len(self.batches):,} micro batches per rank / update-freq {self.cfg.data.update_freq}); "
             f"valid: {len(self.valid_data):,} samples\n"
             + (f"| resumed from {resumed} at update {self.num_updates}" if resumed else "| starting from scratch")
         )

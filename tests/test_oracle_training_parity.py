@@ -1,0 +1,95 @@
+"""Training parity with the real fairseq: same weights, same batches, same recipe -> same updates.
+
+fairseq-train (the oracle) trains fixture A's weights for 20 updates of the seed's recipe scaled down
+(NAG lr 1.0 momentum 0.99, cosine warmup 20 updates from 1e-7, clip-norm 0.1, update-freq 2, dropout 0,
+--criterion adaptive_loss) and records every micro batch it fed; this project's Trainer replays those
+batches from the same weights (tests/fairseq_replay.py) in each layout. Per update: lr identical,
+gradient norm within 1e-5 relative, loss (base 2) within LOSS_TOL.
+
+LOSS_TOL is 3e-6, not the 1e-6 issue 13 asked for: both losses are fp32 sums of 512 per-token terms
+of ~6.1 nats, whose rounding quantum is 3.4e-7 bits per micro batch; identical weights agree exactly
+(update 1 at TP1), but fp32 gradients differ by ~1e-6 relative and 20 updates at lr up to 0.95 with
+momentum 0.99 carry that into the weights: measured max |diff| 1.03e-6 (update 10) and 2.06e-6
+(update 19) at TP1/DP2, 1.03e-6 at TP2. The criterion difference this test exists for (exact NLL vs
+adaptive_loss) is up to 1.2e-2 bits, 4000x the tolerance.
+"""
+
+import math
+
+import pytest
+import torch
+
+from adaptive_lm_ds.interop import load_fairseq_checkpoint
+from adaptive_lm_ds.testing import run_on_ranks
+from tests.fairseq_replay import train_on_recorded_batches
+from tests.oracle import FIXTURE_A, SCRIPTS, fairseq_arch_flags, shared_or_skip, tool_main
+
+UPDATES = 20
+LOSS_TOL = 3e-6
+RECIPE = [
+    "--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99", "--clip-norm", "0.1", "--lr-scheduler", "cosine",
+    "--warmup-updates", "20", "--warmup-init-lr", "1e-7", "--lr-period-updates", "270000", "--t-mult", "2",
+    "--lr-shrink", "0.75", "--min-lr", "1e-4", "--max-update", str(UPDATES), "--dropout", "0",
+    "--attention-dropout", "0", "--activation-dropout", "0", "--adaptive-softmax-dropout", "0",
+    "--criterion", "adaptive_loss", "--tokens-per-sample", "64", "--sample-break-mode", "none", "--seed", "1",
+]  # fmt: skip
+LAYOUTS = {  # name: (world, tp, pp, update-freq, DeepSpeed JSON)
+    "tp1": (1, 1, 1, 2, "zero1"),
+    "tp2": (2, 2, 1, 2, "zero1"),
+    "pp2": pytest.param(
+        (2, 1, 2, 2, "pipeline_zero1"),
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="issue 12: the pipeline's gradient norm counts the tied tables wrongly (0.779 vs fairseq's 0.803 "
+            "at update 1), so clipping and every later update differ; remove this mark with that fix",
+        ),
+    ),
+    "dp2": (2, 1, 1, 1, "zero1"),
+}
+
+
+@pytest.fixture(scope="module")
+def fairseq_run(fairseq_oracle, oracle_data_bin, tmp_path_factory):
+    """(recorded updates file, fixture A as our consolidated folder)."""
+    fixture = shared_or_skip(FIXTURE_A)
+    root = tmp_path_factory.mktemp("parity")
+    cfg, _ = load_fairseq_checkpoint(fixture / "checkpoint.pt")
+    fairseq_oracle.run(
+        "python", SCRIPTS / "record_fairseq_train.py", root / "record.pt", oracle_data_bin,
+        "--task", "language_modeling", *fairseq_arch_flags(cfg), *RECIPE, "--max-tokens", "256", "--update-freq", "2",
+        "--cpu", "--ddp-backend", "legacy_ddp", "--restore-file", fixture / "checkpoint.pt", "--reset-optimizer",
+        "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters", "--no-save", "--disable-validation",
+    )  # fmt: skip
+    convert = tool_main("convert_fairseq_ckpt")
+    convert(
+        ["--input", str(fixture / "checkpoint.pt"), "--dict", str(fixture / "dict.txt"), "--output", str(root / "a")]
+    )
+    return root / "record.pt", root / "a"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
+def test_updates_match_fairseq_train(layout, fairseq_run, oracle_data_bin):
+    record, init = fairseq_run
+    world, tp, pp, update_freq, ds = layout
+    argv = [
+        "--data", str(oracle_data_bin), "--init-from", str(init), *RECIPE, "--batch-size", "4",
+        "--update-freq", str(update_freq), "--tensor-model-parallel-size", str(tp),
+        "--pipeline-model-parallel-size", str(pp), "--deepspeed_config", f"ds_configs/{ds}.json", "--no-save",
+        "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100",
+    ]  # fmt: skip
+    ranks = run_on_ranks(train_on_recorded_batches, nprocs=world, timeout=600, argv=argv, record=str(record))
+    theirs = torch.load(record, weights_only=True)["updates"]
+    assert len(theirs) == UPDATES
+    pad, starts = 1, (1000, 5000)  # fixture A: <pad> = 1, cutoffs 1000,5000
+    quirk = sum(int(sum((b["targets"] == c + pad).sum() for c in starts)) for u in theirs for b in u["samples"])
+    assert quirk > 0, "the batches hold no target whose tail term adaptive_loss drops: the rule goes untested"
+    for ours in ranks:  # every rank reports the global numbers
+        assert len(ours) == UPDATES
+        for k, (o, t) in enumerate(zip(ours, theirs), start=1):
+            assert o["ntokens"] == t["sample_size"], k
+            assert o["lr"] == t["lr"], k
+            ours_loss = o["loss_sum"] / o["ntokens"] / math.log(2)
+            theirs_loss = t["loss_sum"] / t["sample_size"] / math.log(2)
+            assert abs(ours_loss - theirs_loss) <= LOSS_TOL, (k, ours_loss, theirs_loss)
+            assert o["gnorm"] == pytest.approx(t["gnorm"], rel=1e-5), (k, o["gnorm"], t["gnorm"])
