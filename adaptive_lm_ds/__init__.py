@@ -8,3 +8,12 @@ __version__ = "0.1.0"
 # this project does not use them, so the notice is noise on every command.
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
 warnings.filterwarnings("ignore", message=".*imports from `dynamic_context.py` will be removed.*")
+
+
+def __getattr__(name: str):
+    """``from adaptive_lm_ds import LanguageModel`` without importing torch for every submodule user."""
+    if name == "LanguageModel":
+        from adaptive_lm_ds.inference import LanguageModel
+
+        return LanguageModel
+    raise AttributeError(f"module 'adaptive_lm_ds' has no attribute {name!r}")
