@@ -83,7 +83,7 @@ def generate(
     tokens[:, 1 : common + 1] = prefix[:, :common]
     h = model.hidden_states(tokens[:, : common + 1], cache=cache).div(cfg.temperature)
     if common:
-        targets = tokens[:, 1 : common + 1]
+        targets = tokens[:, 1 : common + 1].contiguous()
         lp = model.output.target_log_probs(h[:, :common], targets)
         scores[:, :common] = lp - cfg.unkpen * (targets == specials.unk)
     h_last = h[:, -1]

@@ -167,6 +167,11 @@ class TokenChooser:
         else:
             top, indices = full.topk(self.cfg.sampling_topk)
             probs = top.exp()
+        # Draw over the kept words in vocabulary order (same distribution as fairseq's best-first order):
+        # which word a draw lands on then no longer depends on how near-equal probabilities sort, so
+        # cached and uncached decoding, whose log-probs differ in the last bits, draw the same words.
+        order = indices.argsort(dim=1)
+        probs, indices = probs.gather(1, order), indices.gather(1, order)
         pick = self._draw(probs)
         score = probs.gather(1, pick.unsqueeze(1)).squeeze(1).log()
         return indices.gather(1, pick.unsqueeze(1)).squeeze(1), score
