@@ -11,7 +11,6 @@ from adaptive_lm_ds import LanguageModel, parallel
 from adaptive_lm_ds.inference.search import GenerationConfig, Specials, TokenChooser
 from adaptive_lm_ds.testing import run_on_ranks, run_script
 from adaptive_lm_ds.testing.distributed import REPO_ROOT
-from tests.conftest import SHARED
 
 SENTENCES = [
     "the game was released in japan",
@@ -28,11 +27,8 @@ GREEDY = [  # fairseq hub.sample options; each runs on every prompt
 
 
 @pytest.fixture(scope="module")
-def fixture_dir() -> Path:
-    path = SHARED / "fixtures" / "fairseq-wiki103-tiny"
-    if not path.exists():
-        pytest.skip(f"{path} is absent: this test needs the ../shared fixtures that CI provides")
-    return path
+def fixture_dir(wiki103_tiny_fixture) -> Path:
+    return wiki103_tiny_fixture
 
 
 @pytest.fixture(scope="module")
