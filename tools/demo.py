@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     lines = [line.split() for line in (corpus / "test.txt").read_text().splitlines() if len(line.split()) >= 8]
     prompts.write_text("".join(" ".join(words[:4]) + "\n" for words in lines[:4]))
     run([py, "tools/generate.py", "--path", str(model_dir), "--input", str(prompts), "--max-len-b", "24",
-         "--sampling", "--sampling-topk", "10", "--seed", "1"])  # fmt: skip
+         "--min-len", "12", "--sampling", "--sampling-topk", "10", "--seed", "1"])  # fmt: skip
     print(f"finished in {time.perf_counter() - start:.0f}s")
     return 0
 

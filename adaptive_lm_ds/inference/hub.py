@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +163,6 @@ class LanguageModel:
         if isinstance(prefix, str):
             return self.sample([prefix], **options)[0]
         return [self.decode(h.tokens) for h in self.generate(prefix, **options)]
-
-
-def generation_options() -> dict[str, Any]:
-    """The option names :meth:`LanguageModel.sample` accepts, with their defaults."""
-    return asdict(GenerationConfig())
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
