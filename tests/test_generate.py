@@ -124,6 +124,16 @@ def test_cache_offsets_learned_positions(variant, lm):  # lm: holds the TP 1 par
             assert torch.allclose(a.positional_scores, b.positional_scores, atol=1e-5)
 
 
+def test_cache_takes_several_new_positions_at_once(lm):
+    """Feeding 5, then 3, then 1 tokens through the cache gives the hidden states of one full forward."""
+    tokens = torch.tensor([lm.encode("= = Reception = = The game was well received by")])
+    full = lm.model.hidden_states(tokens)
+    cache = lm.model.new_cache()
+    parts = [lm.model.hidden_states(tokens[:, a:b], cache=cache) for a, b in ((0, 5), (5, 8), (8, 9))]
+    assert cache[0].length == 9
+    assert torch.allclose(torch.cat(parts, dim=1), full[:, :9], atol=1e-5)
+
+
 def test_sampling_is_reproducible_for_a_seed(lm):
     options = {"sampling": True, "sampling_topk": 20, "max_len_b": 30}
     first = lm.sample(PROMPTS, seed=11, **options)
