@@ -13,3 +13,12 @@ warnings.filterwarnings("ignore", message=".*imports from `dynamic_context.py` w
 from adaptive_lm_ds.ds_runtime import configure_environment  # noqa: E402
 
 configure_environment()
+
+
+def __getattr__(name: str):
+    """``from adaptive_lm_ds import LanguageModel`` without importing torch for every submodule user."""
+    if name == "LanguageModel":
+        from adaptive_lm_ds.inference import LanguageModel
+
+        return LanguageModel
+    raise AttributeError(f"module 'adaptive_lm_ds' has no attribute {name!r}")

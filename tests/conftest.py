@@ -22,7 +22,7 @@ def shared_data() -> Path:
     return _shared_path("data")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wiki103_tiny_fixture() -> Path:
     return _shared_path("fixtures", "fairseq-wiki103-tiny")
 

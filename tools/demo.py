@@ -4,7 +4,8 @@
 Stages: generate the corpus -> preprocess it to a data-bin -> train the `tiny` preset on 2 CPU
 ranks under the DeepSpeed launcher (ZeRO-1 data parallel, tensorboard, checkpoints) -> export the
 checkpoint to a consolidated model -> evaluate validation perplexity beside the corpus's true
-perplexity. Each stage is the command a user would type; they are printed as they run.
+perplexity -> sample a few continuations of test-set prompts from the trained model. Each stage is
+the command a user would type; they are printed as they run.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def main(argv=None) -> int:
     py = sys.executable
     start = time.perf_counter()
 
-    banner("1/4 synthetic corpus")
+    banner("1/5 synthetic corpus")
     corpus = out / "corpus"
     run([py, "tools/make_synthetic_corpus.py", "--out-dir", str(corpus)])
     stats = json.loads((corpus / "corpus_stats.json").read_text())
 
-    banner("2/4 preprocess to a data-bin")
+    banner("2/5 preprocess to a data-bin")
     data_bin = out / "data-bin"
     run(
         [py, "tools/preprocess_data.py", "--trainpref", str(corpus / "train.txt"),
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
          "--destdir", str(data_bin), "--workers", "2"]
     )  # fmt: skip
 
-    banner("3/4 train the tiny preset on 2 CPU ranks (DeepSpeed ZeRO-1, data parallel)")
+    banner("3/5 train the tiny preset on 2 CPU ranks (DeepSpeed ZeRO-1, data parallel)")
     save_dir, tb_dir = out / "checkpoints", out / "tensorboard"
     shutil.rmtree(save_dir, ignore_errors=True)  # a fresh run each time (rerunning would resume)
     deepspeed = str(Path(py).parent / "deepspeed")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         OMP_NUM_THREADS="1",
     )  # fmt: skip
 
-    banner("4/4 export the checkpoint and evaluate validation perplexity")
+    banner("4/5 export the checkpoint and evaluate validation perplexity")
     model_dir = out / "model"
     run([py, "tools/export_checkpoint.py", "--checkpoint", str(save_dir), "--output", str(model_dir)])
     result_json = out / "valid_eval.json"
@@ -94,6 +95,14 @@ def main(argv=None) -> int:
     print(f"  {Path(py).parent / 'tensorboard'} --logdir {tb_dir}")
     print(f"  {py} tools/eval_lm.py --path {model_dir} --data {data_bin} --gen-subset test --tokens-per-sample 128")
     print(f"  {py} tools/convert_fairseq_ckpt.py --input {model_dir} --to-fairseq --output {out / 'fairseq.pt'}")
+    print(f"  {py} tools/generate.py --path {model_dir} --prefix 'WORDS ...' --sampling --sampling-topk 10")
+
+    banner("5/5 sample continuations from the trained model (prompt: the first words of test lines)")
+    prompts = out / "prompts.txt"
+    lines = [line.split() for line in (corpus / "test.txt").read_text().splitlines() if len(line.split()) >= 8]
+    prompts.write_text("".join(" ".join(words[:4]) + "\n" for words in lines[:4]))
+    run([py, "tools/generate.py", "--path", str(model_dir), "--input", str(prompts), "--max-len-b", "24",
+         "--min-len", "12", "--sampling", "--sampling-topk", "10", "--seed", "1"])  # fmt: skip
     print(f"finished in {time.perf_counter() - start:.0f}s")
     return 0
 

@@ -32,15 +32,15 @@ from adaptive_lm_ds import (
     parallel,  # noqa: E402
 )
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
-from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
-from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
+from adaptive_lm_ds.consolidated import load_into, tied_names  # noqa: E402
+from adaptive_lm_ds.data import DataError, build_lm_dataset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
-from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
+from adaptive_lm_ds.inference.loading import load_model_source  # noqa: E402
+from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
 from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM  # noqa: E402
 from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
-from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,22 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
-
-
-def load_model_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``--path`` dispatch: consolidated folder | training checkpoint (any layout) | fairseq .pt."""
-    source = Path(path)
-    if is_consolidated(source):
-        return load_consolidated(source)
-    if source.is_dir():
-        if (source / "latest").is_file() or (source / STATE_FILE).is_file():
-            return consolidate_checkpoint(source)  # offline, from the DeepSpeed files of any layout
-        raise SystemExit(
-            f"error: {source} is neither a consolidated model folder (config.json) nor a training checkpoint "
-            f"({STATE_FILE} or latest)"
-        )
-    cfg, state = load_fairseq_checkpoint(source)
-    return cfg, state, None
 
 
 def init_layout(tp: int, pp: int) -> None:

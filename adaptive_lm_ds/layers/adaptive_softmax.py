@@ -181,6 +181,17 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         lp = self.target_log_probs(h, targets, drop_tail_padding=self.criterion == "adaptive_loss")
         return -torch.where(keep, lp, 0.0).sum(), keep.sum()
 
+    def _head_log_probs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's band-0 word columns ``[N, rows_per_rank]`` and the clusters' ``[N, k]`` log p (fp32)."""
+        words, clusters, lse = self._head(h)
+        clusters = clusters.float() if clusters is not None else words.new_zeros(h.shape[0], 0, dtype=torch.float)
+        return words.float() - lse.unsqueeze(-1), clusters - lse.unsqueeze(-1)
+
+    def _tail_log_probs(self, tail: int, h: torch.Tensor, cluster_log_probs: torch.Tensor) -> torch.Tensor:
+        """This rank's columns ``[N, rows_per_rank]`` of tail ``tail``: ``log p(cluster) + log p(w | cluster)``."""
+        logits, tail_lse = self._tail(tail, h)
+        return logits.float() - (tail_lse - cluster_log_probs).unsqueeze(-1)
+
     def log_probs(self, h: torch.Tensor) -> torch.Tensor:
         """This rank's shard ``[..., sum(rows_per_rank)]`` of the full log-probability table (fp32).
 
@@ -188,13 +199,29 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
         """
         lead = h.shape[:-1]
         h = h.reshape(-1, h.shape[-1])
-        words, clusters, lse = self._head(h)
-        parts = [words.float() - lse.unsqueeze(-1)]
-        for i in range(self.num_tails):
-            logits, tail_lse = self._tail(i, h)
-            prior = clusters[:, i].float() - lse
-            parts.append(logits.float() - (tail_lse - prior).unsqueeze(-1))
+        words, clusters = self._head_log_probs(h)
+        parts = [words] + [self._tail_log_probs(i, h, clusters[:, i]) for i in range(self.num_tails)]
         return torch.cat(parts, dim=-1).view(*lead, -1)
+
+    def head_log_probs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoding, step 1: ``(words [N, n_0], clusters [N, k])`` fp32 log p, whole over TP, for ``h [N, d]``.
+
+        The head alone gives the exact log p of every band-0 word and the total mass of each tail
+        cluster; a decoder then computes only the tails it needs (:meth:`tail_log_probs`), e.g. none
+        for greedy search when the best head word beats every cluster, one for a sample that falls in
+        a cluster, all for top-k/top-p over the whole vocabulary. Band 0 is all-gathered (``[N, n_0]``).
+        """
+        words, clusters = self._head_log_probs(h)
+        return gather_band_columns(words, [self.table(0).shard], self.tp_group), clusters
+
+    def tail_log_probs(self, tail: int, h: torch.Tensor, cluster_log_probs: torch.Tensor) -> torch.Tensor:
+        """Decoding, step 2: ``[N, n_{tail+1}]`` fp32 exact log p of tail ``tail``'s words, whole over TP.
+
+        ``h [N, d]`` are the rows that need this tail, ``cluster_log_probs [N]`` their column ``tail``
+        of :meth:`head_log_probs`. Every TP rank must call it with the same rows (collectives).
+        """
+        lp = self._tail_log_probs(tail, h, cluster_log_probs)
+        return gather_band_columns(lp, [self.table(tail + 1).shard], self.tp_group)
 
     def gather_log_probs(self, shard: torch.Tensor) -> torch.Tensor:
         """``[..., V]`` from :meth:`log_probs` shards (all-gather; small vocabularies and tests only)."""

@@ -21,7 +21,7 @@ from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.layers.adaptive_input import BandWeights, VocabParallelAdaptiveInput
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
 from adaptive_lm_ds.model.positions import LearnedPositions, SinusoidalPositions, make_positions
-from adaptive_lm_ds.model.transformer import TransformerBlock, attention_mask, megatron_config
+from adaptive_lm_ds.model.transformer import KVCache, TransformerBlock, attention_mask, megatron_config
 
 
 def building_on_meta() -> bool:
@@ -49,14 +49,15 @@ class LMEmbedding(nn.Module):
         """Paths of the tensors shared with the output layer (DeepSpeed ``tied_weight_attr``)."""
         return self.bands.tied_weight_attrs(self.cfg, prefix="tokens.bands")
 
-    def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self.cfg.learned_pos and tokens.shape[1] > self.cfg.max_positions:
+    def forward(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+        """``offset``: tokens already decoded before these (positions continue from there)."""
+        if self.cfg.learned_pos and offset + tokens.shape[1] > self.cfg.max_positions:
             raise ValueError(
-                f"sequence length {tokens.shape[1]} exceeds max_positions={self.cfg.max_positions} "
+                f"sequence length {offset + tokens.shape[1]} exceeds max_positions={self.cfg.max_positions} "
                 "of the learned positional embedding; use shorter blocks"
             )
         x = self.cfg.embed_scale * self.tokens(tokens)
-        x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids)).to(x.dtype)
+        x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids, offset)).to(x.dtype)
         return F.dropout(x, self.cfg.dropout, self.training)
 
 
@@ -79,11 +80,23 @@ class AdaptiveLM(nn.Module):
         shared = self.embed.bands if cfg.ties_tables else None
         self.output = VocabParallelAdaptiveSoftmax(cfg, self.tp_group, shared)
 
-    def hidden_states(self, tokens: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def new_cache(self) -> list[KVCache]:
+        """An empty key/value cache per layer, for :meth:`hidden_states` ``cache=`` (incremental decoding)."""
+        return [KVCache() for _ in self.layers]
+
+    def hidden_states(
+        self,
+        tokens: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        """``[B, T, d]``. With ``cache`` (:meth:`new_cache`) ``tokens`` continue the cached positions (no
+        pads, no segments) and are added to the cache: each new token costs one position."""
         mask = attention_mask(segment_ids)
-        x = self.embed(tokens, segment_ids)
-        for layer in self.layers:
-            x = layer(x, mask)
+        offset = cache[0].length if cache else 0
+        x = self.embed(tokens, segment_ids, offset)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache[i] if cache else None)
         return self.final_norm(x) if self.final_norm is not None else x
 
     def forward(

@@ -15,11 +15,14 @@ from torch import nn
 from adaptive_lm_ds.layers import seeded_init
 
 
-def make_positions(tokens: torch.Tensor, padding_idx: int, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+def make_positions(
+    tokens: torch.Tensor, padding_idx: int, segment_ids: torch.Tensor | None = None, offset: int = 0
+) -> torch.Tensor:
     """``[B, T]`` positions: non-pad tokens count ``padding_idx + 1, ...`` (per segment), pads get ``padding_idx``.
 
     This is fairseq's ``utils.make_positions`` (cumulative count of non-pad tokens) restarted at every
-    change of ``segment_ids``.
+    change of ``segment_ids``. ``offset``: the number of (non-pad) tokens before these ones, for the
+    tokens fed to a decoder that has cached them (fairseq's incremental positions).
     """
     nonpad = tokens.ne(padding_idx).long()
     count = nonpad.cumsum(dim=1)
@@ -28,7 +31,7 @@ def make_positions(tokens: torch.Tensor, padding_idx: int, segment_ids: torch.Te
         starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
         before = torch.where(starts, count - nonpad, 0)  # non-pad tokens before each segment start
         count = count - before.cummax(dim=1).values
-    return count * nonpad + padding_idx
+    return (count + offset) * nonpad + padding_idx
 
 
 class SinusoidalPositions(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,49 @@ def row_linear(size_in: int, size_out: int, mp_config, tp_group, key: str) -> Ro
     )
 
 
+@dataclass
+class KVCache:
+    """One layer's keys and values of the positions decoded so far, for incremental decoding.
+
+    ``key``/``value`` are ``[B, local_heads, capacity, head_dim]`` buffers of which the first ``length``
+    positions are filled; capacity doubles when full, so appending one position costs one position.
+    """
+
+    key: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+    length: int = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v`` ``[B, H, t, hd]`` after the cached positions; return all ``[B, H, length + t, hd]``."""
+        end = self.length + k.shape[2]
+        if self.key is None or end > self.key.shape[2]:
+            capacity = max(2 * end, 16)
+            grown = [k.new_empty(*k.shape[:2], capacity, k.shape[3]) for _ in range(2)]
+            if self.key is not None:
+                grown[0][:, :, : self.length] = self.key[:, :, : self.length]
+                grown[1][:, :, : self.length] = self.value[:, :, : self.length]
+            self.key, self.value = grown
+        self.key[:, :, self.length : end] = k
+        self.value[:, :, self.length : end] = v
+        self.length = end
+        return self.key[:, :, :end], self.value[:, :, :end]
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows ``rows`` (finished sequences leave the batch)."""
+        if self.key is not None:
+            self.key, self.value = self.key.index_select(0, rows), self.value.index_select(0, rows)
+
+
+def _cached_causal_mask(new: int, past: int, device) -> torch.Tensor | None:
+    """``[new, past + new]`` True = may attend, for ``new`` queries after ``past`` cached positions.
+
+    None where SDPA's own ``is_causal`` is right (nothing cached) or nothing needs masking (one query).
+    """
+    if past == 0 or new == 1:
+        return None
+    return torch.ones(new, past + new, dtype=torch.bool, device=device).tril(past)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig, key: str):
         super().__init__()
@@ -97,16 +141,25 @@ class SelfAttention(nn.Module):
         self.v_proj = column_linear(d, d, mp_config, tp_group, f"{key}.v_proj", gain)
         self.out_proj = row_linear(d, d, mp_config, tp_group, f"{key}.out_proj")
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+        """``x [B, t, d]``; with ``cache`` the ``t`` positions follow the cached ones (causal over all)."""
         batch, length, _ = x.shape
 
         def heads(proj: ColumnParallelLinear) -> torch.Tensor:
             return proj(x)[0].view(batch, length, self.local_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        causal = mask is None
+        if cache is not None:
+            if mask is not None:
+                raise ValueError("incremental decoding takes no segment mask (one sequence per row)")
+            past = cache.length
+            k, v = cache.append(k, v)
+            mask = _cached_causal_mask(length, past, x.device)
+            causal = past == 0 and length > 1
         p = self.dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
         return self.out_proj(out)[0]
 
@@ -128,7 +181,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """``[B, T, d] -> [B, T, d]``; ``mask`` from :func:`attention_mask` (None: plain causal)."""
+    """``[B, T, d] -> [B, T, d]``; ``mask`` from :func:`attention_mask` (None: plain causal).
+
+    ``cache`` (:class:`KVCache`, decoding): the ``T`` positions come after those it holds, and are added to it.
+    """
 
     def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig | None = None, *, index: int):
         """``index``: the block's position in the model; it keys the initial weights (``seeded_init``)."""
@@ -140,6 +196,6 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(cfg, tp_group, mp_config, f"layers.{index}.ffn")
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask), self.dropout, self.training)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask, cache), self.dropout, self.training)
         return x + F.dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)

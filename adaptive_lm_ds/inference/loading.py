@@ -1,0 +1,38 @@
+"""Where a model comes from: one dispatch over the three sources the tools accept.
+
+A consolidated folder (``config.json`` + ``model.safetensors``), a training checkpoint of any TP x PP x DP
+layout (a save dir with ``latest`` or one of its tags; consolidated in memory), or a fairseq ``.pt``
+(converted in memory). Every file is opened safely (safetensors, ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated
+from adaptive_lm_ds.data import Dictionary
+from adaptive_lm_ds.interop import load_fairseq_checkpoint
+from adaptive_lm_ds.training.checkpoint import CheckpointError
+from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint
+
+
+def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
+    """``(ModelConfig, consolidated state dict, Dictionary or None)`` of ``path`` (see the module docstring).
+
+    A fairseq ``.pt`` carries no dictionary: the caller looks for ``dict.txt`` beside it.
+    """
+    source = Path(path)
+    if is_consolidated(source):
+        return load_consolidated(source)
+    if source.is_dir():
+        if (source / "latest").is_file() or (source / STATE_FILE).is_file():
+            return consolidate_checkpoint(source)  # offline, from the DeepSpeed files of any layout
+        raise CheckpointError(
+            f"{source} is neither a consolidated model folder (config.json) nor a training checkpoint "
+            f"({STATE_FILE} or latest)"
+        )
+    cfg, state = load_fairseq_checkpoint(source)
+    return cfg, state, None
