@@ -26,6 +26,7 @@ from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dic
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.training import checkpoint as ckpt
+from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
@@ -87,6 +88,7 @@ class Trainer:
         world = dist.get_world_size()
         layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
         self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
+        preflight.check_precision(precision(self.ds_config))
         self.micro = micro_batch_sequences(cfg)
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
