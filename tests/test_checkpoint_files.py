@@ -2,7 +2,7 @@
 
 import pytest
 
-from adaptive_lm_ds.training import checkpoint as ckpt
+from adaptive_lm_ds import checkpoint as ckpt
 
 
 def _fake_save(root, updates):

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
@@ -36,8 +37,7 @@ from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  
 from adaptive_lm_ds.interop import LOAD_ERRORS, load_fairseq_checkpoint  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
 from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM  # noqa: E402
-from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
-from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint  # noqa: E402
+from adaptive_lm_ds.training.export import consolidate_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

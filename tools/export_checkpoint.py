@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError, save_consolidated  # noqa: E402
-from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.training.export import consolidate_checkpoint  # noqa: E402
 
 
