@@ -272,6 +272,58 @@ def run_script_until_killed(
     raise RankFailure(None, f"the script ended before printing {kill_when!r}\n{tail}")
 
 
+def run_script_signalled(
+    script: str | Path,
+    args: Sequence[str],
+    signal_when: str,
+    sig: int = signal.SIGTERM,
+    *,
+    nprocs: int = 1,
+    launcher: str | None = "torchrun",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> LaunchResult:
+    """Launch ``script`` (``launcher=None``: one plain ``python`` process), send ``sig`` to the launcher
+    process alone (as a scheduler or Ctrl-C does) once a line containing ``signal_when`` is printed,
+    and wait for it to exit. Returns the whole output and the exit code; :class:`RankTimeout` if the
+    line or the exit never came (everything is killed then).
+    """
+    port = free_port()
+    if launcher is None:
+        argv = [sys.executable, str(script), *map(str, args)]
+        env = {**(env or {}), "MASTER_PORT": str(port)}
+    else:
+        argv = launcher_argv(launcher, nprocs, port) + [str(script), *map(str, args)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
+    )  # fmt: skip
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill_tree(proc)
+
+    timer = threading.Timer(timeout, on_timeout)
+    timer.start()
+    lines: list[str] = []
+    sent = False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not sent and signal_when in line:
+                proc.send_signal(sig)
+                sent = True
+        proc.wait()
+    finally:
+        timer.cancel()
+        _kill_tree(proc)
+    if timed_out.is_set() or not sent:
+        tail = "".join(lines)[-4000:]
+        raise RankTimeout(f"{signal_when!r} never appeared or the run did not exit in {timeout:.0f}s\n{tail}")
+    return LaunchResult(proc.returncode, "".join(lines))
+
+
 def run_on_ranks(
     fn: Callable[..., Any],
     nprocs: int = 2,
