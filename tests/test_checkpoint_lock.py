@@ -11,7 +11,7 @@ import pytest
 from adaptive_lm_ds.checkpoint import CheckpointError, SaveDirLock
 from adaptive_lm_ds.checkpoint.lock import LOCK, read_owner
 
-from .test_checkpoint_safety import run_single, train_args
+from .checkpoint_runs import run_single, train_args
 
 
 def _dead_pid() -> int:

@@ -6,52 +6,25 @@ create a marker file: the tests prove it never ran (and, as a control, that it d
 unpickled the unsafe way).
 """
 
+import pickle
 import shutil
-import sys
 
 import pytest
 import torch
 
-from adaptive_lm_ds.checkpoint import CheckpointError, integrity, resolve_restore
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port, launch, rank_env, run_script
+from adaptive_lm_ds.checkpoint import CheckpointError, integrity, load_file, resolve_restore
+from adaptive_lm_ds.testing.distributed import REPO_ROOT
 from adaptive_lm_ds.training.export import consolidate_checkpoint
 
-LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
+from .checkpoint_runs import MODEL, OPTIM, run_single, train_args
+
 EVAL = REPO_ROOT / "tools" / "eval_lm.py"
-MODEL = "mp_rank_00_model_states.pt"
-OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
-
-
-def train_args(data, init, save, max_update, *extra):
-    return [
-        "--data", data, "--init-from", init, "--tokens-per-sample", "32", "--batch-size", "2",
-        "--max-update", str(max_update), "--lr", "0.05", "--warmup-updates", "0", "--lr-scheduler", "fixed",
-        "--save-dir", save, "--save-interval-updates", "1", "--keep-last-n", "-1", "--log-format", "json",
-        "--log-interval", "1", "--validate-interval-updates", "0", "--max-valid-steps", "1",
-        "--deepspeed_config", "ds_configs/zero1.json", *extra,
-    ]  # fmt: skip
-
-
-def run_single(args, script=LAUNCHER, timeout=240):
-    """One plain ``python`` process (a world of one), as a user runs it: exit code and all output."""
-    return launch(
-        [sys.executable, str(script), *map(str, args)], timeout=timeout, env=rank_env({"MASTER_PORT": str(free_port())})
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_run_setup, tmp_path_factory):
-    data, init = tiny_run_setup
-    save = tmp_path_factory.mktemp("safety") / "save"
-    run_script(LAUNCHER, train_args(data, init, save, 2), nprocs=1)
-    assert (save / "latest").read_text().strip() == "checkpoint_2"
-    return save
 
 
 @pytest.fixture
-def save(trained, tmp_path):
+def save(trained_checkpoint, tmp_path):
     copy = tmp_path / "save"
-    shutil.copytree(trained, copy)
+    shutil.copytree(trained_checkpoint, copy)
     return copy
 
 
@@ -66,9 +39,9 @@ class Touch:
 
 
 def plant(path, position, marker):
-    """Add a payload to a genuine file (our own file, so the unsafe load is fine here) and re-hash the folder:
-    an attacker who can write the folder can also rewrite its checksums."""
-    state = torch.load(path, weights_only=False)
+    """Add a payload to a genuine file and re-hash the folder: an attacker who can write the folder can also
+    rewrite its checksums."""
+    state = load_file(path)
     if position == "module":
         state["module"]["evil"] = Touch(marker)
     elif position == "optimizer":
@@ -84,8 +57,7 @@ POSITIONS = [(MODEL, "module"), (MODEL, "client"), (OPTIM, "optimizer"), ("rng_r
 
 def test_the_payload_runs_when_unpickled_unsafely(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"x": Touch(marker)}, tmp_path / "evil.pt")
-    torch.load(tmp_path / "evil.pt", weights_only=False)
+    pickle.loads(pickle.dumps({"x": Touch(marker)}))  # what an unsafe torch.load does to the same bytes
     assert marker.exists()  # the control: the tests below would see it
 
 

@@ -10,7 +10,7 @@ from adaptive_lm_ds.checkpoint import integrity, read_latest
 from adaptive_lm_ds.testing.distributed import run_script_signalled
 from adaptive_lm_ds.training.signals import SAME_REQUEST_S, StopRequests
 
-from .test_checkpoint_safety import LAUNCHER, run_single, train_args
+from .checkpoint_runs import LAUNCHER, run_single, train_args
 
 
 def _stopped_update(output: str, name: str) -> int:
