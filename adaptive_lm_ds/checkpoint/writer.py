@@ -39,19 +39,17 @@ def human_bytes(n: float) -> str:
     return ""
 
 
-def describe_write_failure(save_dir: str | Path, tag: str, error: BaseException | None) -> str:
+def what_failed(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "no space left on device"
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+
+
+def describe_write_failure(save_dir: str | Path, tag: str, what: str) -> str:
     disk = mount_point(save_dir)
     free = shutil.disk_usage(disk).free
     last = folders.complete_tags(save_dir)
     last_good = str(Path(save_dir) / last[0]) if last else "none (no checkpoint was saved yet)"
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        what = "no space left on device"
-    else:
-        what = (
-            f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-            if error
-            else "a write failed on another rank"
-        )
     return (
         f"cannot write checkpoint {Path(save_dir) / tag} ({what}); disk {disk} has {human_bytes(free)} free; "
         f"the last good checkpoint is {last_good}; free space or use another --save-dir, then rerun to resume"
@@ -89,14 +87,18 @@ def save_checkpoint(
     except (OSError, RuntimeError) as e:
         error = e
     if _any_rank(error is not None, engine.device):
-        message = describe_write_failure(save_dir, tag, error)
-        if dist.is_initialized():
-            dist.barrier()
+        causes = [what_failed(error) if error is not None else None]
+        if dist.is_initialized():  # every rank reports the failing rank's cause (rank 0 prints it)
+            causes = [None] * dist.get_world_size()
+            dist.all_gather_object(causes, what_failed(error) if error is not None else None)
+        culprit = next(i for i, c in enumerate(causes) if c is not None)
+        where = f" on rank {culprit}" if len(causes) > 1 else ""
+        message = describe_write_failure(save_dir, tag, f"{causes[culprit]}{where}")
         if rank == 0 and not existed:
             shutil.rmtree(save_dir / tag, ignore_errors=True)
         raise CheckpointError(message)
     try:
         folders.commit_checkpoint(save_dir, tag, keep_last_n)
     except OSError as e:
-        raise CheckpointError(describe_write_failure(save_dir, tag, e)) from None
+        raise CheckpointError(describe_write_failure(save_dir, tag, what_failed(e))) from None
     return tag
