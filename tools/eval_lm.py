@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
-from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError  # noqa: E402
+from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated, load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset  # noqa: E402
@@ -65,7 +65,7 @@ def load_model_source(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], 
     if is_consolidated(source):
         return load_consolidated(source)
     if source.is_dir():
-        if (source / "latest").is_file() or (source / STATE_FILE).is_file():
+        if is_training_checkpoint(source):
             return consolidate_checkpoint(source)  # offline, from the DeepSpeed files of any layout
         raise SystemExit(
             f"error: {source} is neither a consolidated model folder (config.json) nor a training checkpoint "

@@ -126,19 +126,32 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def commit_checkpoint(save_dir: str | Path, tag: str, keep_last_n: int) -> None:
-    """After every rank saved: checksum the files, mark ``tag`` complete, point ``latest`` at it, prune."""
+def commit_checkpoint(save_dir: str | Path, tag: str, keep_last_n: int, any_rank=None) -> None:
+    """After every rank saved: checksum the files, mark ``tag`` complete, point ``latest`` at it, prune.
+
+    ``any_rank(flag)`` (an all-reduce) lets every rank learn that rank 0's writes failed, so none waits
+    for it; a failure raises :class:`OSError` on every rank.
+    """
     if dist.is_initialized():
         dist.barrier()
+    error = None
     if not dist.is_initialized() or dist.get_rank() == 0:
         root = Path(save_dir)
-        integrity.write_manifest(root / tag)
-        _atomic_write(root / tag / COMPLETE, "ok\n")
-        _atomic_write(root / LATEST, tag + "\n")
-        if keep_last_n >= 0:
+        try:
+            integrity.write_manifest(root / tag)
+            _atomic_write(root / tag / COMPLETE, "ok\n")
+            _atomic_write(root / LATEST, tag + "\n")
+        except OSError as e:
+            error = e
+        if error is None and keep_last_n >= 0:
             prune(root, keep_last_n, protect=tag)
-    if dist.is_initialized():
+    if any_rank is not None:
+        if any_rank(error is not None):
+            raise error or OSError(f"rank 0 could not commit checkpoint {tag}")
+    elif dist.is_initialized():
         dist.barrier()
+    if error is not None:
+        raise error
 
 
 def prune(save_dir: Path, keep_last_n: int, protect: str) -> list[str]:

@@ -98,7 +98,7 @@ def save_checkpoint(
             shutil.rmtree(save_dir / tag, ignore_errors=True)
         raise CheckpointError(message)
     try:
-        folders.commit_checkpoint(save_dir, tag, keep_last_n)
+        folders.commit_checkpoint(save_dir, tag, keep_last_n, any_rank=lambda flag: _any_rank(flag, engine.device))
     except OSError as e:
         raise CheckpointError(describe_write_failure(save_dir, tag, what_failed(e))) from None
     return tag
