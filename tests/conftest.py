@@ -42,3 +42,15 @@ def tiny_run_setup(tmp_path_factory):
     data = make_data_bin(root / "data")
     run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
     return data, root / "init"
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tiny_run_setup, tmp_path_factory):
+    """A save dir with checkpoint_1 and checkpoint_2 of the tiny fp32 ZeRO-1 run (copy it before damaging it)."""
+    from .checkpoint_runs import run_single, train_args
+
+    data, init = tiny_run_setup
+    save = tmp_path_factory.mktemp("trained-checkpoint") / "save"
+    result = run_single(train_args(data, init, save, 2))
+    assert result.returncode == 0, result.output[-3000:]
+    return save

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.training import per_token_losses, train_on_rank
+from adaptive_lm_ds.training.preflight import fp16_supported
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_compiled_blocks_train_like_eager(setup, tmp_path, monkeypatch, fp32_los
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not fp16_supported(), reason="this CPU has no fp16 support in DeepSpeed's accelerator (oneDNN)")
 def test_fp16_loss_scaling_skips_overflowing_steps_then_trains(setup, tmp_path):
     ds = tmp_path / "fp16.json"  # start at 2**30: the first steps overflow until DeepSpeed halves the scale enough
     fp16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 30, "hysteresis": 1}

@@ -27,10 +27,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from adaptive_lm_ds import (
-    cli,  # noqa: E402
-    parallel,  # noqa: E402
-)
+from adaptive_lm_ds import cli, parallel  # noqa: E402
+from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.consolidated import load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, build_lm_dataset  # noqa: E402
@@ -40,7 +38,6 @@ from adaptive_lm_ds.inference.loading import load_model_source  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
 from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM  # noqa: E402
-from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

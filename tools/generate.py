@@ -27,9 +27,9 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
+from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
-from adaptive_lm_ds.training.checkpoint import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated
 from adaptive_lm_ds.data import Dictionary
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
-from adaptive_lm_ds.training.checkpoint import CheckpointError
-from adaptive_lm_ds.training.export import STATE_FILE, consolidate_checkpoint
+from adaptive_lm_ds.training.export import consolidate_checkpoint
 
 
 def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
@@ -28,7 +28,7 @@ def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
     if is_consolidated(source):
         return load_consolidated(source)
     if source.is_dir():
-        if (source / "latest").is_file() or (source / STATE_FILE).is_file():
+        if is_training_checkpoint(source):
             return consolidate_checkpoint(source)  # offline, from the DeepSpeed files of any layout
         raise CheckpointError(
             f"{source} is neither a consolidated model folder (config.json) nor a training checkpoint "

@@ -42,8 +42,13 @@ def allowed_globals() -> list[Any]:
 _GLOBAL_RE = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
 
 
-def safe_load(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with :func:`allowed_globals`.
+def safe_load(
+    path: str | os.PathLike,
+    allowed: list[Any] | None = None,
+    allowlist_name: str = "adaptive_lm_ds.interop.safe_load (argparse.Namespace, numpy scalars, tensors)",
+    map_location: Any = "cpu",
+) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with ``allowed`` (default :func:`allowed_globals`).
 
     Raises :class:`FileNotFoundError` for a missing file and :class:`UnsafeCheckpointError` when the file
     needs a global outside the allowlist or cannot be unpickled at all.
@@ -52,15 +57,15 @@ def safe_load(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed_globals() if allowed is None else allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = _GLOBAL_RE.search(str(err))
         if found:
             raise UnsafeCheckpointError(
                 f"{path} asks to unpickle {found.group(1)}, which is not on the allowlist of "
-                "adaptive_lm_ds.interop.safe_load (argparse.Namespace, numpy scalars, tensors); refusing to load "
-                "it, since unpickling arbitrary globals can run code. Re-save the checkpoint with plain data only."
+                f"{allowlist_name}; refusing to load it, since unpickling arbitrary globals can run code. "
+                "Re-save the checkpoint with plain data only."
             ) from None
         reason = next((line for line in str(err).splitlines() if "Unsupported" in line), "not a checkpoint")
         raise UnsafeCheckpointError(f"{path} could not be unpickled safely ({reason.strip()})") from None

@@ -245,6 +245,38 @@ def run_script_multinode(
     return results
 
 
+def _watch(
+    argv: list[str], env: dict[str, str] | None, timeout: float, on_line: Callable[[subprocess.Popen, str], bool]
+) -> tuple[list[str], bool, int | None]:
+    """Run ``argv`` in a new session, feeding each output line to ``on_line`` until it returns True or the
+    output ends; then kill everything left. Returns (lines, timed out, exit code or None if killed early)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
+    )  # fmt: skip
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill_tree(proc)
+
+    timer = threading.Timer(timeout, on_timeout)
+    timer.start()
+    lines: list[str] = []
+    returncode = None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line(proc, line):
+                break
+        else:
+            returncode = proc.wait()
+    finally:
+        timer.cancel()
+        _kill_tree(proc)
+    return lines, timed_out.is_set(), returncode
+
+
 def run_script_until_killed(
     script: str | Path,
     args: Sequence[str],
@@ -261,32 +293,53 @@ def run_script_until_killed(
     """
     port = free_port()
     argv = launcher_argv(launcher, nprocs, port) + [str(script), *map(str, args)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
-    )  # fmt: skip
-    timed_out = threading.Event()
-
-    def on_timeout() -> None:
-        timed_out.set()
-        _kill_tree(proc)
-
-    timer = threading.Timer(timeout, on_timeout)
-    timer.start()
-    lines: list[str] = []
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if kill_when in line:
-                return "".join(lines)
+        lines, timed_out, returncode = _watch(argv, env, timeout, lambda _proc, line: kill_when in line)
     finally:
-        timer.cancel()
-        _kill_tree(proc)
         remove_shm_buffers(LOOPBACK, port, nprocs)
+    if returncode is None and not timed_out:
+        return "".join(lines)
     tail = "".join(lines)[-4000:]
-    if timed_out.is_set():
+    if timed_out:
         raise RankTimeout(f"{kill_when!r} did not appear within {timeout:.0f}s\n{tail}")
     raise RankFailure(None, f"the script ended before printing {kill_when!r}\n{tail}")
+
+
+def run_script_signalled(
+    script: str | Path,
+    args: Sequence[str],
+    signal_when: str,
+    sig: int = signal.SIGTERM,
+    *,
+    nprocs: int = 1,
+    launcher: str | None = "torchrun",
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> LaunchResult:
+    """Launch ``script`` (``launcher=None``: one plain ``python`` process), send ``sig`` to the launcher
+    process alone (as a scheduler or Ctrl-C does) once a line containing ``signal_when`` is printed,
+    and wait for it to exit. Returns the whole output and the exit code; :class:`RankTimeout` if the
+    line or the exit never came (everything is killed then).
+    """
+    port = free_port()
+    if launcher is None:
+        argv = [sys.executable, str(script), *map(str, args)]
+        env = {**(env or {}), "MASTER_PORT": str(port)}
+    else:
+        argv = launcher_argv(launcher, nprocs, port) + [str(script), *map(str, args)]
+    sent = []
+
+    def signal_once(proc: subprocess.Popen, line: str) -> bool:
+        if not sent and signal_when in line:
+            proc.send_signal(sig)
+            sent.append(sig)
+        return False  # read on until the run exits
+
+    lines, timed_out, returncode = _watch(argv, env, timeout, signal_once)
+    if timed_out or not sent or returncode is None:
+        tail = "".join(lines)[-4000:]
+        raise RankTimeout(f"{signal_when!r} never appeared or the run did not exit in {timeout:.0f}s\n{tail}")
+    return LaunchResult(returncode, "".join(lines))
 
 
 def run_on_ranks(

@@ -12,16 +12,17 @@ import sys
 import torch.distributed as dist
 
 from adaptive_lm_ds import ds_runtime
+from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ConfigError
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.data import DataError
 from adaptive_lm_ds.parallel import LayoutError
-from adaptive_lm_ds.training.checkpoint import CheckpointError
 from adaptive_lm_ds.training.config import build_parser, config_from_args
 from adaptive_lm_ds.training.ds_config import ConfigError as DSConfigError
 from adaptive_lm_ds.training.lr_schedules import ScheduleConfigError
 from adaptive_lm_ds.training.metrics_log import LogConfigError
 from adaptive_lm_ds.training.optim import OptimizerConfigError
+from adaptive_lm_ds.training.preflight import StartupError
 from adaptive_lm_ds.training.trainer import Trainer, TrainingAborted
 
 USER_ERRORS = (
@@ -35,6 +36,7 @@ USER_ERRORS = (
     ScheduleConfigError,
     OptimizerConfigError,
     LogConfigError,
+    StartupError,
 )
 
 
@@ -74,6 +76,14 @@ def main(argv=None, description: str = "Train an adaptive-input LM", defaults: d
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the update loop installed its handler: nothing to save yet
+        print("error: interrupted during set-up; nothing was saved", file=sys.stderr, flush=True)
+        return 130
+    if summary.get("stopped_by") is not None:  # preempted: saved, every rank stopped at the same update
+        if dist.get_rank() == 0:
+            print(summary["message"], flush=True)
+        dist.destroy_process_group()
+        return summary["exit_code"]
     if dist.get_rank() == 0:
         print(
             f"| done: {summary['num_updates']} updates, valid loss {summary['valid_loss_base2']:.4f} (base 2), "

@@ -11,8 +11,6 @@ so the trainer starts the optimizer anew and keeps the weights).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -20,10 +18,9 @@ import deepspeed
 import torch.distributed as dist
 
 from adaptive_lm_ds import cli, parallel
+from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
 from adaptive_lm_ds.consolidated import load_consolidated
-from adaptive_lm_ds.training import checkpoint as ckpt
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
-from adaptive_lm_ds.training.export import STATE_FILE
 from adaptive_lm_ds.training.optim import build_optimizer
 from adaptive_lm_ds.training.resharding import load_full_state
 
@@ -49,24 +46,11 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
             model=module, optimizer=optimizer, config=ds_config, mpu=None if pp > 1 else DeepSpeedMPU,
             dist_init_required=False,
         )  # fmt: skip
-        tag = ckpt.tag_for(0)
-        record = {
-            "num_updates": 0,
-            "model": dataclasses.asdict(cfg),
-            "layout": dataclasses.asdict(ctx.layout),
-            "data": None,  # no data position yet: training starts its data from the beginning
-            "precision": "fp32",
-            "zero_stage": 1,
-            "optimizer_fresh": True,  # resuming starts the optimizer and schedule anew
-            "converted_from": str(consolidated),
-        }
-        engine.save_checkpoint(save_dir, tag=tag, client_state={"trainer": record}, save_latest=False)
-        ckpt.save_rng(save_dir, tag, dist.get_rank())
-        if dist.get_rank() == 0:
-            (Path(save_dir) / tag / STATE_FILE).write_text(json.dumps(record, indent=1) + "\n")
-            if dictionary is not None:
-                dictionary.save(Path(save_dir) / tag / "dict.txt")
-        ckpt.commit_checkpoint(save_dir, tag, keep_last_n=-1)
+        record = CheckpointRecord.build(
+            cfg, ctx.layout, num_updates=0, data=None, precision="fp32", zero_stage=1,
+            optimizer_fresh=True, converted_from=str(consolidated),
+        )  # fmt: skip
+        tag = save_checkpoint(engine, save_dir, record, dictionary=dictionary, keep_last_n=-1)
         return tag
     finally:
         parallel.destroy_parallel()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state
 
+from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.sharding import plain_shapes, shard_of
-from adaptive_lm_ds.training.checkpoint import CheckpointError
 from adaptive_lm_ds.training.engine import plain_parameters
 
 

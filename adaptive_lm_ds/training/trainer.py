@@ -20,17 +20,18 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import parallel
+from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import ConfigError, ModelConfig
-from adaptive_lm_ds.consolidated import load_consolidated, model_config_from_dict
+from adaptive_lm_ds.consolidated import load_consolidated
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
-from adaptive_lm_ds.training import checkpoint as ckpt
+from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
-from adaptive_lm_ds.training.export import STATE_FILE
 from adaptive_lm_ds.training.lr_schedules import (
     CosineSchedule,
     FixedSchedule,
@@ -41,6 +42,7 @@ from adaptive_lm_ds.training.lr_schedules import (
 from adaptive_lm_ds.training.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.training.optim import build_optimizer
 from adaptive_lm_ds.training.resharding import load_full_state
+from adaptive_lm_ds.training.signals import StopRequests
 
 
 class TrainingAborted(RuntimeError):
@@ -103,6 +105,7 @@ class Trainer:
         world = dist.get_world_size()
         layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
         self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
+        preflight.check_precision(precision(self.ds_config))
         self.micro = micro_batch_sequences(cfg)
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
@@ -137,8 +140,12 @@ class Trainer:
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
             mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
         )  # fmt: skip
+        ckpt.install(self.engine)  # every checkpoint file DeepSpeed opens is unpickled weights-only
         self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
         self.num_updates = 0
+        self.last_saved: str | None = None  # the newest checkpoint this run saved or resumed from
+        self.stop_requests = StopRequests(verbose=False)  # replaced by the installed one in run()
+        self.stopped_by = None  # the signal all ranks agreed to stop on
         self.consecutive_bad = 0
         self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
@@ -147,26 +154,18 @@ class Trainer:
         self.peak_flops = peak_flops(run.peak_tflops)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state_record(self) -> dict:
-        return {
-            "num_updates": self.num_updates,
-            "model": dataclasses.asdict(self.model_cfg),
-            "layout": dataclasses.asdict(self.ctx.layout),
-            "data": self.batches.state_dict(),
-            "precision": precision(self.ds_config),
-            "zero_stage": self.ds_config.get("zero_optimization", {}).get("stage", 0),
-        }
+    def _record(self) -> CheckpointRecord:
+        return CheckpointRecord.build(
+            self.model_cfg, self.ctx.layout, num_updates=self.num_updates, data=self.batches.state_dict(),
+            precision=precision(self.ds_config), zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0),
+            run_config=dataclasses.asdict(self.cfg),
+        )  # fmt: skip
 
     def save(self) -> str:
         run = self.cfg.run
-        tag = ckpt.tag_for(self.num_updates)
-        record = self._state_record()
-        self.engine.save_checkpoint(run.save_dir, tag=tag, client_state={"trainer": record}, save_latest=False)
-        ckpt.save_rng(run.save_dir, tag, self.rank)
-        if self.rank == 0:  # everything an offline export needs, beside DeepSpeed's files
-            (Path(run.save_dir) / tag / STATE_FILE).write_text(json.dumps(record, indent=1) + "\n")
-            self.dictionary.save(Path(run.save_dir) / tag / "dict.txt")
-        ckpt.commit_checkpoint(run.save_dir, tag, run.keep_last_n)
+        tag = save_checkpoint(self.engine, run.save_dir, self._record(), dictionary=self.dictionary,
+                              keep_last_n=run.keep_last_n)  # fmt: skip
+        self.last_saved = tag
         return tag
 
     def try_resume(self) -> str | None:
@@ -175,36 +174,38 @@ class Trainer:
         if found is None:
             return None
         load_dir, tag = found
-        state_path = load_dir / tag / STATE_FILE
-        try:
-            record = json.loads(state_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ckpt.CheckpointError(f"{state_path} is unreadable ({e}); the checkpoint is corrupt") from None
-        saved_model = model_config_from_dict(record["model"])
+        record = ckpt.read_record(load_dir / tag)
+        saved_model = record.model_config()
         if saved_model != self.model_cfg:
             diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
-                    for k in record["model"] if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
+                    for k in record.model if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
             raise ckpt.CheckpointError(
                 f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
                 "use the same --preset/--init-from or a fresh --save-dir"
             )
         # A converted model's checkpoint (layout_checkpoint.py) carries no optimizer history: start it anew.
-        reset_optimizer = run.reset_optimizer or record.get("optimizer_fresh", False)
+        reset_optimizer = run.reset_optimizer or record.optimizer_fresh
         try:
-            path, client = self.engine.load_checkpoint(
+            path, _ = self.engine.load_checkpoint(
                 str(load_dir), tag=tag,
                 load_optimizer_states=not reset_optimizer, load_lr_scheduler_states=not reset_optimizer,
             )  # fmt: skip
+        except ckpt.CheckpointError as e:  # our safe engine: unsafe or unreadable file, already one line
+            raise ckpt.CheckpointError(f"cannot load checkpoint {load_dir / tag}: {e}") from None
         except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types on a broken checkpoint
-            raise ckpt.CheckpointError(f"cannot load checkpoint {load_dir / tag}: {type(e).__name__}: {e}") from e
+            first = (str(e).splitlines() or [""])[0]
+            raise ckpt.CheckpointError(
+                f"cannot load checkpoint {load_dir / tag}: {type(e).__name__}: {first}"
+            ) from None
         if path is None:
             raise ckpt.CheckpointError(f"DeepSpeed found no checkpoint files in {load_dir / tag}; it is corrupt")
-        self.num_updates = 0 if reset_optimizer else int(record["num_updates"])
+        self.num_updates = 0 if reset_optimizer else int(record.num_updates)
         if not reset_optimizer:
             self.scheduler.num_updates = self.num_updates
-        if not run.reset_dataloader and record.get("data") is not None:
-            self.batches.load_state_dict(client["trainer"]["data"])
+        if not run.reset_dataloader and record.data is not None:
+            self.batches.load_state_dict(record.data)
             ckpt.load_rng(load_dir, tag, self.rank)
+        self.last_saved = tag
         return tag
 
     # ------------------------------------------------------------------ loop
@@ -220,6 +221,9 @@ class Trainer:
     def _should_stop(self, started: float) -> bool:
         run = self.cfg.run
         if self.num_updates >= run.max_update:
+            return True
+        if self.stepper.any_rank(self.stop_requests.received is not None):  # one rank's signal stops them all
+            self.stopped_by = self.stop_requests.received or "a signal on another rank"
             return True
         if run.stop_time_hours > 0:  # each rank has its own clock: stop when any rank's time is up
             if self.stepper.any_rank(time.monotonic() - started >= run.stop_time_hours * 3600):
@@ -240,7 +244,41 @@ class Trainer:
                 "or switch fp16 to bf16, then rerun to resume"
             )
 
+    def _startup_checks(self) -> SaveDirLock | None:
+        """Folders, free space and the save-dir lock, decided on rank 0 and agreed by every rank."""
+        run = self.cfg.run
+        error, lock = None, None
+        if self.rank == 0:
+            try:
+                if run.tensorboard_logdir:
+                    preflight.check_writable(run.tensorboard_logdir, "--tensorboard-logdir")
+                if not run.no_save:
+                    preflight.check_writable(run.save_dir, "--save-dir")
+                    optimizer = self.cfg.optim.optimizer
+                    zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+                    needed = preflight.checkpoint_bytes(self.model_cfg, precision(self.ds_config), optimizer, zero)
+                    preflight.check_free_space(run.save_dir, needed)
+                    lock = SaveDirLock(run.save_dir).acquire()
+                    if lock.took_over is not None:
+                        ckpt.folders.warn(
+                            f"took over {lock.path} from a run that is gone ({lock.took_over.describe()})"
+                        )
+            except (preflight.StartupError, ckpt.CheckpointError) as e:
+                error = e
+        if self.stepper.any_rank(error is not None):
+            raise error if error is not None else preflight.StartupError("a start-up check failed on rank 0")
+        return lock
+
     def run(self) -> dict:
+        lock = self._startup_checks()
+        try:
+            with StopRequests(verbose=self.rank == 0) as self.stop_requests:
+                return self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self) -> dict:
         run = self.cfg.run
         resumed = self.try_resume()
         self.logger = TrainLogger(
@@ -298,12 +336,29 @@ class Trainer:
                 self.save()
                 last_saved = self.num_updates
         self.logger.flush(self.num_updates, epoch=self.batches.epoch + 1)
+        if self.stopped_by is not None:  # preempted: save now, skip the final validation
+            return self._stop_for_signal(last_saved)
         if valid_loss is None or (run.validate_interval_updates and self.num_updates % run.validate_interval_updates):
             valid_loss = self.validate()
         if not run.no_save and last_saved != self.num_updates:
             self.save()
         self.logger.close()
         return {"num_updates": self.num_updates, "valid_loss_base2": valid_loss, "valid_ppl": 2.0**valid_loss}
+
+    def _stop_for_signal(self, last_saved: int | None) -> dict:
+        run = self.cfg.run
+        if not run.no_save and last_saved != self.num_updates:
+            self.save()
+        self.logger.close()
+        name = getattr(self.stopped_by, "name", str(self.stopped_by))
+        saved = (
+            "nothing saved (--no-save)" if run.no_save else f"checkpoint {Path(run.save_dir) / str(self.last_saved)}"
+        )
+        return {
+            "num_updates": self.num_updates, "valid_loss_base2": None, "valid_ppl": None,
+            "stopped_by": name, "exit_code": 128 + getattr(self.stopped_by, "value", 15),
+            "message": f"| stopped by {name} after update {self.num_updates}; {saved}; rerun the command to resume",
+        }  # fmt: skip
 
     def describe(self, resumed: str | None) -> str:
         from adaptive_lm_ds.training.engine import plain_parameters

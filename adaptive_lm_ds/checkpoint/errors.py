@@ -1,0 +1,5 @@
+"""The one error type of the checkpoint package: its message is the single line the user sees."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint (or save dir) that is missing, incomplete, damaged, unsafe, locked or does not fit this run."""

@@ -1,0 +1,60 @@
+"""Preemption: SIGTERM / SIGINT ask the run to finish its update, save and exit (as Megatron's exit-signal handler).
+
+The handler only records the request; the update loop polls it once per update and all ranks agree
+(any-rank all-reduce) to stop after the *same* update, so the checkpoint is consistent. Launchers
+deliver one signal per rank: ``torchrun`` runs ranks in their own sessions and forwards SIGTERM (then
+SIGKILL after 30 s); the ``deepspeed`` launcher forwards SIGTERM while a Ctrl-C also reaches the
+ranks. Signals within :data:`SAME_REQUEST_S` of the first are therefore one request; a signal after
+that stops the process at once, without saving (``SystemExit(128 + signal number)``: one line, no
+traceback, ``finally`` blocks such as the save-dir lock's release still run).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+SAME_REQUEST_S = 1.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _say(text: str) -> None:
+    os.write(2, (text + "\n").encode())  # async-signal-safe enough: no buffered stream re-entered
+
+
+class StopRequests:
+    """Context manager installing the handlers (main thread only; elsewhere it does nothing)."""
+
+    def __init__(self, verbose: bool = True):
+        self.received: signal.Signals | None = None
+        self.first_at = 0.0
+        self.verbose = verbose
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame) -> None:
+        sig = signal.Signals(signum)
+        if self.received is None:
+            self.received, self.first_at = sig, time.monotonic()
+            if self.verbose:
+                _say(
+                    f"| received {sig.name}: finishing this update, saving, then exiting (signal again to stop at once)"
+                )
+            return
+        if time.monotonic() - self.first_at < SAME_REQUEST_S:
+            return  # the launcher forwarding the same request
+        if self.verbose:
+            _say(f"| received {sig.name} again: stopping now without saving")
+        raise SystemExit(128 + signum)  # unwinds: the save-dir lock is released, no traceback
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

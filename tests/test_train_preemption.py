@@ -1,0 +1,64 @@
+"""Preemption: SIGTERM / SIGINT finish the update, save and exit with one line; a second signal stops at once."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from adaptive_lm_ds.checkpoint import integrity, read_latest
+from adaptive_lm_ds.testing.distributed import run_script_signalled
+from adaptive_lm_ds.training.signals import SAME_REQUEST_S, StopRequests
+
+from .checkpoint_runs import LAUNCHER, run_single, train_args
+
+
+def _stopped_update(output: str, name: str) -> int:
+    lines = [line for line in output.splitlines() if line.startswith(f"| stopped by {name} after update ")]
+    assert len(lines) == 1, output[-3000:]
+    return int(lines[0].split("after update ")[1].split(";")[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_a_single_process_saves_and_exits_cleanly(tiny_run_setup, tmp_path, sig):
+    data, init = tiny_run_setup
+    save = tmp_path / "save"
+    args = train_args(data, init, save, 10_000, "--save-interval-updates", "0")  # no periodic saves
+    result = run_script_signalled(LAUNCHER, args, '"update": 2,', sig, launcher=None, timeout=300)
+    assert result.returncode == 128 + sig, result.output[-3000:]
+    stopped = _stopped_update(result.output, sig.name)
+    assert stopped >= 2
+    assert read_latest(save) == f"checkpoint_{stopped}" and integrity.verify(save / f"checkpoint_{stopped}")
+    assert "Traceback" not in result.output and "KeyboardInterrupt" not in result.output
+    resumed = run_single(train_args(data, init, save, stopped + 1))
+    assert resumed.returncode == 0 and f"resumed from checkpoint_{stopped} at update {stopped}" in resumed.output
+
+
+@pytest.mark.slow
+def test_sigterm_through_torchrun_stops_every_rank_at_the_same_update(tiny_run_setup, tmp_path):
+    data, init = tiny_run_setup
+    save = tmp_path / "save"
+    args = train_args(data, init, save, 10_000, "--save-interval-updates", "0", "--tensor-model-parallel-size", "2")
+    result = run_script_signalled(LAUNCHER, args, '"update": 2,', signal.SIGTERM, nprocs=2, timeout=300)
+    stopped = _stopped_update(result.output, "SIGTERM")
+    tag = save / f"checkpoint_{stopped}"
+    assert read_latest(save) == tag.name and integrity.verify(tag)
+    assert {p.name for p in tag.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}  # both ranks saved it
+
+
+def test_a_second_signal_stops_at_once_and_a_forwarded_copy_does_not(capfd):
+    with StopRequests() as requests:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs in the main thread at the next bytecode
+        assert requests.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher forwarding the same request: ignored
+        time.sleep(0.05)
+        time.sleep(SAME_REQUEST_S)
+        with pytest.raises(SystemExit) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+    assert stop.value.code == 128 + signal.SIGTERM
+    err = capfd.readouterr().err
+    assert "finishing this update, saving" in err and "stopping now without saving" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
