@@ -1,6 +1,6 @@
 """Every tensor file of a training checkpoint is read with ``torch.load(weights_only=True)``.
 
-DeepSpeed's ``TorchCheckpointEngine.load`` unpickles with ``weights_only=False``: a checkpoint folder
+DeepSpeed's ``TorchCheckpointEngine.load`` unpickles with weights-only loading switched off: a checkpoint folder
 from elsewhere could run code on resume. :class:`SafeCheckpointEngine` replaces it on our engines
 (:func:`install`), so every file DeepSpeed opens -- model states, ZeRO optimizer partitions, pipeline
 layer files -- goes through the weights-only unpickler with an explicit allowlist of the few *data*

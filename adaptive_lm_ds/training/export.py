@@ -40,7 +40,7 @@ def _rank_state(tag_dir: Path, cfg: ModelConfig, tp_rank: int, pp: int) -> dict[
 def _zero3_state(tag_dir: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    for path in sorted(tag_dir.glob("*.pt")):  # zero_to_fp32 unpickles with weights_only=False: vet every file
+    for path in sorted(tag_dir.glob("*.pt")):  # zero_to_fp32 unpickles with weights-only loading off: vet every file
         load_file(path)
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
