@@ -14,7 +14,7 @@ import pytest
 
 from adaptive_lm_ds.data.blocks import BREAK_MODES
 
-from .conftest import REPO
+from .oracle import REPO
 
 TINY_TRAIN = "--vocab 3000 --d 32 --layers 1 --batch 2 --seq 32"
 
