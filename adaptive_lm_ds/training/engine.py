@@ -73,7 +73,9 @@ def checkpoint_blocks(model: AdaptiveLM) -> None:
 
 
 def _checkpointed(forward):
-    def run(self, x, mask=None):
+    def run(self, x, mask=None, cache=None):
+        if cache is not None:  # incremental decoding: no backward, nothing to recompute
+            return forward(x, mask, cache)
         return ds_checkpointing.checkpoint(forward, x, mask)
 
     return run
