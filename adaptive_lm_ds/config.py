@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """A model configuration that cannot be built; the message says what to change."""
 
 
+# Regularisation, not shape: a run may resume or fine-tune a checkpoint with other values (as fairseq allows).
+DROPOUT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout")
+
+
 @dataclass(frozen=True)
 class Band:
     """Vocabulary ids ``[start, end)`` embedded (or predicted) with ``dim`` features."""
@@ -115,7 +119,7 @@ class ModelConfig:
             )
         if self.activation_fn not in ("relu", "gelu"):
             _fail(f"activation_fn={self.activation_fn!r} is not supported; use 'relu' or 'gelu'")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout"):
+        for name in DROPOUT_FIELDS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 _fail(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.adaptive_input:

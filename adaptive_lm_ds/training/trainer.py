@@ -23,7 +23,7 @@ from megatron.core import parallel_state
 from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
-from adaptive_lm_ds.config import ConfigError, ModelConfig
+from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.consolidated import load_consolidated
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
@@ -176,6 +176,7 @@ class Trainer:
         load_dir, tag = found
         record = ckpt.read_record(load_dir / tag)
         saved_model = record.model_config()
+        saved_model = saved_model.replace(**{name: getattr(self.model_cfg, name) for name in DROPOUT_FIELDS})
         if saved_model != self.model_cfg:
             diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
                     for k in record.model if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
