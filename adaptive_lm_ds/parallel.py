@@ -5,7 +5,8 @@ Rank order is tensor-parallel fastest, then data, then pipeline: megatron-core's
 (axes pipe, data, model) agree, and :func:`initialize_parallel` asserts it group by group.
 
 Single-process use (unit tests, tools): ``initialize_parallel(Layout())`` with no process group
-creates a world-size-1 gloo group itself (and :func:`destroy_parallel` removes it again). The model
+creates a world-size-1 group (the accelerator's backend) itself (and :func:`destroy_parallel` removes
+it again). The model
 always needs megatron-core's tensor-parallel group, because megatron's mappings assert a group even at
 TP = 1; a world-size-1 group keeps a single code path and costs nothing.
 
@@ -18,6 +19,7 @@ dropout on sharded activations (attention heads, FFN shard); initialisation uses
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -83,6 +85,47 @@ _CONTEXT: ParallelContext | None = None
 _OWN_PROCESS_GROUP = False
 
 
+def accelerator_backend() -> str:
+    """The collective backend of DeepSpeed's accelerator: ``gloo`` on CPU (``ccl`` with oneCCL), ``nccl`` on CUDA."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().communication_backend_name()
+
+
+def accelerator_device() -> torch.device:
+    """This rank's compute device from DeepSpeed's accelerator (``DS_ACCELERATOR``, else what it detects).
+
+    ``cpu`` on a CPU; otherwise device ``LOCAL_RANK`` of the accelerator, made current (nccl needs it
+    before the process group is created).
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() == "cpu":
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    accelerator.set_device(index)
+    return torch.device(accelerator.device_name(index))
+
+
+def init_process_group(world_of_one: bool = False) -> None:
+    """The launcher's process group with the accelerator's backend, wrapped by DeepSpeed.
+
+    ``world_of_one``: a plain ``python`` run (no ``RANK``) becomes a TCP world of one (training, whose
+    DeepSpeed engine needs a real group); otherwise such a run is left to :func:`initialize_parallel`'s
+    in-process group. Does nothing when a group exists.
+    """
+    if dist.is_initialized():
+        return
+    if "RANK" not in os.environ:
+        if not world_of_one:
+            return
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+    accelerator_device()
+    deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+
+
 def initialize_parallel(layout: Layout = Layout(), seed: int = 1234) -> ParallelContext:
     """Build megatron-core's groups and DeepSpeed's topology for ``layout``; seed the RNG tracker."""
     global _CONTEXT, _OWN_PROCESS_GROUP
@@ -94,7 +137,8 @@ def initialize_parallel(layout: Layout = Layout(), seed: int = 1234) -> Parallel
                 f"layout {layout} needs {layout.world_size} ranks but torch.distributed is not "
                 "initialised; launch with torchrun or deepspeed"
             )
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        accelerator_device()
+        dist.init_process_group(accelerator_backend(), store=dist.HashStore(), rank=0, world_size=1)
         _OWN_PROCESS_GROUP = True
     layout.validate(dist.get_world_size())
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)  # wraps the group

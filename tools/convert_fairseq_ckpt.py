@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 
@@ -108,11 +107,13 @@ def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float
     from adaptive_lm_ds.model.lm import AdaptiveLM
 
     with parallel.single_process(), torch.no_grad():
+        device = parallel.accelerator_device()
         model = AdaptiveLM(cfg).eval()
         load_into(model, state)
+        model.to(device)
         tokens = torch.randint(
             4, cfg.vocab_size, (1, min(16, cfg.max_positions)), generator=torch.Generator().manual_seed(0)
-        )
+        ).to(device)
         table = model.gather_log_probs(model.log_probs(tokens))
         error = float(torch.logsumexp(table.double(), -1).abs().max())
     if not error < 1e-4:

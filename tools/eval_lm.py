@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -66,23 +65,24 @@ def init_layout(tp: int, pp: int) -> None:
             f"error: launched {world} ranks but --tensor-model-parallel-size {tp} x --pipeline-model-parallel-size "
             f"{pp} = {tp * pp}; launch exactly TP x PP ranks"
         )
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+    if world > 1:
+        parallel.init_process_group()
     parallel.initialize_parallel(parallel.Layout(tp=tp, pp=pp))
 
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], pp: int) -> torch.nn.Module:
-    """The one-piece model (TP shard) or this rank's pipeline stage, loaded from consolidated weights."""
+    """The one-piece model (TP shard) or this rank's pipeline stage, loaded from consolidated weights,
+    on the accelerator's device (``evaluate_lm`` moves each batch there)."""
     if pp == 1:
         model = AdaptiveLM(cfg).eval()
         load_into(model, state)
-        return model
+        return model.to(parallel.accelerator_device())
     model = PipelineStageLM(cfg).eval()
     owners = tied_names(cfg)
     mine = {n for n, _ in model.named_parameters()}
     needed = mine | {owners[n] for n in mine if n in owners}
     load_into(model, {k: v for k, v in state.items() if k in needed})
-    return model
+    return model.to(parallel.accelerator_device())
 
 
 def report(result: EvalResult, seconds: float, args: argparse.Namespace) -> None:

@@ -15,12 +15,10 @@ folder), and never when it holds the checkpoint read.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402

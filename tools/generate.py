@@ -20,9 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -85,8 +83,8 @@ def init_layout(tp: int) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != tp:
         raise GenerationError(f"launched {world} ranks for --tensor-model-parallel-size {tp}; launch exactly {tp}")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        parallel.init_process_group()
     parallel.initialize_parallel(parallel.Layout(tp=tp))
 
 

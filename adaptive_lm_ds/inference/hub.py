@@ -44,13 +44,6 @@ def _find_dictionary(path: Path, found: Dictionary | None, given: str | os.PathL
     raise DataError(f"{path} comes without a dictionary and there is no {beside}; pass dictionary=PATH/dict.txt")
 
 
-def default_device() -> torch.device:
-    """The accelerator when there is one (this process's local rank's), else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 class LanguageModel:
     """A loaded :class:`AdaptiveLM` (this rank's TP shard) with its dictionary; see the module docstring."""
 
@@ -84,7 +77,7 @@ class LanguageModel:
             parallel.initialize_parallel(parallel.Layout())
         model = AdaptiveLM(cfg)
         load_into(model, state)
-        return cls(model.to(device or default_device()), vocab)
+        return cls(model.to(device or parallel.accelerator_device()), vocab)
 
     @property
     def device(self) -> torch.device:

@@ -56,33 +56,47 @@ def _sharded_rng(active: bool):
     return parallel.model_parallel_rng() if active else contextlib.nullcontext()
 
 
-def column_linear(
-    size_in: int, size_out: int, mp_config, tp_group, key: str, gain: float = 1.0
-) -> ColumnParallelLinear:
-    """Output features split over TP, bias included, output left sharded; weight from stream ``key``."""
-    return ColumnParallelLinear(
+def column_linear(size_in: int, size_out: int, mp_config, tp_group, key: str, init_method) -> ColumnParallelLinear:
+    """Output features split over TP, bias included, output left sharded.
+
+    Weight by ``init_method`` (a ``seeded_init`` full-matrix init); bias ``nn.Linear``'s default
+    U(+-1/sqrt(size_in)) from stream ``{key}.bias``, this rank's slice (fairseq's q/k/v and fc1 keep it).
+    """
+    linear = ColumnParallelLinear(
         size_in,
         size_out,
         config=mp_config,
-        init_method=seeded_init.xavier_uniform(key, gain),
+        init_method=init_method,
         bias=True,
         gather_output=False,
         tp_group=tp_group,
     )
+    start = tp_group.rank() * (size_out // tp_group.size())
+    seeded_init.linear_bias(linear.bias, size_in, start, size_out, f"{key}.bias")
+    return linear
 
 
-def row_linear(size_in: int, size_out: int, mp_config, tp_group, key: str) -> RowParallelLinear:
-    """Input features split over TP; one all-reduce, then the (replicated) bias; weight from stream ``key``."""
-    return RowParallelLinear(
+def row_linear(
+    size_in: int, size_out: int, mp_config, tp_group, key: str, init_method, zero_bias: bool = False
+) -> RowParallelLinear:
+    """Input features split over TP; one all-reduce, then the (replicated) bias.
+
+    Weight by ``init_method``; bias ``nn.Linear``'s default from stream ``{key}.bias`` (fairseq's fc2),
+    or zero (``zero_bias``: fairseq's attention ``out_proj``).
+    """
+    linear = RowParallelLinear(
         size_in,
         size_out,
         config=mp_config,
-        init_method=seeded_init.xavier_uniform(key),
+        init_method=init_method,
         bias=True,
         input_is_parallel=True,
         skip_bias_add=False,
         tp_group=tp_group,
     )
+    if not zero_bias:
+        seeded_init.linear_bias(linear.bias, size_in, 0, size_out, f"{key}.bias")
+    return linear
 
 
 @dataclass
@@ -136,10 +150,13 @@ class SelfAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.dropout = cfg.attention_dropout
         gain = 1 / math.sqrt(2)  # fairseq's init when q, k, v have the same dim
-        self.q_proj = column_linear(d, d, mp_config, tp_group, f"{key}.q_proj", gain)
-        self.k_proj = column_linear(d, d, mp_config, tp_group, f"{key}.k_proj", gain)
-        self.v_proj = column_linear(d, d, mp_config, tp_group, f"{key}.v_proj", gain)
-        self.out_proj = row_linear(d, d, mp_config, tp_group, f"{key}.out_proj")
+
+        def qkv(name: str) -> ColumnParallelLinear:
+            return column_linear(d, d, mp_config, tp_group, name, seeded_init.xavier_uniform(name, gain))
+
+        self.q_proj, self.k_proj, self.v_proj = (qkv(f"{key}.{n}_proj") for n in "qkv")
+        out = f"{key}.out_proj"
+        self.out_proj = row_linear(d, d, mp_config, tp_group, out, seeded_init.xavier_uniform(out), zero_bias=True)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         """``x [B, t, d]``; with ``cache`` the ``t`` positions follow the cached ones (causal over all)."""
@@ -167,8 +184,11 @@ class SelfAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig, key: str):
         super().__init__()
-        self.fc1 = column_linear(cfg.embed_dim, cfg.ffn_dim, mp_config, tp_group, f"{key}.fc1")
-        self.fc2 = row_linear(cfg.ffn_dim, cfg.embed_dim, mp_config, tp_group, f"{key}.fc2")
+        # fairseq's FFN keeps nn.Linear's own init (weights and biases U(+-1/sqrt(fan_in))), not xavier
+        fc1, fc2 = f"{key}.fc1", f"{key}.fc2"
+        d, ffn = cfg.embed_dim, cfg.ffn_dim
+        self.fc1 = column_linear(d, ffn, mp_config, tp_group, fc1, seeded_init.linear_default(fc1))
+        self.fc2 = row_linear(ffn, d, mp_config, tp_group, fc2, seeded_init.linear_default(fc2))
         self.activation = F.relu if cfg.activation_fn == "relu" else F.gelu
         self.activation_dropout = cfg.activation_dropout
 

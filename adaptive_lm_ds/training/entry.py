@@ -11,7 +11,7 @@ import sys
 
 import torch.distributed as dist
 
-from adaptive_lm_ds import ds_runtime
+from adaptive_lm_ds import ds_runtime, parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ConfigError
 from adaptive_lm_ds.consolidated import ConsolidatedFormatError
@@ -41,20 +41,13 @@ USER_ERRORS = (
 
 
 def init_process_group() -> None:
-    """gloo on CPU, nccl on GPU; a plain ``python launchers/...`` run is a world of one.
+    """``parallel.init_process_group``, the accelerator's backend; a plain launcher run is a world of one.
 
     DeepSpeed's shared-memory op is loaded from this venv first (a stale build lock is an error, not a
     hang), and each rank's ``/dev/shm`` buffer name is unlinked once all ranks have mapped it.
     """
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-    backend = "gloo" if get_accelerator().device_name() == "cpu" else "nccl"
     ds_runtime.load_shm_op()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    parallel.init_process_group(world_of_one=True)
     ds_runtime.release_shm_buffer()
 
 
