@@ -32,6 +32,7 @@ from torch import nn
 
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
+from adaptive_lm_ds.data.dictionary import current_umask
 from adaptive_lm_ds.model.sharding import shard_of
 from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
 
@@ -112,6 +113,7 @@ def save_consolidated(
     try:
         tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / WEIGHTS).chmod(0o666 & ~current_umask())  # safetensors creates 0600; the umask decides
         meta = {"format": FORMAT, "version": VERSION, "writer": writer}
         meta.update(model=dataclasses.asdict(cfg), tied=tied_names(cfg))
         if extra:

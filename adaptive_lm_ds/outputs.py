@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from adaptive_lm_ds.data.dictionary import current_umask
+
 OUTPUT_MARKER = "config.json"  # the file whose "writer" field says which tool made a folder
 
 
@@ -103,7 +105,9 @@ def check_output_file(
 def temp_folder_beside(path: Path) -> Path:
     """An empty hidden folder next to ``path`` (same file system, so :func:`replace_folder` is a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the folder becomes the output, as mkdir would
+    return tmp
 
 
 def replace_folder(tmp: Path, path: Path) -> None:

@@ -120,3 +120,22 @@ def test_save_consolidated_applies_the_same_policy(tiny_run_setup, tmp_path):
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
     with pytest.raises(OutputError, match="is the input"):
         check_output_folder(tmp_path, "x", (), force=True, inputs=[tmp_path])
+
+
+def test_written_files_and_folders_follow_the_users_umask(tiny_run_setup, tmp_path):
+    """Reference: what open()/mkdir give under umask 022 (0644 files, 0755 folders), not mkstemp's 0600/0700."""
+    import os
+    import stat
+
+    _, init = tiny_run_setup
+    cfg, state, dictionary = load_consolidated(init)
+    old = os.umask(0o022)
+    try:
+        save_consolidated(tmp_path / "model", cfg, state, dictionary, writer="test")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "model") == 0o755
+    assert {p.name: mode(p) for p in (tmp_path / "model").iterdir()} == {
+        p.name: 0o644 for p in (tmp_path / "model").iterdir()
+    }

@@ -1,6 +1,7 @@
 """Per-GPU memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
 
-    python tools/memory_plan.py --preset gbw_huge --tp 1 --dp 8 --zero-stage 1 --precision bf16
+    python tools/memory_plan.py --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
+        --zero-stage 1 --precision bf16
     python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --gpu-memory-gb 80 [--json FILE]
 
 The model is the planner's (adaptive_lm_ds/memory.py: ZeRO accounting over parameter counts from the
@@ -100,9 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--dp", type=int, default=1)
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
+    parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per micro batch")
     parser.add_argument("--seq-len", type=int, default=512)
@@ -122,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     budget = args.gpu_memory_gb * GB * args.reserve
     layout = TrainLayout(
-        tp=args.tp,
-        pp=args.pp,
-        dp=args.dp,
+        tp=args.tensor_model_parallel_size,
+        pp=args.pipeline_model_parallel_size,
+        dp=args.data_parallel_size,
         zero_stage=args.zero_stage,
         micro_batch=args.micro_batch,
         seq_len=args.seq_len,

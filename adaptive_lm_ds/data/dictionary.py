@@ -179,7 +179,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path`` and rename it, so ``path`` is never half written."""
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(data)
+    os.chmod(f.name, 0o666 & ~current_umask())  # mkstemp makes 0600; the user's umask decides, as for open()
     os.replace(f.name, path)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

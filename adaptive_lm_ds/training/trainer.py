@@ -376,9 +376,15 @@ class Trainer:
             f"ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}\n"
             f"| train: {len(self.train_data):,} samples, {len(self.batches) // self.cfg.data.update_freq:,} updates "
             f"per epoch ({len(self.batches):,} micro batches per rank / update-freq {self.cfg.data.update_freq}); "
-            f"valid: {len(self.valid_data):,} samples\n"
-            + (f"| resumed from {resumed} at update {self.num_updates}" if resumed else "| starting from scratch")
+            f"valid: {len(self.valid_data):,} samples\n" + self._start_point(resumed)
         )
+
+    def _start_point(self, resumed) -> str:
+        if resumed:
+            return f"| resumed from {resumed} at update {self.num_updates}"
+        if self.cfg.run.init_from:
+            return f"| starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
+        return f"| starting from scratch (seed {self.cfg.run.seed})"
 
 
 def training_flops_per_token(cfg: ModelConfig, dictionary: Dictionary, data) -> float:
