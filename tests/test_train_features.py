@@ -65,7 +65,10 @@ def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
     bf16 = per_token_losses(result)
     assert torch.isfinite(bf16).all()
     assert all(h["gnorm"] > 0 and torch.isfinite(torch.tensor(h["gnorm"])) for h in result["history"])
-    assert bf16[-1] < bf16[0]  # it learns
+    # it learns: the same validation batches score better than the initial weights (one batch's training
+    # loss against another's is batch noise at 6 clipped updates)
+    (initial,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--max-update", "0"))
+    assert result["summary"]["valid_loss_base2"] < initial["summary"]["valid_loss_base2"]
     torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
 
 
