@@ -23,11 +23,12 @@ SEED_COMMAND = (
     "--tokens-per-sample 3072 --seed 1 --sample-break-mode none --skip-invalid-size-inputs-valid-test "
     "--ddp-backend=legacy_ddp"
 ).split()
-# What makes it fit a shared 2-core CPU: a small model of the same arch, shorter blocks, 3 updates.
+# What makes it fit a CPU: a small model of the same arch (fairseq's model flags), 3 updates. The batch
+# flags stay the seed's: 3072-token blocks, one per micro batch, update-freq 3.
 CPU_SIZE = (
     "--decoder-layers 2 --decoder-embed-dim 64 --decoder-input-dim 64 --decoder-output-dim 64 "
     "--decoder-ffn-embed-dim 128 --decoder-attention-heads 4 --adaptive-input-cutoff 40,160 "
-    "--adaptive-softmax-cutoff 40,160 --tokens-per-sample 512 --max-tokens 512 --max-update 3 --log-interval 1"
+    "--adaptive-softmax-cutoff 40,160 --max-update 3 --log-interval 1"
 ).split()
 
 

@@ -31,6 +31,7 @@ import torch
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from torch import nn
 
+from adaptive_lm_ds.checkpoint.names import adaptive_lm_name
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
@@ -142,7 +143,4 @@ def plain_name(module: PipelineModule, local_name: str) -> str:
             return "embed.tokens." + rest[len("output.") :]
         return rest if rest.startswith(("output.", "final_norm.")) else "embed." + rest
     index, rest = local_name.split(".", 1)
-    layer = int(index)
-    if layer == 0:
-        return "embed." + rest
-    return f"layers.{layer - 1}.{rest}" if layer <= num_layers else rest
+    return adaptive_lm_name(int(index), rest, num_layers)  # the checkpoint's name table: one mapping
