@@ -182,6 +182,13 @@ def destroy_parallel() -> None:
     _OWN_PROCESS_GROUP = False
 
 
+def shutdown() -> None:
+    """A tool's end, however it ends: :func:`destroy_parallel`, then any process group a launcher started."""
+    destroy_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def single_process(seed: int = 1234) -> Iterator[ParallelContext]:
     """``initialize_parallel(Layout())`` for the duration of the block (tests, tools)."""

@@ -128,9 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         if not dist.is_initialized() or dist.get_rank() == 0:
             report(result, time.perf_counter() - start, args)
     finally:
-        parallel.destroy_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        parallel.shutdown()
 
 
 if __name__ == "__main__":

@@ -113,9 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     except (*LOAD_ERRORS, CheckpointError, GenerationError) as err:
         raise SystemExit(f"error: {err}") from None
     finally:
-        parallel.destroy_parallel()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        parallel.shutdown()
 
 
 if __name__ == "__main__":
