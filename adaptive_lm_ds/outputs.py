@@ -1,7 +1,7 @@
 """The one policy for a tool's ``--output``: never destroy what the tool did not write.
 
 A model folder (``tools/export_checkpoint.py``, ``tools/convert_fairseq_ckpt.py``, anything calling
-:func:`adaptive_lm_ds.consolidated.save_consolidated`) may replace an existing ``--output`` only when
+:func:`adaptive_lm_ds.formats.consolidated.save_consolidated`) may replace an existing ``--output`` only when
 
 * it does not exist, or is an empty folder, or
 * it is a previous output of the *same* tool (its ``config.json`` names that writer) holding nothing

@@ -10,7 +10,7 @@ from deepspeed.accelerator import get_accelerator
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
-from adaptive_lm_ds.consolidated import load_into
+from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.model import AdaptiveLM
 
 from .oracle import tool_main

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from adaptive_lm_ds.checkpoint import CheckpointError, integrity, load_file, resolve_restore
+from adaptive_lm_ds.formats.export import consolidate_checkpoint
 from adaptive_lm_ds.testing.distributed import REPO_ROOT
-from adaptive_lm_ds.training.export import consolidate_checkpoint
 
 from .checkpoint_runs import MODEL, OPTIM, run_single, train_args
 

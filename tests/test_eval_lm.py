@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.consolidated import load_into
 from adaptive_lm_ds.data import IndexedTokens, build_lm_dataset
 from adaptive_lm_ds.evaluation import eval_block_size, evaluate_lm, windows
+from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.testing import run_on_ranks, run_script

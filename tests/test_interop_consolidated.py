@@ -7,14 +7,14 @@ import torch
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
-from adaptive_lm_ds.consolidated import (
+from adaptive_lm_ds.data import Dictionary
+from adaptive_lm_ds.formats.consolidated import (
     ConsolidatedFormatError,
     load_consolidated,
     load_into,
     save_consolidated,
     tied_names,
 )
-from adaptive_lm_ds.data import Dictionary
 from adaptive_lm_ds.model.lm import AdaptiveLM
 
 

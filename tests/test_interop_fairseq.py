@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.consolidated import load_into
+from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import (
     FairseqConversionError,
     fairseq_to_ours,

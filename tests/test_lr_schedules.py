@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from adaptive_lm_ds.training.lr_schedules import (
+from adaptive_lm_ds.optim.lr_schedules import (
     CosineSchedule,
     FixedSchedule,
     InverseSqrtSchedule,

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
-from adaptive_lm_ds.consolidated import load_into
+from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.model import AdaptiveLM
 from adaptive_lm_ds.model.sharding import consolidate
 from adaptive_lm_ds.testing import run_on_ranks

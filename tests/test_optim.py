@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adaptive_lm_ds.training.optim import NAG, OptimizerConfigError, build_optimizer
+from adaptive_lm_ds.optim.optimizers import NAG, OptimizerConfigError, build_optimizer
 
 
 def _nag_section(fixture_dir):

@@ -15,9 +15,9 @@ def _deepspeed_vs_plain(zero_stage: int):
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.config import get_preset
     from adaptive_lm_ds.model.lm import AdaptiveLM
+    from adaptive_lm_ds.optim.lr_schedules import CosineSchedule, UpdateLRScheduler
+    from adaptive_lm_ds.optim.optimizers import NAG
     from adaptive_lm_ds.training.engine import DeepSpeedMPU
-    from adaptive_lm_ds.training.lr_schedules import CosineSchedule, UpdateLRScheduler
-    from adaptive_lm_ds.training.optim import NAG
 
     parallel.initialize_parallel(parallel.Layout(), seed=11)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaptive_lm_ds.consolidated import load_consolidated
+from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.interop import load_fairseq_checkpoint, safe_load
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.training import train_on_rank

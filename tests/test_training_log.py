@@ -7,7 +7,7 @@ import math
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from adaptive_lm_ds.training.metrics_log import LogConfigError, TrainLogger
+from adaptive_lm_ds.metrics_log import LogConfigError, TrainLogger
 
 
 class FakeClock:

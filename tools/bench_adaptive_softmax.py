@@ -39,7 +39,7 @@ from adaptive_lm_ds.config import gbw_huge  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.flops import DEFAULT_ZIPF_EXPONENT, NUM_SPECIALS, fit_zipf_exponent  # noqa: E402
 from adaptive_lm_ds.layers import VocabParallelAdaptiveInput, VocabParallelAdaptiveSoftmax  # noqa: E402
-from adaptive_lm_ds.training.optim import NAG  # noqa: E402
+from adaptive_lm_ds.optim.optimizers import NAG  # noqa: E402
 
 GBW_VOCAB = 793_475
 WIKITEXT2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"

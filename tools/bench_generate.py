@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
 from adaptive_lm_ds.config import wiki103  # noqa: E402
-from adaptive_lm_ds.consolidated import load_into  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
+from adaptive_lm_ds.formats.consolidated import load_into  # noqa: E402
 from adaptive_lm_ds.inference import GenerationConfig, generate  # noqa: E402
 from adaptive_lm_ds.inference.loading import load_model_source  # noqa: E402
 from adaptive_lm_ds.inference.search import Specials  # noqa: E402

@@ -42,9 +42,9 @@ from adaptive_lm_ds.flops import (  # noqa: E402
     zipf_band_fractions,  # noqa: E402
 )
 from adaptive_lm_ds.model import AdaptiveLM  # noqa: E402
+from adaptive_lm_ds.optim.optimizers import NAG  # noqa: E402
 from adaptive_lm_ds.testing import run_on_ranks  # noqa: E402
 from adaptive_lm_ds.training.engine import compile_blocks  # noqa: E402
-from adaptive_lm_ds.training.optim import NAG  # noqa: E402
 
 ZIPF_EXPONENT = 1.1
 GBW_MEAN_SENTENCE = 27  # GBW's mean sentence length in tokens (with </s>)

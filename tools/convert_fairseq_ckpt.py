@@ -30,14 +30,14 @@ import torch  # noqa: E402
 
 from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
-from adaptive_lm_ds.consolidated import (  # noqa: E402
+from adaptive_lm_ds.data import Dictionary  # noqa: E402
+from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary  # noqa: E402
+from adaptive_lm_ds.formats.consolidated import (  # noqa: E402
     check_model_output,
     load_consolidated,
     load_into,
     save_consolidated,
 )
-from adaptive_lm_ds.data import Dictionary  # noqa: E402
-from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary  # noqa: E402
 from adaptive_lm_ds.interop import (  # noqa: E402
     LOAD_ERRORS,
     load_fairseq_checkpoint,
@@ -167,7 +167,7 @@ def write_deepspeed_layout(args: argparse.Namespace) -> None:
     save_dir = Path(args.output) / LAYOUT_DIR
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), f"--nproc_per_node={tp * pp}", f"--master_port={args.master_port}",
-           "-m", "adaptive_lm_ds.training.layout_checkpoint", "--consolidated", str(args.output),
+           "-m", "adaptive_lm_ds.formats.layout_checkpoint", "--consolidated", str(args.output),
            "--save-dir", str(save_dir), "--tensor-model-parallel-size", str(tp),
            "--pipeline-model-parallel-size", str(pp)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}

@@ -29,10 +29,10 @@ import torch.distributed as dist  # noqa: E402
 from adaptive_lm_ds import cli, parallel  # noqa: E402
 from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
-from adaptive_lm_ds.consolidated import load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.data import DataError, build_lm_dataset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
+from adaptive_lm_ds.formats.consolidated import load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.inference.loading import load_model_source  # noqa: E402
 from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402

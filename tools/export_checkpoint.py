@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
-from adaptive_lm_ds.consolidated import ConsolidatedFormatError, check_model_output, save_consolidated  # noqa: E402
+from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError, check_model_output, save_consolidated  # noqa: E402
+from adaptive_lm_ds.formats.export import consolidate_checkpoint  # noqa: E402
 from adaptive_lm_ds.outputs import OutputError  # noqa: E402
-from adaptive_lm_ds.training.export import consolidate_checkpoint  # noqa: E402
 
 WRITER = "export_checkpoint"
 

@@ -37,7 +37,7 @@ class CheckpointRecord:
         return cls(model=dataclasses.asdict(model), layout=dataclasses.asdict(layout), **fields)
 
     def model_config(self) -> ModelConfig:
-        from adaptive_lm_ds.consolidated import model_config_from_dict
+        from adaptive_lm_ds.formats.consolidated import model_config_from_dict
 
         return model_config_from_dict(self.model)
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.consolidated import load_into
 from adaptive_lm_ds.data import DataError, Dictionary
+from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.inference.generator import Hypothesis, generate
 from adaptive_lm_ds.inference.loading import load_model_source
 from adaptive_lm_ds.inference.search import GenerationConfig, GenerationError, Specials

@@ -13,10 +13,10 @@ import torch
 
 from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint
 from adaptive_lm_ds.config import ModelConfig
-from adaptive_lm_ds.consolidated import is_consolidated, load_consolidated
 from adaptive_lm_ds.data import Dictionary
+from adaptive_lm_ds.formats.consolidated import is_consolidated, load_consolidated
+from adaptive_lm_ds.formats.export import consolidate_checkpoint
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
-from adaptive_lm_ds.training.export import consolidate_checkpoint
 
 
 def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:

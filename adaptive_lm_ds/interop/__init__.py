@@ -1,7 +1,7 @@
 """Interoperability with fairseq: safe checkpoint loading and the key mapping both ways."""
 
-from adaptive_lm_ds.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.data import DataError
+from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.interop.fairseq import (
     FairseqConversionError,
     fairseq_to_ours,

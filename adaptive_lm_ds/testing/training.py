@@ -35,8 +35,8 @@ def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed
     """Rank-side (world of one): build the one-piece model for ``data_bin``'s vocabulary and save it."""
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.config import get_preset
-    from adaptive_lm_ds.consolidated import save_consolidated
     from adaptive_lm_ds.data import Dictionary
+    from adaptive_lm_ds.formats.consolidated import save_consolidated
     from adaptive_lm_ds.model.lm import AdaptiveLM
 
     dictionary = Dictionary.load(Path(data_bin) / "dict.txt")

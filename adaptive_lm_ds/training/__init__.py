@@ -1,5 +1,6 @@
-"""Training: optimisers, fairseq LR schedules, metrics logging (engine setup lives in sibling modules).
+"""The training run: config, DeepSpeed engine and pipeline, start-up checks, signals, the update loop.
 
-Kept import-light on purpose: import the submodule you need, e.g.
-``from adaptive_lm_ds.training.optim import NAG``.
+Optimisation maths lives in :mod:`adaptive_lm_ds.optim`, the training log in
+:mod:`adaptive_lm_ds.metrics_log`, checkpoint formats in :mod:`adaptive_lm_ds.formats` and
+:mod:`adaptive_lm_ds.checkpoint`. Kept import-light: import the submodule you need.
 """

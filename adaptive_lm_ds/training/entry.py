@@ -14,14 +14,14 @@ import torch.distributed as dist
 from adaptive_lm_ds import ds_runtime, parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ConfigError
-from adaptive_lm_ds.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.data import DataError
+from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError
+from adaptive_lm_ds.metrics_log import LogConfigError
+from adaptive_lm_ds.optim.lr_schedules import ScheduleConfigError
+from adaptive_lm_ds.optim.optimizers import OptimizerConfigError
 from adaptive_lm_ds.parallel import LayoutError
 from adaptive_lm_ds.training.config import build_parser, config_from_args
 from adaptive_lm_ds.training.ds_config import ConfigError as DSConfigError
-from adaptive_lm_ds.training.lr_schedules import ScheduleConfigError
-from adaptive_lm_ds.training.metrics_log import LogConfigError
-from adaptive_lm_ds.training.optim import OptimizerConfigError
 from adaptive_lm_ds.training.preflight import StartupError
 from adaptive_lm_ds.training.trainer import Trainer, TrainingAborted
 

@@ -24,24 +24,24 @@ from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
-from adaptive_lm_ds.consolidated import load_consolidated
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
+from adaptive_lm_ds.formats.consolidated import load_consolidated
+from adaptive_lm_ds.formats.resharding import load_full_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
-from adaptive_lm_ds.training import preflight
-from adaptive_lm_ds.training.config import TrainConfig, model_config
-from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
-from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
-from adaptive_lm_ds.training.lr_schedules import (
+from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
+from adaptive_lm_ds.optim.lr_schedules import (
     CosineSchedule,
     FixedSchedule,
     InverseSqrtSchedule,
     UpdateLRScheduler,
     should_stop_for_min_lr,
 )
-from adaptive_lm_ds.training.metrics_log import TrainLogger, base2_loss
-from adaptive_lm_ds.training.optim import build_optimizer
-from adaptive_lm_ds.training.resharding import load_full_state
+from adaptive_lm_ds.optim.optimizers import build_optimizer
+from adaptive_lm_ds.training import preflight
+from adaptive_lm_ds.training.config import TrainConfig, model_config
+from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
+from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
 from adaptive_lm_ds.training.signals import StopRequests
 
 

@@ -1,6 +1,6 @@
 """Write a consolidated model as a DeepSpeed checkpoint of a given TP x PP layout (the inverse of export).
 
-    torchrun --nproc_per_node TP*PP -m adaptive_lm_ds.training.layout_checkpoint \\
+    torchrun --nproc_per_node TP*PP -m adaptive_lm_ds.formats.layout_checkpoint \\
         --consolidated DIR --save-dir OUT --tensor-model-parallel-size TP --pipeline-model-parallel-size PP
 
 ``tools/convert_fairseq_ckpt.py`` runs this when given a layout. The result is ``OUT/checkpoint_0``
@@ -19,10 +19,10 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
-from adaptive_lm_ds.consolidated import load_consolidated
+from adaptive_lm_ds.formats.consolidated import load_consolidated
+from adaptive_lm_ds.formats.resharding import load_full_state
+from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
-from adaptive_lm_ds.training.optim import build_optimizer
-from adaptive_lm_ds.training.resharding import load_full_state
 
 
 def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, seed: int = 1) -> str:

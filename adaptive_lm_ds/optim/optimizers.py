@@ -2,7 +2,7 @@
 
 All of them are plain ``torch.optim.Optimizer`` instances, so DeepSpeed accepts them as a client
 optimizer (``deepspeed.initialize(optimizer=...)``; ZeRO needs ``"zero_allow_untested_optimizer":
-true`` for NAG) and the LR schedulers in :mod:`adaptive_lm_ds.training.lr_schedules` drive them
+true`` for NAG) and the LR schedulers in :mod:`adaptive_lm_ds.optim.lr_schedules` drive them
 through ``param_groups[i]["lr"]``.
 """
 

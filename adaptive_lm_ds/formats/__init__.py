@@ -1,0 +1,8 @@
+"""Model and checkpoint formats and conversions between them.
+
+``consolidated``: the one-piece model folder (``model.safetensors`` + ``config.json``);
+``export``: a training checkpoint of any layout -> consolidated folder;
+``layout_checkpoint``: consolidated folder -> training checkpoint at a layout;
+``resharding``: one-piece weights -> this rank's shards. fairseq's ``.pt`` lives in
+:mod:`adaptive_lm_ds.interop`; the training checkpoint record in :mod:`adaptive_lm_ds.checkpoint`.
+"""
