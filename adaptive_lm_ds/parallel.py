@@ -1,14 +1,20 @@
-"""One process topology for megatron-core's ``parallel_state`` and DeepSpeed's pipeline topology.
+"""The parallel layout, in one object: :class:`ParallelDims`.
+
+It owns the sizes (``tp``, ``pp``, ``dp``, the world), this rank's coordinates and groups, DeepSpeed's
+pipeline topology and the MPU adaptor DeepSpeed's engine asks for, the one process-group
+initialisation (:func:`init_process_group`, backend from the accelerator: gloo on CPU, nccl on CUDA)
+and the seeding of the dropout RNG tracker. Nothing else in the package queries megatron-core's
+``parallel_state`` or starts a process group; ask :func:`current` instead.
 
 Rank order is tensor-parallel fastest, then data, then pipeline: megatron-core's default
 ``tp-cp-ep-dp-pp`` order with cp = ep = 1 and DeepSpeed's ``PipeModelDataParallelTopology``
 (axes pipe, data, model) agree, and :func:`initialize_parallel` asserts it group by group.
+megatron-core's ``parallel_state`` stays the group builder underneath (its TP layers read it).
 
-Single-process use (unit tests, tools): ``initialize_parallel(Layout())`` with no process group
+Single-process use (unit tests, tools): ``initialize_parallel(ParallelDims())`` with no process group
 creates a world-size-1 group (the accelerator's backend) itself (and :func:`destroy_parallel` removes
-it again). The model
-always needs megatron-core's tensor-parallel group, because megatron's mappings assert a group even at
-TP = 1; a world-size-1 group keeps a single code path and costs nothing.
+it again). The model always needs megatron-core's tensor-parallel group, because megatron's mappings
+assert a group even at TP = 1; a world-size-1 group keeps a single code path and costs nothing.
 
 Dropout RNG: DeepSpeed's activation-checkpointing RNG tracker (CPU and GPU alike) is configured with
 ``parallel_state`` as its mpu. The default generator carries the same seed on every TP rank (dropout on
@@ -19,9 +25,10 @@ dropout on sharded activations (attention heads, FFN shard); initialisation uses
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import deepspeed
 import torch
@@ -29,6 +36,8 @@ import torch.distributed as dist
 from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core import parallel_state
+
+from adaptive_lm_ds import ds_runtime
 
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
 
@@ -42,19 +51,28 @@ class ParallelNotInitialized(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Tensor-, pipeline- and data-parallel sizes; ``tp * pp * dp`` must equal the world size."""
+class ParallelDims:
+    """Tensor-, pipeline- and data-parallel sizes (``tp * pp * dp`` = the world size), and, once
+    :func:`initialize_parallel` returned it, this rank's place in them.
+
+    Sizes alone (``ParallelDims(tp=2)``) are a plain value: compared, stored in checkpoint records
+    (:meth:`to_record` / :meth:`from_record`), planned with. The initialised instance also carries the
+    run's ``seed`` and DeepSpeed's ``topology``; its rank and group accessors read megatron-core's groups.
+    """
 
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    seed: int | None = field(default=None, compare=False, repr=False)
+    topology: PipeModelDataParallelTopology | None = field(default=None, compare=False, repr=False)
 
+    # ------------------------------------------------------------------ sizes
     @property
     def world_size(self) -> int:
         return self.tp * self.pp * self.dp
 
     @classmethod
-    def for_world(cls, world_size: int, tp: int = 1, pp: int = 1) -> Layout:
+    def for_world(cls, world_size: int, tp: int = 1, pp: int = 1) -> ParallelDims:
         """The layout with the given TP and PP whose data-parallel size fills ``world_size``."""
         if tp < 1 or pp < 1 or world_size % (tp * pp):
             raise LayoutError(
@@ -63,7 +81,7 @@ class Layout:
             )
         return cls(tp, pp, world_size // (tp * pp))
 
-    def validate(self, world_size: int) -> Layout:
+    def validate(self, world_size: int) -> ParallelDims:
         if min(self.tp, self.pp, self.dp) < 1:
             raise LayoutError(f"{self} has a size below 1; every parallel size must be >= 1")
         if self.world_size != world_size:
@@ -73,15 +91,85 @@ class Layout:
             )
         return self
 
+    def to_record(self) -> dict[str, int]:
+        """The sizes as a checkpoint record stores them: ``{"tp", "pp", "dp"}``."""
+        return {"tp": self.tp, "pp": self.pp, "dp": self.dp}
 
-@dataclass(frozen=True)
-class ParallelContext:
-    layout: Layout
-    topology: PipeModelDataParallelTopology
-    seed: int
+    @classmethod
+    def from_record(cls, record: dict) -> ParallelDims:
+        return cls(int(record["tp"]), int(record["pp"]), int(record["dp"]))
+
+    def __reduce__(self):
+        """Pickles as its sizes: the seed and topology belong to the process that initialised them."""
+        return ParallelDims, (self.tp, self.pp, self.dp)
+
+    def describe(self) -> str:
+        return f"TP{self.tp} x PP{self.pp} x DP{self.dp}"
+
+    # ------------------------------------------------------------------ this rank (after initialisation)
+    @property
+    def tp_rank(self) -> int:
+        return parallel_state.get_tensor_model_parallel_rank()
+
+    @property
+    def pp_rank(self) -> int:
+        """This rank's pipeline stage."""
+        return parallel_state.get_pipeline_model_parallel_rank()
+
+    @property
+    def dp_rank(self) -> int:
+        return parallel_state.get_data_parallel_rank()
+
+    @property
+    def tp_group(self) -> dist.ProcessGroup:
+        return parallel_state.get_tensor_model_parallel_group()
+
+    @property
+    def pp_group(self) -> dist.ProcessGroup:
+        return parallel_state.get_pipeline_model_parallel_group()
+
+    @property
+    def dp_group(self) -> dist.ProcessGroup:
+        return parallel_state.get_data_parallel_group()
+
+    @property
+    def pp_prev_rank(self) -> int:
+        """Global rank of the previous stage in this rank's pipeline (wraps around)."""
+        return parallel_state.get_pipeline_model_parallel_prev_rank()
+
+    @property
+    def pp_next_rank(self) -> int:
+        """Global rank of the next stage in this rank's pipeline (wraps around)."""
+        return parallel_state.get_pipeline_model_parallel_next_rank()
+
+    @property
+    def pp_last_rank(self) -> int:
+        """Global rank of the last stage in this rank's pipeline."""
+        return parallel_state.get_pipeline_model_parallel_last_rank()
+
+    @property
+    def deepspeed_mpu(self) -> _DeepSpeedMPU | None:
+        """What ``deepspeed.initialize(mpu=...)`` needs: the groups under DeepSpeed's names at PP = 1;
+        None under a pipeline, whose engine builds its grid from :attr:`topology` (same ranks)."""
+        return _DeepSpeedMPU(self) if self.pp == 1 else None
 
 
-_CONTEXT: ParallelContext | None = None
+class _DeepSpeedMPU:
+    """megatron-core's groups under the names DeepSpeed's engine asks for.
+
+    DeepSpeed's "model parallel" is our tensor parallelism.
+    """
+
+    def __init__(self, dims: ParallelDims):
+        self.get_model_parallel_rank = self.get_tensor_model_parallel_rank = lambda: dims.tp_rank
+        self.get_model_parallel_world_size = self.get_tensor_model_parallel_world_size = lambda: dims.tp
+        self.get_model_parallel_group = self.get_tensor_model_parallel_group = lambda: dims.tp_group
+        self.get_data_parallel_rank = lambda: dims.dp_rank
+        self.get_data_parallel_world_size = lambda: dims.dp
+        self.get_data_parallel_group = lambda: dims.dp_group
+
+
+_CURRENT: ParallelDims | None = None
 _OWN_PROCESS_GROUP = False
 
 
@@ -109,49 +197,59 @@ def accelerator_device() -> torch.device:
 
 
 def init_process_group(world_of_one: bool = False) -> None:
-    """The launcher's process group with the accelerator's backend, wrapped by DeepSpeed.
+    """The one process-group initialisation: the launcher's world, the accelerator's backend, wrapped by
+    DeepSpeed. Does nothing when a group exists.
 
-    ``world_of_one``: a plain ``python`` run (no ``RANK``) becomes a TCP world of one (training, whose
-    DeepSpeed engine needs a real group); otherwise such a run is left to :func:`initialize_parallel`'s
-    in-process group. Does nothing when a group exists.
+    A plain ``python`` run (no ``RANK``) is a world of one: with ``world_of_one`` a TCP one on loopback
+    (training, whose DeepSpeed engine reads the launcher's variables), otherwise an in-process
+    ``HashStore`` one that :func:`destroy_parallel` removes again (tests, tools). Under a launcher,
+    DeepSpeed's shared-memory op is loaded from this venv first (a stale build lock raises
+    ``ds_runtime.StaleBuildLock`` instead of hanging) and each rank's ``/dev/shm`` buffer name is unlinked
+    once all ranks have mapped it.
     """
+    global _OWN_PROCESS_GROUP
     if dist.is_initialized():
         return
-    if "RANK" not in os.environ:
-        if not world_of_one:
-            return
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-    accelerator_device()
-    deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
-
-
-def initialize_parallel(layout: Layout = Layout(), seed: int = 1234) -> ParallelContext:
-    """Build megatron-core's groups and DeepSpeed's topology for ``layout``; seed the RNG tracker."""
-    global _CONTEXT, _OWN_PROCESS_GROUP
-    if _CONTEXT is not None:
-        raise LayoutError("parallel state is already initialised; call destroy_parallel() first")
-    if not dist.is_initialized():
-        if layout.world_size != 1:
-            raise LayoutError(
-                f"layout {layout} needs {layout.world_size} ranks but torch.distributed is not "
-                "initialised; launch with torchrun or deepspeed"
-            )
+    if "RANK" not in os.environ and not world_of_one:
         accelerator_device()
         dist.init_process_group(accelerator_backend(), store=dist.HashStore(), rank=0, world_size=1)
         _OWN_PROCESS_GROUP = True
-    layout.validate(dist.get_world_size())
+        return
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+    ds_runtime.load_shm_op()
+    accelerator_device()
+    deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+    ds_runtime.release_shm_buffer()
+
+
+def initialize_parallel(dims: ParallelDims = ParallelDims(), seed: int = 1234) -> ParallelDims:
+    """Build megatron-core's groups and DeepSpeed's topology for ``dims``; seed the RNG tracker.
+
+    Returns the initialised ``dims`` (with ``seed`` and ``topology``), which :func:`current` returns
+    from then on. Without a process group, a world-size-1 ``dims`` gets an in-process one.
+    """
+    global _CURRENT
+    if _CURRENT is not None:
+        raise LayoutError("parallel state is already initialised; call destroy_parallel() first")
+    if not dist.is_initialized():
+        if dims.world_size != 1:
+            raise LayoutError(
+                f"layout {dims} needs {dims.world_size} ranks but torch.distributed is not "
+                "initialised; launch with torchrun or deepspeed"
+            )
+        init_process_group()
+    dims.validate(dist.get_world_size())
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)  # wraps the group
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
-    )
-    topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp)
+    topology = PipeModelDataParallelTopology(num_pp=dims.pp, num_mp=dims.tp, num_dp=dims.dp)
     check_topology_matches(topology)
     ds_checkpointing.configure(mpu_=parallel_state, partition_activations=False)
     ds_checkpointing.model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)  # the CPU generator too (on GPU the accelerator's differs from it)
-    _CONTEXT = ParallelContext(layout, topology, seed)
-    return _CONTEXT
+    _CURRENT = dataclasses.replace(dims, seed=seed, topology=topology)
+    return _CURRENT
 
 
 def check_topology_matches(topology: PipeModelDataParallelTopology) -> None:
@@ -173,12 +271,12 @@ def check_topology_matches(topology: PipeModelDataParallelTopology) -> None:
 
 def destroy_parallel() -> None:
     """Undo :func:`initialize_parallel` (and the world-size-1 group it may have created)."""
-    global _CONTEXT, _OWN_PROCESS_GROUP
+    global _CURRENT, _OWN_PROCESS_GROUP
     parallel_state.destroy_model_parallel()
     ds_checkpointing.get_cuda_rng_tracker().reset()
     if _OWN_PROCESS_GROUP and dist.is_initialized():
         dist.destroy_process_group()
-    _CONTEXT = None
+    _CURRENT = None
     _OWN_PROCESS_GROUP = False
 
 
@@ -190,28 +288,28 @@ def shutdown() -> None:
 
 
 @contextlib.contextmanager
-def single_process(seed: int = 1234) -> Iterator[ParallelContext]:
-    """``initialize_parallel(Layout())`` for the duration of the block (tests, tools)."""
-    ctx = initialize_parallel(Layout(), seed)
+def single_process(seed: int = 1234) -> Iterator[ParallelDims]:
+    """``initialize_parallel(ParallelDims())`` for the duration of the block (tests, tools)."""
+    dims = initialize_parallel(ParallelDims(), seed)
     try:
-        yield ctx
+        yield dims
     finally:
         destroy_parallel()
 
 
-def context() -> ParallelContext:
-    if _CONTEXT is None:
+def current() -> ParallelDims:
+    """The initialised :class:`ParallelDims` of this process (raises a clear error before initialisation)."""
+    if _CURRENT is None:
         raise ParallelNotInitialized(
-            "the parallel state is not initialised; call adaptive_lm_ds.parallel.initialize_parallel(Layout(...)) "
-            "before building the model (Layout() for a single process)"
+            "the parallel state is not initialised; call adaptive_lm_ds.parallel.initialize_parallel("
+            "ParallelDims(...)) before building the model (ParallelDims() for a single process)"
         )
-    return _CONTEXT
+    return _CURRENT
 
 
 def tensor_parallel_group() -> dist.ProcessGroup:
     """megatron-core's TP group of this rank (raises a clear error before initialisation)."""
-    context()
-    return parallel_state.get_tensor_model_parallel_group()
+    return current().tp_group
 
 
 @contextlib.contextmanager

@@ -34,15 +34,13 @@ class RecordedBatches:
 
 def train_on_recorded_batches(argv: list[str], record: str) -> list[dict]:
     """Rank-side: train with launcher flags ``argv`` on the recorded batches; per update lr, loss, gnorm."""
-    from megatron.core import parallel_state
-
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.training.config import build_parser, config_from_args
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("replay").parse_args(argv)))
     updates = torch.load(record, weights_only=True)["updates"]
-    dp, rank, gas = trainer.ctx.layout.dp, parallel_state.get_data_parallel_rank(), trainer.cfg.data.update_freq
+    dp, rank, gas = trainer.dims.dp, trainer.dims.dp_rank, trainer.cfg.data.update_freq
     mine = []
     for update in updates:
         if len(update["samples"]) != dp * gas:

@@ -68,10 +68,10 @@ def test_a_checkpoint_without_checksums_loads_with_a_warning(tmp_path, capsys):
 
 def test_the_record_round_trips_and_garbage_is_one_error(tmp_path):
     from adaptive_lm_ds.config import get_preset
-    from adaptive_lm_ds.parallel import Layout
+    from adaptive_lm_ds.parallel import ParallelDims
 
     record = ckpt.CheckpointRecord.build(
-        get_preset("tiny", vocab_size=100), Layout(tp=2, pp=1, dp=1), num_updates=3, data=None,
+        get_preset("tiny", vocab_size=100), ParallelDims(tp=2, pp=1, dp=1), num_updates=3, data=None,
         precision="bf16", zero_stage=1, run_config={"run": {"seed": 1}},
     )  # fmt: skip
     (tmp_path / ckpt.STATE_FILE).write_text(record.to_json())

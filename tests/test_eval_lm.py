@@ -100,7 +100,7 @@ def test_word_probs_are_the_model_log_probs_of_each_target(fixture_dir):
 def _tp2_prefixes(fixture):
     from pathlib import Path
 
-    parallel.initialize_parallel(parallel.Layout(tp=2))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=2))
     try:
         return {mode: _evaluate(Path(fixture), mode, PREFIX).as_json() for mode in ("i", "ii")}
     finally:

@@ -182,7 +182,7 @@ def test_sampling_head_then_tail_draws_from_the_full_distribution(lm):
 
 
 def _tp_answers(fixture: str) -> dict:
-    parallel.initialize_parallel(parallel.Layout(tp=2))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=2))
     try:
         lm = LanguageModel.load(Path(fixture) / "checkpoint.pt")
         return {

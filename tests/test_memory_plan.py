@@ -106,14 +106,14 @@ def _two_ranks(zero_stages):
 
     cfg = small_config()
     out = {}
-    parallel.initialize_parallel(parallel.Layout(tp=2))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=2))
     try:
         out["tp2_activations"] = _measure_activations(cfg, 2, packed=False)
         out["tp2_params"] = tensor_bytes(AdaptiveLM(cfg).parameters())
     finally:
         parallel.destroy_parallel()
     for stage in zero_stages:
-        parallel.initialize_parallel(parallel.Layout(dp=2))
+        parallel.initialize_parallel(parallel.ParallelDims(dp=2))
         try:
             model = AdaptiveLM(cfg)
             ds_config = {

@@ -73,7 +73,7 @@ def _run(model, tokens, targets, segments):
 
 
 def _tp_matches_tp1(tp):
-    ctx = parallel.initialize_parallel(parallel.Layout(tp=tp), seed=5)
+    ctx = parallel.initialize_parallel(parallel.ParallelDims(tp=tp), seed=5)
     group = parallel.tensor_parallel_group()
     tokens, targets, segments = _batch()
     report = {}

@@ -17,9 +17,8 @@ def _deepspeed_vs_plain(zero_stage: int):
     from adaptive_lm_ds.model.lm import AdaptiveLM
     from adaptive_lm_ds.optim.lr_schedules import CosineSchedule, UpdateLRScheduler
     from adaptive_lm_ds.optim.optimizers import NAG
-    from adaptive_lm_ds.training.engine import DeepSpeedMPU
 
-    parallel.initialize_parallel(parallel.Layout(), seed=11)
+    dims = parallel.initialize_parallel(parallel.ParallelDims(), seed=11)
     try:
         cfg = get_preset("tiny", vocab_size=150)
         model, reference = AdaptiveLM(cfg), AdaptiveLM(cfg)
@@ -34,7 +33,7 @@ def _deepspeed_vs_plain(zero_stage: int):
                   "gradient_clipping": CLIP}  # fmt: skip
         engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=UpdateLRScheduler(optimizer, schedule), config=config,
-            mpu=DeepSpeedMPU, dist_init_required=False,
+            mpu=dims.deepspeed_mpu, dist_init_required=False,
         )  # fmt: skip
         for tokens in batches:
             loss, n = engine(tokens[:, :-1], tokens[:, 1:])

@@ -105,12 +105,14 @@ def _grads_with_and_without_checkpointing(seed):
     from adaptive_lm_ds.training.engine import checkpoint_blocks
 
     cfg = get_preset("tiny", vocab_size=211, dropout=0.2, attention_dropout=0.2, activation_dropout=0.2)
-    parallel.initialize_parallel(parallel.Layout.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed)
+    parallel.initialize_parallel(parallel.ParallelDims.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed)
     tokens = torch.randint(4, 211, (2, 24), generator=torch.Generator().manual_seed(0))
     grads = []
     for checkpointed in (False, True):
         parallel.destroy_parallel()
-        parallel.initialize_parallel(parallel.Layout.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed)
+        parallel.initialize_parallel(
+            parallel.ParallelDims.for_world(dist.get_world_size(), tp=dist.get_world_size()), seed
+        )
         model = AdaptiveLM(cfg).train()
         if checkpointed:
             checkpoint_blocks(model)

@@ -155,7 +155,7 @@ class CollectiveTimer:
 def _tp_rank_body(vocab: int, d: int, layers: int, batch: int, seq: int, steps: int, warmup: int) -> dict:
     """On each of 2 ranks: TP=2 steps with the collectives timed."""
     cfg = small_config(vocab, d, layers)
-    parallel.initialize_parallel(parallel.Layout(tp=2))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=2))
     try:
         trainer = Trainer(cfg, torch.device("cpu"), torch.float32)
         times, comm, calls = [], [], []

@@ -67,7 +67,7 @@ def init_layout(tp: int, pp: int) -> None:
         )
     if world > 1:
         parallel.init_process_group()
-    parallel.initialize_parallel(parallel.Layout(tp=tp, pp=pp))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=tp, pp=pp))
 
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], pp: int) -> torch.nn.Module:

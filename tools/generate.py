@@ -85,7 +85,7 @@ def init_layout(tp: int) -> None:
         raise GenerationError(f"launched {world} ranks for --tensor-model-parallel-size {tp}; launch exactly {tp}")
     if world > 1:
         parallel.init_process_group()
-    parallel.initialize_parallel(parallel.Layout(tp=tp))
+    parallel.initialize_parallel(parallel.ParallelDims(tp=tp))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.parallel import ParallelDims
 
 STATE_FILE = "trainer_state.json"
 
@@ -24,7 +25,7 @@ STATE_FILE = "trainer_state.json"
 class CheckpointRecord:
     num_updates: int
     model: dict[str, Any]  # dataclasses.asdict(ModelConfig)
-    layout: dict[str, int]  # dataclasses.asdict(parallel.Layout): tp, pp, dp
+    layout: dict[str, int]  # ParallelDims.to_record(): tp, pp, dp
     data: dict[str, Any] | None  # LMBatchIterator.state_dict(); None: start the data from the beginning
     precision: str  # fp32 | bf16 | fp16
     zero_stage: int
@@ -33,8 +34,8 @@ class CheckpointRecord:
     run_config: dict[str, Any] | None = field(default=None)  # dataclasses.asdict(TrainConfig)
 
     @classmethod
-    def build(cls, model: ModelConfig, layout: Any, **fields: Any) -> CheckpointRecord:
-        return cls(model=dataclasses.asdict(model), layout=dataclasses.asdict(layout), **fields)
+    def build(cls, model: ModelConfig, dims: ParallelDims, **fields: Any) -> CheckpointRecord:
+        return cls(model=dataclasses.asdict(model), layout=dims.to_record(), **fields)
 
     def model_config(self) -> ModelConfig:
         from adaptive_lm_ds.formats.consolidated import model_config_from_dict
@@ -42,12 +43,9 @@ class CheckpointRecord:
         return model_config_from_dict(self.model)
 
     @property
-    def tp(self) -> int:
-        return int(self.layout["tp"])
-
-    @property
-    def pp(self) -> int:
-        return int(self.layout["pp"])
+    def dims(self) -> ParallelDims:
+        """The layout the checkpoint was saved under (sizes only)."""
+        return ParallelDims.from_record(self.layout)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1) + "\n"

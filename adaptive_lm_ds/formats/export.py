@@ -49,7 +49,7 @@ def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, tor
     """``(ModelConfig, consolidated fp32 state dict, Dictionary or None)`` of a training checkpoint."""
     tag_dir, record = open_checkpoint(path)
     cfg = record.model_config()
-    tp, pp = record.tp, record.pp
+    tp, pp = record.dims.tp, record.dims.pp
     dictionary = Dictionary.load(tag_dir / "dict.txt") if (tag_dir / "dict.txt").is_file() else None
     full_shapes = plain_shapes(cfg)
     if record.zero_stage == 3:

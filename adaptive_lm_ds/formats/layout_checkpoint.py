@@ -22,15 +22,14 @@ from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_full_state
 from adaptive_lm_ds.optim.optimizers import build_optimizer
-from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
+from adaptive_lm_ds.training.engine import build_module
 
 
 def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, seed: int = 1) -> str:
     """Rank-side (process group initialised, world = tp * pp): save ``checkpoint_0`` for this layout."""
     cfg, state, dictionary = load_consolidated(consolidated)
-    layout = parallel.Layout.for_world(dist.get_world_size(), tp, pp)
     cfg.validate(tp)
-    ctx = parallel.initialize_parallel(layout, seed)
+    dims = parallel.initialize_parallel(parallel.ParallelDims.for_world(dist.get_world_size(), tp, pp), seed)
     try:
         module = build_module(cfg, checkpoint_activations=False, seed=seed)
         load_full_state(module, state, cfg)
@@ -43,11 +42,11 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
         }
         optimizer = build_optimizer("nag", module.parameters(), lr=1.0)  # a placeholder: state is never loaded
         engine, *_ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=ds_config, mpu=None if pp > 1 else DeepSpeedMPU,
+            model=module, optimizer=optimizer, config=ds_config, mpu=dims.deepspeed_mpu,
             dist_init_required=False,
         )  # fmt: skip
         record = CheckpointRecord.build(
-            cfg, ctx.layout, num_updates=0, data=None, precision="fp32", zero_stage=1,
+            cfg, dims, num_updates=0, data=None, precision="fp32", zero_stage=1,
             optimizer_fresh=True, converted_from=str(consolidated),
         )  # fmt: skip
         tag = save_checkpoint(engine, save_dir, record, dictionary=dictionary, keep_last_n=-1)
@@ -63,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     args = p.parse_args(argv)
-    from adaptive_lm_ds.training.entry import init_process_group
-
-    init_process_group()
+    parallel.init_process_group()
     tag = write_layout_checkpoint(
         args.consolidated, args.save_dir, args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     )

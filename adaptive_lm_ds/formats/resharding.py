@@ -8,8 +8,8 @@ other direction, any layout's checkpoint to one consolidated model, is offline: 
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state
 
+from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.sharding import plain_shapes, shard_of
@@ -33,6 +33,6 @@ def load_full_state(module: torch.nn.Module, full: dict[str, torch.Tensor], cfg:
                 f"consolidated weight {name} has shape {tuple(full[name].shape)}, the model expects "
                 f"{tuple(shapes[name])}; use the model config stored with those weights"
             )
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_rank = parallel.current().tp_rank
     for name, param in plain_parameters(module).items():
         param.copy_(shard_of(param, full[name].to(param.dtype), tp_rank))

@@ -72,9 +72,9 @@ class LanguageModel:
         cfg, state, found = load_model_source(path)
         vocab = _find_dictionary(path, found, dictionary)
         try:
-            parallel.context()
+            parallel.current()
         except parallel.ParallelNotInitialized:
-            parallel.initialize_parallel(parallel.Layout())
+            parallel.initialize_parallel(parallel.ParallelDims())
         model = AdaptiveLM(cfg)
         load_into(model, state)
         return cls(model.to(device or parallel.accelerator_device()), vocab)

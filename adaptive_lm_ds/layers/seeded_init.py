@@ -35,7 +35,7 @@ RowSampler = Callable[[int, torch.Generator], torch.Tensor]
 def init_seed() -> int:
     """The run's seed (``initialize_parallel``'s); outside a parallel context the default generator's."""
     try:
-        return parallel.context().seed
+        return parallel.current().seed
     except parallel.ParallelNotInitialized:
         return torch.initial_seed()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 from torch import nn
 
 from adaptive_lm_ds import parallel
@@ -28,9 +27,9 @@ class PipelineStageLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tp_group = parallel.tensor_parallel_group()
-        self.stage = parallel_state.get_pipeline_model_parallel_rank()
-        self.num_stages = parallel_state.get_pipeline_model_parallel_world_size()
+        self.dims = parallel.current()
+        self.tp_group = self.dims.tp_group
+        self.stage, self.num_stages = self.dims.pp_rank, self.dims.pp
         self.first, self.last = self.stage == 0, self.stage == self.num_stages - 1
         self.embed = LMEmbedding(cfg, self.tp_group) if self.first else None
         blocks = pipeline_stage_layers(cfg.num_layers, self.num_stages)[self.stage]
@@ -47,9 +46,9 @@ class PipelineStageLM(nn.Module):
         if x is None:
             like = next(self.parameters())
             x = torch.empty(*shape, self.cfg.embed_dim, dtype=like.dtype, device=like.device)
-            dist.recv(x, src=parallel_state.get_pipeline_model_parallel_prev_rank())
+            dist.recv(x, src=self.dims.pp_prev_rank)
             return x
-        dist.send(x.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
+        dist.send(x.contiguous(), dst=self.dims.pp_next_rank)
         return x
 
     @torch.no_grad()
@@ -68,8 +67,5 @@ class PipelineStageLM(nn.Module):
             result = self.output.target_log_probs(x, targets).float()
         else:
             self._exchange(x, tuple(tokens.shape))
-        dist.broadcast(
-            result, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )  # fmt: skip
+        dist.broadcast(result, src=self.dims.pp_last_rank, group=self.dims.pp_group)
         return result

@@ -21,10 +21,10 @@ def main() -> int:
     try:
         import torch.distributed as dist
 
-        from adaptive_lm_ds import ds_runtime
+        from adaptive_lm_ds import ds_runtime, parallel
 
         ds_runtime.load_shm_op()  # from the venv, under our build lock: a stale torch lock fails, never hangs
-        dist.init_process_group(backend="gloo")
+        parallel.init_process_group()  # the launcher's world, the accelerator's backend (gloo on CPU)
         module_name, qualname = target.split(":")
         fn = importlib.import_module(module_name)
         for part in qualname.split("."):

@@ -68,7 +68,7 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
     except Exception as e:  # noqa: BLE001 - reported to the test, which decides
         summary, error = None, f"{type(e).__name__}: {e}"
     out = {
-        "history": trainer.history, "summary": summary, "layout": trainer.ctx.layout, "error": error,
+        "history": trainer.history, "summary": summary, "layout": trainer.dims, "error": error,
         "skipped_overflow": trainer.skipped_overflow,
     }  # fmt: skip
     module = trainer.engine.module

@@ -27,30 +27,12 @@ import torch
 import torch.distributed as dist
 from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
 from deepspeed.runtime.utils import is_model_parallel_parameter
-from megatron.core import parallel_state
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.model.transformer import TransformerBlock
 from adaptive_lm_ds.training.pipeline import build_pipeline_module, plain_name
-
-
-class DeepSpeedMPU:
-    """megatron-core's ``parallel_state`` under the names DeepSpeed's engine asks for.
-
-    DeepSpeed's "model parallel" is our tensor parallelism (the pipeline engine brings its own grid).
-    """
-
-    get_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
-    get_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
-    get_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
-    get_tensor_model_parallel_rank = staticmethod(parallel_state.get_tensor_model_parallel_rank)
-    get_tensor_model_parallel_world_size = staticmethod(parallel_state.get_tensor_model_parallel_world_size)
-    get_tensor_model_parallel_group = staticmethod(parallel_state.get_tensor_model_parallel_group)
-    get_data_parallel_rank = staticmethod(parallel_state.get_data_parallel_rank)
-    get_data_parallel_world_size = staticmethod(parallel_state.get_data_parallel_world_size)
-    get_data_parallel_group = staticmethod(parallel_state.get_data_parallel_group)
 
 
 def compile_blocks(module: torch.nn.Module) -> None:
@@ -85,15 +67,14 @@ def build_module(
     model_cfg: ModelConfig, checkpoint_activations: bool, seed: int, compile: bool = False
 ) -> torch.nn.Module:
     """``AdaptiveLM`` for this rank's TP shard, or its pipeline stage when PP > 1."""
-    ctx = parallel.context()
-    if ctx.layout.pp > 1:  # the pipeline engine applies activation checkpointing itself
-        tp_group = parallel.tensor_parallel_group()
-        module = build_pipeline_module(model_cfg, tp_group, ctx.topology, checkpoint_activations, seed)
+    dims = parallel.current()
+    if dims.pp > 1:  # the pipeline engine applies activation checkpointing itself
+        module = build_pipeline_module(model_cfg, dims.tp_group, dims.topology, checkpoint_activations, seed)
     else:
         module = AdaptiveLM(model_cfg)
     if compile:
         compile_blocks(module)
-    if checkpoint_activations and ctx.layout.pp == 1:
+    if checkpoint_activations and dims.pp == 1:
         checkpoint_blocks(module)
     return module
 
@@ -112,14 +93,14 @@ def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     copies (``ds_pipe_replicated``) not at all; the sum of squares is all-reduced over TP and PP. The
     gradients are already averaged over DP, so DP adds nothing.
     """
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    dims = parallel.current()
     total = torch.zeros((), dtype=torch.float64, device=parameters[0].device)
     for p in parameters:
         if p.grad is None or getattr(p, "ds_pipe_replicated", False):
             continue
-        if tp_rank == 0 or is_model_parallel_parameter(p):
+        if dims.tp_rank == 0 or is_model_parallel_parameter(p):
             total += p.grad.detach().double().square().sum()
-    for group in (parallel_state.get_tensor_model_parallel_group(), parallel_state.get_pipeline_model_parallel_group()):
+    for group in (dims.tp_group, dims.pp_group):
         dist.all_reduce(total, group=group)
     return total.sqrt()
 
@@ -178,8 +159,8 @@ class Stepper:
         self.packed = packed
         self.pipelined = isinstance(engine, deepspeed.PipelineEngine)
         self.device = engine.device
-        self.dp_group = parallel_state.get_data_parallel_group()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
+        dims = parallel.current()
+        self.dp_group, self.dp_size = dims.dp_group, dims.dp
         keep_fp32_grad_norm(engine)
 
     def _global_tokens(self, batches: list[dict]) -> int:

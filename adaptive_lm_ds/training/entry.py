@@ -40,17 +40,6 @@ USER_ERRORS = (
 )
 
 
-def init_process_group() -> None:
-    """``parallel.init_process_group``, the accelerator's backend; a plain launcher run is a world of one.
-
-    DeepSpeed's shared-memory op is loaded from this venv first (a stale build lock is an error, not a
-    hang), and each rank's ``/dev/shm`` buffer name is unlinked once all ranks have mapped it.
-    """
-    ds_runtime.load_shm_op()
-    parallel.init_process_group(world_of_one=True)
-    ds_runtime.release_shm_buffer()
-
-
 def main(argv=None, description: str = "Train an adaptive-input LM", defaults: dict | None = None) -> int:
     args = build_parser(description, defaults).parse_args(argv)
     cfg = config_from_args(args)
@@ -58,7 +47,7 @@ def main(argv=None, description: str = "Train an adaptive-input LM", defaults: d
         print("error: --data DATA_BIN is required (the folder tools/preprocess_data.py wrote)", file=sys.stderr)
         return 2
     try:
-        init_process_group()
+        parallel.init_process_group(world_of_one=True)  # a plain launcher run is a world of one
     except ds_runtime.StaleBuildLock as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)

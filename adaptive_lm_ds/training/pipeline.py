@@ -110,7 +110,7 @@ def layer_specs(cfg: ModelConfig, tp_group) -> list[LayerSpec]:
 def build_pipeline_module(
     cfg: ModelConfig, tp_group, topology, checkpoint_activations: bool = False, seed: int = 1
 ) -> PipelineModule:
-    """The pipeline-parallel model for this rank's stage (``topology`` from ``parallel.context()``)."""
+    """The pipeline-parallel model for this rank's stage (``topology`` from ``parallel.current()``)."""
     if topology.get_dim("pipe") < 2:
         raise LayoutError("a pipeline needs >= 2 stages; with one stage use AdaptiveLM itself")
     if cfg.num_layers < topology.get_dim("pipe"):

@@ -18,7 +18,6 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import parallel
@@ -41,7 +40,7 @@ from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
-from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
+from adaptive_lm_ds.training.engine import Stepper, build_module
 from adaptive_lm_ds.training.signals import StopRequests
 
 
@@ -103,7 +102,9 @@ class Trainer:
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
-        layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
+        layout = parallel.ParallelDims.for_world(
+            world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size
+        )
         self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
         preflight.check_precision(precision(self.ds_config))
         self.micro = micro_batch_sequences(cfg)
@@ -113,9 +114,9 @@ class Trainer:
         check_block_fits(data.tokens_per_sample, self.model_cfg)
         self.train_data = build_lm_dataset(data.data, data.train_subset, data.tokens_per_sample, data.sample_break_mode)
         self.valid_data = build_lm_dataset(data.data, data.valid_subset, data.tokens_per_sample, data.sample_break_mode)
-        self.ctx = parallel.initialize_parallel(layout, run.seed)
+        self.dims = parallel.initialize_parallel(layout, run.seed)
         self.rank = dist.get_rank()
-        dp_rank, dp_size = parallel_state.get_data_parallel_rank(), layout.dp
+        dp_rank, dp_size = self.dims.dp_rank, self.dims.dp
         self.batches = LMBatchIterator(self.train_data, self.micro, dp_rank, dp_size, seed=run.seed)
         self.valid_batches = LMBatchIterator(
             self.valid_data, self.micro, dp_rank, dp_size, shuffle=False, drop_last=False
@@ -138,7 +139,7 @@ class Trainer:
         self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg))
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
-            mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
+            mpu=self.dims.deepspeed_mpu, dist_init_required=False,
         )  # fmt: skip
         ckpt.install(self.engine)  # every checkpoint file DeepSpeed opens is unpickled weights-only
         self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
@@ -156,7 +157,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _record(self) -> CheckpointRecord:
         return CheckpointRecord.build(
-            self.model_cfg, self.ctx.layout, num_updates=self.num_updates, data=self.batches.state_dict(),
+            self.model_cfg, self.dims, num_updates=self.num_updates, data=self.batches.state_dict(),
             precision=precision(self.ds_config), zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0),
             run_config=dataclasses.asdict(self.cfg),
         )  # fmt: skip
@@ -319,7 +320,7 @@ class Trainer:
             )
             per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
             extra = {
-                "bsz": self.micro * self.ctx.layout.dp * gas,
+                "bsz": self.micro * self.dims.dp * gas,
                 "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
                 "loss_scale": result.loss_scale,
             }  # fmt: skip
@@ -365,12 +366,11 @@ class Trainer:
         from adaptive_lm_ds.training.engine import plain_parameters
 
         n_local = sum(p.numel() for p in plain_parameters(self.engine.module).values())
-        lay = self.ctx.layout
         return (
             f"| model {self.cfg.run.init_from or self.cfg.run.arch or self.cfg.run.preset}: "
             f"{self.model_cfg.num_layers} layers, d {self.model_cfg.embed_dim}, vocab {self.model_cfg.vocab_size}; "
             f"{n_local:,} parameters on rank 0\n"
-            f"| layout TP{lay.tp} x PP{lay.pp} x DP{lay.dp}; micro batch {self.micro} x "
+            f"| layout {self.dims.describe()}; micro batch {self.micro} x "
             f"{self.cfg.data.tokens_per_sample} tokens, update-freq {self.cfg.data.update_freq}; "
             f"{precision(self.ds_config)}; criterion {self.cfg.optim.criterion}; "
             f"ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}\n"
