@@ -13,7 +13,7 @@ import pytest
 import torch
 from deepspeed.runtime.utils import partition_balanced
 
-from adaptive_lm_ds.model.lm import pipeline_stage_layers
+from adaptive_lm_ds.model import pipeline_stage_layers
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.training import grad_norms, per_token_losses, save_initial_weights, train_runs_on_rank
 
@@ -66,13 +66,13 @@ def assert_same_training(got: dict, want: dict, what: str) -> None:
 
 
 def assert_tied_tables_equal(results: list[dict]) -> None:
-    first = [r["tied"] for r in results if r["tied"] and any(k.startswith("tokens.") for k in r["tied"])]
+    first = [r["tied"] for r in results if r["tied"] and any(k.startswith("embed.") for k in r["tied"])]
     last = [r["tied"] for r in results if r["tied"] and any(k.startswith("output.") for k in r["tied"])]
     assert first and len(first) == len(last)
     for a, b in zip(first, last):  # same TP and DP rank order on both ends
         assert len(b) == 5  # tiny: 3 band tables + 2 tail projections are tied
         for key, tensor in b.items():
-            torch.testing.assert_close(a["tokens." + key[len("output.") :]], tensor, rtol=0, atol=0)
+            torch.testing.assert_close(a["embed.tokens." + key[len("output.") :]], tensor, rtol=0, atol=0)
 
 
 # name: (world size, tp, pp, DeepSpeed JSON or None for the plain fp32 engine)

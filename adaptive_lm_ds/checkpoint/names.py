@@ -1,9 +1,13 @@
-"""The name table: DeepSpeed's file names and pipeline parameter names -> ``AdaptiveLM`` names.
+"""DeepSpeed's file names, and where a one-piece ``AdaptiveLM`` parameter lives in a pipeline's files.
 
-DeepSpeed saves a plain engine's module as ``mp_rank_TT_model_states.pt`` (key ``module``) and a
-pipeline engine's as one file per layer, ``layer_LL-model_TT-model_states.pt``, keyed by the layer's
-own names. Layer 0 is the embedding, layers 1..L the transformer blocks, L+1 the output (whose
-``output.bands.*`` are the tied copies of the embedding's, which layer 0 owns).
+DeepSpeed saves a one-stage engine's module as ``mp_rank_TT_model_states.pt`` (key ``module``, one-piece
+names) and a pipeline engine's as one file per layer, ``layer_LL-model_TT-model_states.pt``, keyed by
+the name inside that layer. Layer 0 is the embedding (``embed.*``), layers 1..L the transformer blocks
+(``layers.{i}.*`` in layer ``i + 1``), L+1 the final norm and the output, under their own names (whose
+``output.bands.*`` are the last stage's copies of the tied tensors, which layer 0 owns). This module is
+the one place that says so: training's pipeline writes and reads its layer files through
+:func:`pipeline_layer_key` / :func:`pipeline_name`, the offline export reads them through
+:func:`adaptive_lm_name`.
 """
 
 from __future__ import annotations
@@ -22,10 +26,27 @@ def pipeline_layer_count(num_layers: int) -> int:
     return num_layers + 2
 
 
-def adaptive_lm_name(layer: int, key: str, num_layers: int) -> str | None:
-    """The ``AdaptiveLM`` name of ``key`` in pipeline layer ``layer``; None for a tied copy (layer 0 owns it)."""
+def pipeline_layer_key(name: str, num_layers: int) -> tuple[int, str]:
+    """``(layer, key)``: the pipeline layer file holding one-piece parameter ``name``, and its key there."""
+    if name.startswith("embed."):
+        return 0, name[len("embed.") :]
+    if name.startswith("layers."):
+        index, key = name[len("layers.") :].split(".", 1)
+        return int(index) + 1, key
+    return num_layers + 1, name
+
+
+def pipeline_name(layer: int, key: str, num_layers: int) -> str:
+    """The one-piece name of ``key`` in pipeline layer ``layer`` (the inverse of :func:`pipeline_layer_key`)."""
     if layer == 0:
         return "embed." + key
     if layer <= num_layers:
         return f"layers.{layer - 1}.{key}"
-    return None if key.startswith("output.bands.") else key
+    return key
+
+
+def adaptive_lm_name(layer: int, key: str, num_layers: int) -> str | None:
+    """:func:`pipeline_name`, but None for the last layer's tied copies (layer 0 owns those tensors)."""
+    if layer == num_layers + 1 and key.startswith("output.bands."):
+        return None
+    return pipeline_name(layer, key, num_layers)

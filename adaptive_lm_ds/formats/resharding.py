@@ -1,8 +1,9 @@
 """Load one consolidated (one-piece, TP = 1) state dict into any TP x PP x DP layout's module.
 
-Names are ``AdaptiveLM``'s (``engine.plain_parameters`` maps pipeline names onto them); shapes are
-those of the one-piece model, built on the meta device, so vocabulary padding never leaks in. The
-other direction, any layout's checkpoint to one consolidated model, is offline: ``export.py``.
+Names are ``AdaptiveLM``'s, a pipeline stage's included (its last stage's tied copies read their
+owner's entry: docs/model.md, "Tying"); shapes are those of the one-piece model, built on the meta
+device, so vocabulary padding never leaks in. The other direction, any layout's checkpoint to one
+consolidated model, is offline: ``export.py``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import torch
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.formats.consolidated import tied_names
 from adaptive_lm_ds.model.sharding import plain_shapes, shard_of
-from adaptive_lm_ds.training.engine import plain_parameters
 
 
 @torch.no_grad()
@@ -33,6 +34,7 @@ def load_full_state(module: torch.nn.Module, full: dict[str, torch.Tensor], cfg:
                 f"consolidated weight {name} has shape {tuple(full[name].shape)}, the model expects "
                 f"{tuple(shapes[name])}; use the model config stored with those weights"
             )
-    tp_rank = parallel.current().tp_rank
-    for name, param in plain_parameters(module).items():
-        param.copy_(shard_of(param, full[name].to(param.dtype), tp_rank))
+    tp_rank, owners = parallel.current().tp_rank, tied_names(cfg)
+    for name, param in module.named_parameters():
+        source = full[owners.get(name, name)]
+        param.copy_(shard_of(param, source.to(param.dtype), tp_rank))

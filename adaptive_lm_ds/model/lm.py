@@ -1,19 +1,19 @@
-"""The adaptive-input language model, built from parts a pipeline split can reuse.
+"""The adaptive-input language model, whole or as one pipeline stage.
 
 ``AdaptiveLM`` = :class:`LMEmbedding` -> ``layers`` (:class:`TransformerBlock`) -> optional final norm ->
-:class:`VocabParallelAdaptiveSoftmax`. In one piece, the embedding and the softmax hold the *same*
-:class:`BandWeights` child (``embed.bands`` is ``output.bands``) when the config ties tables. A
-pipeline puts :class:`LMEmbedding` on the first stage and the softmax on the last, each building its own
-``BandWeights``; ``TiedLayerSpec(key, ..., tied_weight_attr=module.tied_weight_attrs())`` then keeps
-the tied tensors equal (both lists name the same tensors in the same order: tables by band, then the
-tied tail projections). :func:`pipeline_stage_layers` is the
-split of the blocks over stages that ``tools/model_summary.py`` reports.
+:class:`VocabParallelAdaptiveSoftmax`. ``AdaptiveLM(cfg, stage=s, num_stages=n)`` is pipeline stage ``s``
+of it: the same model with the parts that stage does not own removed (torchtitan's ``_split_module``),
+so every parameter keeps its one-piece name (``layers.{i}`` keeps its model-wide index ``i``). Training's
+DeepSpeed pipeline (training/pipeline.py) and evaluation's stage (model/pipeline_stage.py) are both built
+from it; :func:`pipeline_stage_layers` is the one split of the blocks over stages (DeepSpeed's
+``partition_balanced``). Tying, in one piece and across stages: docs/model.md ("Tying").
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from deepspeed.runtime.utils import partition_balanced
 from torch import nn
 
 from adaptive_lm_ds import parallel
@@ -61,24 +61,52 @@ class LMEmbedding(nn.Module):
         return F.dropout(x, self.cfg.dropout, self.training)
 
 
+class Blocks(nn.Module):
+    """Transformer blocks under their model-wide indices (names ``layers.{i}.*``), iterated in order.
+
+    The whole model holds all of them; a pipeline stage holds its contiguous share, still indexed
+    model-wide, so a stage's parameter names are the whole model's.
+    """
+
+    def __init__(self, blocks: dict[int, TransformerBlock]):
+        super().__init__()
+        for index, block in blocks.items():
+            self.add_module(str(index), block)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> TransformerBlock:
+        return self._modules[str(index)]
+
+    @property
+    def indices(self) -> list[int]:
+        return [int(k) for k in self._modules]
+
+
 class AdaptiveLM(nn.Module):
     """Decoder-only LM. ``tp_group`` defaults to megatron-core's (needs :func:`parallel.initialize_parallel`).
 
+    ``stage`` of ``num_stages``: only that pipeline stage's parts (see the module docstring); the first
+    stage has ``embed``, the last ``final_norm`` and ``output``, the others neither (``None``).
     Shapes: ``tokens, targets, segment_ids`` ``[B, T]`` int64; hidden states ``[B, T, d]``.
     """
 
-    def __init__(self, cfg: ModelConfig, tp_group=None):
+    def __init__(self, cfg: ModelConfig, tp_group=None, stage: int = 0, num_stages: int = 1):
         super().__init__()
         self.tp_group = tp_group if tp_group is not None else parallel.tensor_parallel_group()
         self.cfg = cfg.validate(self.tp_group.size())
+        first, last = stage == 0, stage == num_stages - 1
         mp_config = megatron_config(self.tp_group.size(), meta=building_on_meta())
-        self.embed = LMEmbedding(cfg, self.tp_group)
-        self.layers = nn.ModuleList(
-            TransformerBlock(cfg, self.tp_group, mp_config, index=i) for i in range(cfg.num_layers)
-        )
-        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.final_norm else None
-        shared = self.embed.bands if cfg.ties_tables else None
-        self.output = VocabParallelAdaptiveSoftmax(cfg, self.tp_group, shared)
+        self.embed = LMEmbedding(cfg, self.tp_group) if first else None
+        blocks = pipeline_stage_layers(cfg.num_layers, num_stages)[stage]
+        self.layers = Blocks({i: TransformerBlock(cfg, self.tp_group, mp_config, index=i) for i in blocks})
+        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if last and cfg.final_norm else None
+        shared = self.embed.bands if cfg.ties_tables and first else None  # a last stage builds its own copy
+        self.output = VocabParallelAdaptiveSoftmax(cfg, self.tp_group, shared) if last else None
 
     def new_cache(self) -> list[KVCache]:
         """An empty key/value cache per layer, for :meth:`hidden_states` ``cache=`` (incremental decoding)."""
@@ -125,11 +153,11 @@ class AdaptiveLM(nn.Module):
 
 
 def pipeline_stage_layers(num_layers: int, pp: int) -> list[range]:
-    """Contiguous, balanced block ranges per pipeline stage (earlier stages take the remainder)."""
+    """The blocks of each pipeline stage: DeepSpeed's ``partition_balanced`` over the pipeline's layers
+    (embedding, ``num_layers`` blocks, output) weighted ``0, 1 x num_layers, 0``, as training's
+    ``partition_method="type:TransformerBlockPipe"`` weighs them; the embedding joins the first stage
+    and the output the last. Contiguous and balanced; earlier stages take the remainder."""
     if pp < 1 or num_layers < pp:
         raise ConfigError(f"cannot split {num_layers} layers over {pp} pipeline stages; use pp <= num_layers")
-    base, extra = divmod(num_layers, pp)
-    bounds = [0]
-    for stage in range(pp):
-        bounds.append(bounds[-1] + base + (1 if stage < extra else 0))
-    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+    parts = partition_balanced([0] + [1] * num_layers + [0], pp)
+    return [range(max(a, 1) - 1, min(b, num_layers + 1) - 1) for a, b in zip(parts, parts[1:])]

@@ -50,13 +50,12 @@ def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed
 def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tuple[int, ...] = ()) -> dict:
     """Rank-side: run the trainer with launcher flags ``argv``; return its per-update history.
 
-    ``report_tied``: also return this rank's tied tensors (pipeline ends) by local name.
+    ``report_tied``: also return this rank's band tensors at the pipeline's ends (tied copies), by name.
     ``poison_updates``: attempts (1-based, counting skipped ones) whose loss is made NaN, to test
     the skip-and-abort path (one-piece model only).
     """
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.training.config import build_parser, config_from_args
-    from adaptive_lm_ds.training.engine import plain_parameters
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
@@ -72,12 +71,10 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
         "skipped_overflow": trainer.skipped_overflow,
     }  # fmt: skip
     module = trainer.engine.module
-    out["blocks"] = sorted({int(n.split(".")[1]) for n in plain_parameters(module) if n.startswith("layers.")})
-    if report_tied and hasattr(module, "tied_modules"):
-        from adaptive_lm_ds.training.pipeline import TIED_KEY
-
-        tied = module.tied_modules[TIED_KEY] if TIED_KEY in module.tied_modules else None
-        out["tied"] = {n: p.detach().clone() for n, p in tied.named_parameters() if ".bands." in n} if tied else {}
+    out["blocks"] = sorted({int(n.split(".")[1]) for n, _ in module.named_parameters() if n.startswith("layers.")})
+    if report_tied and hasattr(module, "tied_modules"):  # a pipeline stage: its ends' band tensors
+        ends = ("embed.tokens.bands.", "output.bands.")
+        out["tied"] = {n: p.detach().clone() for n, p in module.named_parameters() if n.startswith(ends)}
     parallel.destroy_parallel()
     return out
 

@@ -32,7 +32,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.model.transformer import TransformerBlock
-from adaptive_lm_ds.training.pipeline import build_pipeline_module, plain_name
+from adaptive_lm_ds.training.pipeline import build_pipeline_module
 
 
 def compile_blocks(module: torch.nn.Module) -> None:
@@ -69,7 +69,7 @@ def build_module(
     """``AdaptiveLM`` for this rank's TP shard, or its pipeline stage when PP > 1."""
     dims = parallel.current()
     if dims.pp > 1:  # the pipeline engine applies activation checkpointing itself
-        module = build_pipeline_module(model_cfg, dims.tp_group, dims.topology, checkpoint_activations, seed)
+        module = build_pipeline_module(model_cfg, dims, checkpoint_activations, seed)
     else:
         module = AdaptiveLM(model_cfg)
     if compile:
@@ -77,13 +77,6 @@ def build_module(
     if checkpoint_activations and dims.pp == 1:
         checkpoint_blocks(module)
     return module
-
-
-def plain_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """This rank's parameters under their one-piece ``AdaptiveLM`` names."""
-    if isinstance(module, AdaptiveLM):
-        return dict(module.named_parameters())
-    return {plain_name(module, name): p for name, p in module.named_parameters()}
 
 
 def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:

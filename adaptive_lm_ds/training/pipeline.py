@@ -1,82 +1,134 @@
-"""The same model as a DeepSpeed ``PipelineModule``: the parts of ``AdaptiveLM``, not a copy.
+"""DeepSpeed's pipeline engine over one stage of ``AdaptiveLM``, under the one-piece parameter names.
 
-Stage layout (``partition_method="type:TransformerBlockPipe"`` balances the blocks; the embedding
-joins the first stage and the output the last)::
+The stage is ``AdaptiveLM(cfg, stage=s, num_stages=n)`` (model/lm.py, also evaluation's stage): the
+parts stage ``s`` does not own removed. :class:`AdaptiveLMPipeline` registers the stage's parts under
+their one-piece names (``embed.*``, ``layers.{i}.*``, ``final_norm.*``, ``output.*``) and hands
+DeepSpeed's ``PipelineModule`` one callable per pipeline layer, none of them a module of its own::
 
     EmbeddingPipe        (tokens[, segment_ids], targets) -> (h[, segment_ids], targets)
     TransformerBlockPipe (h[, segment_ids], targets)      -> same shapes      x num_layers
     OutputPipe           (h[, segment_ids], targets)      -> loss_sum (fp32 scalar)
 
-Targets travel with the activations (a small int64 tensor), so the last stage computes the exact
-adaptive-softmax loss inside a layer; ``loss_fn`` only applies the update's normaliser, which the
-data iterator passes as the label. Segment ids travel too, so every stage's attention is
-block-diagonal in packed mode.
+``partition_method="type:TransformerBlockPipe"`` balances the blocks (DeepSpeed's ``partition_balanced``,
+which :func:`pipeline_stage_layers` is; checked on every build). Targets travel with the activations
+(a small int64 tensor), so the last stage computes the exact adaptive-softmax loss inside a layer;
+``loss_fn`` only applies the update's normaliser, which the data iterator passes as the label. Segment
+ids travel too, so every stage's attention is block-diagonal in packed mode.
 
-**Tied weights.** With tied tables the embedding and the output are ``TiedLayerSpec("bands", ...)``:
-each end builds its own ``BandWeights`` and DeepSpeed sums their gradients across the two stages
-(``tied_weight_attr`` lists the same tensors in the same order on both). Parameter names map to the
-one-piece ``AdaptiveLM`` names through :func:`plain_name`, which export and import use.
+**Checkpoint files.** DeepSpeed saves each layer's ``state_dict()`` as ``layer_LL-model_TT-model_states.pt``;
+a layer's keys come from :mod:`adaptive_lm_ds.checkpoint.names` (the one name table), the same as when
+each layer was a module of its own, so checkpoints written before load unchanged. The parameters are
+registered in the order DeepSpeed registered them then (the tied end first), so ZeRO's flat optimizer
+partitions line up too.
+
+**Tied weights** (docs/model.md, "Tying"). Each end of the pipeline holds its own ``BandWeights``;
+DeepSpeed sums their gradients across the two stages (``TiedLayerSpec`` marks the ends; the embedding's
+and the output's ``tied_weight_attrs`` list the same tensors in the same order).
 
 **Gradient norm.** DeepSpeed keeps a tied tensor out of the norm on every stage but the owner (the
 first) by flagging it ``ds_pipe_replicated``; it flags *every* parameter of the non-owner's tied module,
-which here would also drop the output's own tensors (``cluster_proj``, ``final_norm``, untied tail
-projections). :class:`AdaptiveLMPipeline` clears the flag on all but the tied tensors, so each tensor
-enters the norm exactly once over the TP x PP x DP grid (TP shards once per rank, replicated tensors
-on TP rank 0, ZeRO partitions once per DP rank) and clipping sees the single-process norm.
+which here would also drop the output's own tensors (``cluster_proj``, untied tail projections).
+:class:`AdaptiveLMPipeline` clears the flag on all but the tied tensors, so each tensor enters the norm
+exactly once over the TP x PP x DP grid (TP shards once per rank, replicated tensors on TP rank 0, ZeRO
+partitions once per DP rank) and clipping sees the single-process norm.
 """
 
 from __future__ import annotations
 
 import torch
-from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
-from torch import nn
+from deepspeed.pipe import PipelineModule, TiedLayerSpec
 
-from adaptive_lm_ds.checkpoint.names import adaptive_lm_name
-from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.checkpoint import names
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
-from adaptive_lm_ds.model.lm import LMEmbedding, building_on_meta
-from adaptive_lm_ds.model.transformer import TransformerBlock, attention_mask, megatron_config
-from adaptive_lm_ds.parallel import LayoutError
+from adaptive_lm_ds.model.lm import AdaptiveLM, LMEmbedding
+from adaptive_lm_ds.model.transformer import attention_mask
+from adaptive_lm_ds.parallel import LayoutError, ParallelDims
 
 TIED_KEY = "bands"
 
 
-class EmbeddingPipe(LMEmbedding):
-    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+class _PipeLayer:
+    """Pipeline layer ``layer`` of ``stage``: a callable over the pipeline tuple whose ``state_dict`` is
+    that layer's share of the stage's, keyed as in DeepSpeed's layer file (:mod:`checkpoint.names`)."""
+
+    def __init__(self, stage: AdaptiveLM, layer: int):
+        self.stage, self.layer = stage, layer
+        self.__name__ = type(self).__name__  # what DeepSpeed's "type:" partitioning matches
+
+    def _num_layers(self) -> int:
+        return self.stage.cfg.num_layers
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        keyed = (names.pipeline_layer_key(name, self._num_layers()) for name in self.stage.state_dict())
+        tensors = self.stage.state_dict()
+        return {key: tensors[names.pipeline_name(layer, key, self._num_layers())]
+                for layer, key in keyed if layer == self.layer}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
+        named = {names.pipeline_name(self.layer, key, self._num_layers()): t for key, t in state.items()}
+        result = self.stage.load_state_dict(named, strict=False)
+        missing = [n for n in result.missing_keys if names.pipeline_layer_key(n, self._num_layers())[0] == self.layer]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"pipeline layer {self.layer}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result
+
+
+class EmbeddingPipe(_PipeLayer):
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         tokens, *rest, targets = inputs
         segment_ids = rest[0] if rest else None
-        return (super().forward(tokens, segment_ids), *rest, targets)
+        return (self.stage.embed(tokens, segment_ids), *rest, targets)
 
 
-class TransformerBlockPipe(TransformerBlock):
-    def __init__(self, cfg: ModelConfig, tp_group, index: int):
-        super().__init__(cfg, tp_group, megatron_config(tp_group.size(), meta=building_on_meta()), index=index)
-
-    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+class TransformerBlockPipe(_PipeLayer):
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         h, *rest, targets = inputs
         mask = attention_mask(rest[0]) if rest else None
-        return (super().forward(h, mask), *rest, targets)
+        return (self.stage.layers[self.layer - 1](h, mask), *rest, targets)
 
 
-class OutputPipe(nn.Module):
+class OutputPipe(_PipeLayer):
     """Optional final norm + the adaptive softmax; returns the summed loss of the micro batch."""
 
-    def __init__(self, cfg: ModelConfig, tp_group):
-        super().__init__()
-        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if cfg.final_norm else None
-        self.output = VocabParallelAdaptiveSoftmax(cfg, tp_group)
-
-    def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         h, *_, targets = inputs
-        if self.final_norm is not None:
-            h = self.final_norm(h)
-        loss_sum, _ = self.output.loss(h, targets)
+        if self.stage.final_norm is not None:
+            h = self.stage.final_norm(h)
+        loss_sum, _ = self.stage.output.loss(h, targets)
         return loss_sum
 
 
 class AdaptiveLMPipeline(PipelineModule):
-    """``PipelineModule`` whose non-owner stage excludes only the truly tied tensors from the grad norm."""
+    """``PipelineModule`` over one stage of ``AdaptiveLM`` (see the module docstring)."""
+
+    def _build(self) -> None:
+        own = self._layer_specs[self._local_start : self._local_stop]
+        layers = [spec.module_args[0] if isinstance(spec, TiedLayerSpec) else spec for spec in own]
+        stage = layers[0].stage
+        blocks = [layer.layer - 1 for layer in layers if isinstance(layer, TransformerBlockPipe)]
+        if blocks != stage.layers.indices:
+            raise LayoutError(
+                f"DeepSpeed gave this pipeline stage blocks {blocks}, the model's split says "
+                f"{stage.layers.indices}; the two partitioners disagree"
+            )
+        self.forward_funcs.extend(layers)
+        del self.tied_modules  # the tied ends are the stage's own parts, registered below under their names
+        self.tied_modules = {}
+        for spec in own:
+            if isinstance(spec, TiedLayerSpec):
+                self.tied_modules[spec.key] = stage.embed if spec.module_args[0].layer == 0 else stage.output
+                self.tied_weight_attrs[spec.key] = spec.tied_weight_attr
+        children = dict(stage.named_children())
+        order = list(children)  # embed, layers, final_norm, output: the one-piece order
+        if TIED_KEY in self.tied_modules and stage.output is not None:  # DeepSpeed's order: the tied end first
+            order = [n for n in ("final_norm", "output") if n in children] + ["layers"]
+        for name in order:
+            self.add_module(name, children[name])
+        for p in self.parameters():
+            p.ds_pipe_replicated = False
 
     def _index_tied_modules(self) -> dict:
         comms = super()._index_tied_modules()
@@ -93,54 +145,42 @@ def scaled_loss(loss_sum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return loss_sum * scale.to(loss_sum.dtype)
 
 
-def layer_specs(cfg: ModelConfig, tp_group) -> list[LayerSpec]:
+def pipeline_layers(stage: AdaptiveLM) -> list:
+    """DeepSpeed's layer list for ``stage``: every pipeline layer (DeepSpeed runs only the stage's own).
+    With tied tables the two ends are wrapped in ``TiedLayerSpec`` (never built: the layer rides along as
+    its argument), which is how DeepSpeed finds the stages that share the tensors."""
+    cfg = stage.cfg
+    layers = [EmbeddingPipe(stage, 0), *(TransformerBlockPipe(stage, i + 1) for i in range(cfg.num_layers))]
+    layers.append(OutputPipe(stage, cfg.num_layers + 1))
     if cfg.ties_tables:
-        first = TiedLayerSpec(
-            TIED_KEY, EmbeddingPipe, cfg, tp_group, tied_weight_attr=BandWeights.tied_weight_attrs(cfg, "tokens.bands")
+        first, last = layers[0], layers[-1]
+        layers[0] = TiedLayerSpec(
+            TIED_KEY, LMEmbedding, first, tied_weight_attr=BandWeights.tied_weight_attrs(cfg, "tokens.bands")
         )
-        last = TiedLayerSpec(
-            TIED_KEY, OutputPipe, cfg, tp_group, tied_weight_attr=BandWeights.tied_weight_attrs(cfg, "output.bands")
+        layers[-1] = TiedLayerSpec(
+            TIED_KEY, VocabParallelAdaptiveSoftmax, last, tied_weight_attr=BandWeights.tied_weight_attrs(cfg, "bands")
         )
-    else:
-        first, last = LayerSpec(EmbeddingPipe, cfg, tp_group), LayerSpec(OutputPipe, cfg, tp_group)
-    blocks = [LayerSpec(TransformerBlockPipe, cfg, tp_group, i) for i in range(cfg.num_layers)]
-    return [first, *blocks, last]
+    return layers
 
 
 def build_pipeline_module(
-    cfg: ModelConfig, tp_group, topology, checkpoint_activations: bool = False, seed: int = 1
+    cfg, dims: ParallelDims, checkpoint_activations: bool = False, seed: int = 1
 ) -> PipelineModule:
-    """The pipeline-parallel model for this rank's stage (``topology`` from ``parallel.current()``)."""
-    if topology.get_dim("pipe") < 2:
+    """The pipeline-parallel model for this rank's stage (``dims`` from :func:`parallel.current`)."""
+    if dims.pp < 2:
         raise LayoutError("a pipeline needs >= 2 stages; with one stage use AdaptiveLM itself")
-    if cfg.num_layers < topology.get_dim("pipe"):
+    if cfg.num_layers < dims.pp:
         raise LayoutError(
-            f"{cfg.num_layers} transformer blocks cannot fill {topology.get_dim('pipe')} pipeline stages; "
+            f"{cfg.num_layers} transformer blocks cannot fill {dims.pp} pipeline stages; "
             "lower --pipeline-model-parallel-size"
         )
+    stage = AdaptiveLM(cfg, dims.tp_group, stage=dims.pp_rank, num_stages=dims.pp)
     return AdaptiveLMPipeline(
-        layers=layer_specs(cfg, tp_group),
-        topology=topology,
+        layers=pipeline_layers(stage),
+        topology=dims.topology,
         loss_fn=scaled_loss,
         partition_method="type:TransformerBlockPipe",
         activation_checkpoint_interval=1 if checkpoint_activations else 0,
         checkpointable_layers=["TransformerBlockPipe"],
         base_seed=seed,
     )
-
-
-def plain_name(module: PipelineModule, local_name: str) -> str:
-    """The ``AdaptiveLM`` parameter name of a pipeline parameter.
-
-    Local names are ``{layer_idx}.{rest}`` for plain layers and ``tied_modules.bands.{rest}`` for the
-    tied ends; layer 0 is the embedding, layers 1..L the blocks, L+1 the output. The last stage's
-    tied copies map to the embedding's names (their values are kept equal).
-    """
-    num_layers = len(module._layer_specs) - 2
-    if local_name.startswith(f"tied_modules.{TIED_KEY}."):
-        rest = local_name[len(f"tied_modules.{TIED_KEY}.") :]
-        if rest.startswith("output.bands."):
-            return "embed.tokens." + rest[len("output.") :]
-        return rest if rest.startswith(("output.", "final_norm.")) else "embed." + rest
-    index, rest = local_name.split(".", 1)
-    return adaptive_lm_name(int(index), rest, num_layers)  # the checkpoint's name table: one mapping

@@ -363,9 +363,7 @@ class Trainer:
         }  # fmt: skip
 
     def describe(self, resumed: str | None) -> str:
-        from adaptive_lm_ds.training.engine import plain_parameters
-
-        n_local = sum(p.numel() for p in plain_parameters(self.engine.module).values())
+        n_local = sum(p.numel() for p in self.engine.module.parameters())
         return (
             f"| model {self.cfg.run.init_from or self.cfg.run.arch or self.cfg.run.preset}: "
             f"{self.model_cfg.num_layers} layers, d {self.model_cfg.embed_dim}, vocab {self.model_cfg.vocab_size}; "
