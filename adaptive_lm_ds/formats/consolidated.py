@@ -8,11 +8,10 @@ Layout of ``DIR``::
                          "model": dataclasses.asdict(ModelConfig), "tied": {alias: owner, ...}}
     dict.txt            the fairseq dictionary, when one was given
 
-``tied`` records which parameter names of the model in one piece are the same tensor as a stored one
-(e.g. ``output.bands.0.table.weight -> embed.tokens.bands.0.table.weight``); a pipeline stage that builds
-its own copy of a tied tensor reads it from the owner's entry. :func:`save_consolidated` writes a temp
-folder and renames it, so a reader never sees a half-written model; whether an existing folder may be
-replaced is decided by :mod:`adaptive_lm_ds.outputs` (``writer`` names the tool, for that check).
+``tied`` is :func:`tied_names`, the ``{alias: owner}`` map of tied tensors (docs/model.md, "Tying").
+:func:`save_consolidated` writes a temp folder and renames it, so a reader never sees a half-written
+model; whether an existing folder may be replaced is decided by :mod:`adaptive_lm_ds.outputs`
+(``writer`` names the tool, for that check).
 """
 
 from __future__ import annotations

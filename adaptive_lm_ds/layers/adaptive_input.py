@@ -1,12 +1,8 @@
 """Vocabulary-parallel adaptive input (Baevski & Auli 2019) with fairseq's ``AdaptiveInput`` semantics.
 
-**Ownership of tied weights.** :class:`BandWeights` owns every band's table and input projection and
-nothing else. The input layer and the adaptive softmax each hold it as a child named ``bands`` — the
-same module object when the model is built in one piece, so a tied tensor is one ``nn.Parameter``
-(one storage, one ``.grad``). Under pipeline parallelism the first and the last stage each build their
-own ``BandWeights`` and DeepSpeed's ``TiedLayerSpec`` keeps them equal; the attribute paths it needs
-(``tied_weight_attr``) come from :meth:`BandWeights.tied_weight_attrs`: the same tensors in the same
-order on both stages (tables by band, then tied projections).
+**Tied weights** are owned by :class:`BandWeights` (every band's table and input projection, nothing
+else), which the input layer and the adaptive softmax both hold as ``bands``; how tying works in one
+piece, across pipeline stages and on disk: docs/model.md, "Tying".
 
 fairseq layout (for the checkpoint converter): ``embed_tokens.embeddings.{i}.0.weight`` is band ``i``'s
 table ``[n_i, d_i]`` (here split by rows over TP) and ``embed_tokens.embeddings.{i}.1.weight`` its
