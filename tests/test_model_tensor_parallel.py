@@ -17,7 +17,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
 from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.model import AdaptiveLM
-from adaptive_lm_ds.model.sharding import consolidate
+from adaptive_lm_ds.model.sharding import gather_one_piece
 from adaptive_lm_ds.testing import run_on_ranks
 
 VOCAB = 203
@@ -95,7 +95,7 @@ def _tp_matches_tp1(tp):
         grad_errors = {}
         for pname, param in model.named_parameters():
             ref = ref_params[pname]
-            gathered = consolidate(param, param.grad, ref.shape[getattr(param, "partition_dim", 0)], group)
+            gathered = gather_one_piece(param, param.grad, ref.shape[getattr(param, "partition_dim", 0)], group)
             grad_errors[pname] = _rel_err(gathered, ref.grad, floor)
         errors["grad"] = max(grad_errors.values())
         errors["worst_grad"] = max(grad_errors, key=grad_errors.get)
@@ -113,7 +113,7 @@ def _init_differences(reference, model, group) -> list[str]:
     differs = []
     for pname, param in model.named_parameters():
         ref = ref_params[pname]
-        gathered = consolidate(param, param.detach(), ref.shape[getattr(param, "partition_dim", 0)], group)
+        gathered = gather_one_piece(param, param.detach(), ref.shape[getattr(param, "partition_dim", 0)], group)
         if not torch.equal(gathered, ref.detach()):
             differs.append(pname)
     return differs

@@ -174,11 +174,12 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, t
 
 @torch.no_grad()
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Copy a consolidated state dict into ``model``'s parameters, sharded for its TP rank.
+    """Copy a one-piece state dict (as a consolidated folder stores it) into ``model``'s parameters, sharded for
+    its TP rank.
 
     ``model`` is an :class:`AdaptiveLM` (or a stage of one) built for any TP size; tied parameters the
     model holds under an alias name (a separate pipeline stage) read the owner's tensor. Every
-    parameter must be found and have the consolidated shape of its shard's full tensor.
+    parameter must be found and have the shape of its shard's one-piece tensor.
     """
     owners = tied_names(model.cfg) if hasattr(model, "cfg") else {}
     tp_rank = model.tp_group.rank() if hasattr(model, "tp_group") else 0

@@ -4,8 +4,8 @@ One process, no launcher: the checkpoint record (:mod:`adaptive_lm_ds.checkpoint
 config, the layout and the ZeRO stage; every file is checksum-verified before it is read and
 unpickled weights-only. The module weights are read from DeepSpeed's files (names in
 :mod:`adaptive_lm_ds.checkpoint.names`), and TP shards are concatenated along each parameter's
-partition dimension, padding trimmed (full shapes from the one-piece model built on the meta device).
-The sharded dimension of a parameter is the one where rank 0's saved shape differs from the full shape
+partition dimension, padding trimmed (shapes from the one-piece model built on the meta device).
+The sharded dimension of a parameter is the one where rank 0's saved shape differs from the one-piece shape
 (a band smaller than TP keeps its only real rows on rank 0, so rank 0's copy is right there too).
 ZeRO-3 keeps weights only in its optimizer partitions; those are read with DeepSpeed's own
 ``zero_to_fp32`` (TP = PP = 1), after each of its files passed our weights-only load.
@@ -21,7 +21,7 @@ from adaptive_lm_ds.checkpoint import CheckpointError, load_file, open_checkpoin
 from adaptive_lm_ds.checkpoint import names as ckpt_names
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
-from adaptive_lm_ds.model.sharding import plain_shapes
+from adaptive_lm_ds.model.sharding import one_piece_shapes
 
 
 def _rank_state(tag_dir: Path, cfg: ModelConfig, tp_rank: int, pp: int) -> dict[str, torch.Tensor]:
@@ -46,20 +46,20 @@ def _zero3_state(tag_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``(ModelConfig, consolidated fp32 state dict, Dictionary or None)`` of a training checkpoint."""
+    """``(ModelConfig, one-piece fp32 state dict, Dictionary or None)`` of a training checkpoint."""
     tag_dir, record = open_checkpoint(path)
     cfg = record.model_config()
     tp, pp = record.dims.tp, record.dims.pp
     dictionary = Dictionary.load(tag_dir / "dict.txt") if (tag_dir / "dict.txt").is_file() else None
-    full_shapes = plain_shapes(cfg)
+    shapes = one_piece_shapes(cfg)
     if record.zero_stage == 3:
         if tp > 1 or pp > 1:
             raise CheckpointError("offline export of ZeRO-3 checkpoints needs TP = PP = 1 (DeepSpeed's zero_to_fp32)")
         states = [_zero3_state(tag_dir)]
     else:
         states = [_rank_state(tag_dir, cfg, r, pp) for r in range(tp)]
-    full: dict[str, torch.Tensor] = {}
-    for name, shape in full_shapes.items():
+    one_piece: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
         if any(name not in s for s in states):
             raise CheckpointError(f"{tag_dir}: parameter {name} is missing from the saved weights")
         tensor = states[0][name]
@@ -68,5 +68,5 @@ def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, tor
             tensor = torch.cat([s[name] for s in states], dim=split[0]).narrow(split[0], 0, shape[split[0]])
         if tensor.shape != shape:
             raise CheckpointError(f"{tag_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        full[name] = tensor.float().contiguous()
-    return cfg, full, dictionary
+        one_piece[name] = tensor.float().contiguous()
+    return cfg, one_piece, dictionary

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
 from adaptive_lm_ds.formats.consolidated import load_consolidated
-from adaptive_lm_ds.formats.resharding import load_full_state
+from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training.engine import build_module
 
@@ -32,7 +32,7 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
     dims = parallel.initialize_parallel(parallel.ParallelDims.for_world(dist.get_world_size(), tp, pp), seed)
     try:
         module = build_module(cfg, checkpoint_activations=False, seed=seed)
-        load_full_state(module, state, cfg)
+        load_one_piece_state(module, state, cfg)
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,

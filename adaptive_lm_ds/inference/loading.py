@@ -20,7 +20,7 @@ from adaptive_lm_ds.interop import load_fairseq_checkpoint
 
 
 def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``(ModelConfig, consolidated state dict, Dictionary or None)`` of ``path`` (see the module docstring).
+    """``(ModelConfig, one-piece state dict, Dictionary or None)`` of ``path`` (see the module docstring).
 
     A fairseq ``.pt`` carries no dictionary: the caller looks for ``dict.txt`` beside it.
     """

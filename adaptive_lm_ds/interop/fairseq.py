@@ -91,7 +91,7 @@ def _output_entries(cfg: ModelConfig) -> list[Entry]:
 
 
 def key_map(cfg: ModelConfig, legacy_in_proj: bool = False) -> list[Entry]:
-    """Every fairseq model tensor of ``cfg`` and what it is in our consolidated state dict."""
+    """Every fairseq model tensor of ``cfg`` and what it is in our one-piece state dict."""
     out = _input_entries(cfg)
     if cfg.learned_pos:
         out.append(Entry(D + "embed_positions.weight", ("embed.positions.weight",)))
@@ -112,7 +112,7 @@ def _split_sizes(cfg: ModelConfig, entry: Entry) -> list[int]:
 
 
 def fairseq_to_ours(checkpoint: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """``(ModelConfig, consolidated state dict)`` of a loaded fairseq checkpoint (see :func:`safe_load`)."""
+    """``(ModelConfig, one-piece state dict)`` of a loaded fairseq checkpoint (see :func:`safe_load`)."""
     state = checkpoint.get("model")
     if not isinstance(state, Mapping):
         raise FairseqConversionError("checkpoint has no 'model' state dict")
@@ -203,7 +203,7 @@ def ours_to_fairseq(
 
 
 def load_fairseq_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Safely load a fairseq ``.pt`` file and convert it (``(ModelConfig, consolidated state dict)``)."""
+    """Safely load a fairseq ``.pt`` file and convert it (``(ModelConfig, one-piece state dict)``)."""
     return fairseq_to_ours(safe_load(path))
 
 

@@ -3,7 +3,7 @@
 Training pipelines go through DeepSpeed's engine (training/pipeline.py); evaluation needs only a forward
 pass with per-token log-probabilities. Both start from the same stage of the model,
 ``AdaptiveLM(cfg, stage=s, num_stages=n)`` (model/lm.py): the parts the stage does not own removed,
-one-piece parameter names kept, so a consolidated state dict loads as it is (tied copies on the last
+one-piece parameter names kept, so a one-piece state dict loads as it is (tied copies on the last
 stage: docs/model.md, "Tying"). Between consecutive stages a blocking send/recv of ``[B, T, d]``; one
 broadcast of the ``[B, T]`` result from the last stage, so every rank returns the same numbers.
 """

@@ -1,8 +1,8 @@
-"""Move weights between a consolidated (TP = 1) model and one TP rank's shards.
+"""Move weights between the one-piece (TP = 1) model and one TP rank's shards.
 
 A tensor-parallel parameter carries megatron-core's attributes ``tensor_model_parallel`` and
 ``partition_dim``; rank ``r`` holds the slice ``[r * n, (r + 1) * n)`` of that dimension (``n`` its local
-size). Vocabulary tables are padded, so the last ranks' slices may run past the consolidated size: the
+size). Vocabulary tables are padded, so the last ranks' slices may run past the one-piece size: the
 missing rows are padding (zeros). Everything else is replicated over TP.
 """
 
@@ -16,13 +16,13 @@ def is_tensor_parallel(param: torch.Tensor) -> bool:
     return bool(getattr(param, "tensor_model_parallel", False))
 
 
-def shard_of(param: torch.Tensor, full: torch.Tensor, tp_rank: int) -> torch.Tensor:
-    """This rank's part of the consolidated tensor ``full`` for ``param`` (zeros where padding)."""
+def shard_of(param: torch.Tensor, one_piece: torch.Tensor, tp_rank: int) -> torch.Tensor:
+    """This rank's part of the one-piece tensor ``one_piece`` for ``param`` (zeros where padding)."""
     if not is_tensor_parallel(param):
-        return full
+        return one_piece
     dim, size = param.partition_dim, param.shape[param.partition_dim]
-    start = min(tp_rank * size, full.shape[dim])
-    part = full.narrow(dim, start, min(size, full.shape[dim] - start))
+    start = min(tp_rank * size, one_piece.shape[dim])
+    part = one_piece.narrow(dim, start, min(size, one_piece.shape[dim] - start))
     if part.shape[dim] < size:
         pad_shape = list(part.shape)
         pad_shape[dim] = size - part.shape[dim]
@@ -30,7 +30,7 @@ def shard_of(param: torch.Tensor, full: torch.Tensor, tp_rank: int) -> torch.Ten
     return part
 
 
-def plain_shapes(cfg) -> dict[str, torch.Size]:
+def one_piece_shapes(cfg) -> dict[str, torch.Size]:
     """Parameter shapes of the one-piece (TP = 1) model, built on the meta device (no memory)."""
     from adaptive_lm_ds import parallel
     from adaptive_lm_ds.model.lm import AdaptiveLM
@@ -40,11 +40,12 @@ def plain_shapes(cfg) -> dict[str, torch.Size]:
     return {name: p.shape for name, p in model.named_parameters()}
 
 
-def consolidate(param: torch.Tensor, tensor: torch.Tensor, full_size: int | None, group) -> torch.Tensor:
-    """All-gather ``tensor`` (``param``'s shard, or its gradient) along the partition dim; trim padding."""
+def gather_one_piece(param: torch.Tensor, tensor: torch.Tensor, size: int | None, group) -> torch.Tensor:
+    """The one-piece tensor of ``tensor`` (``param``'s shard, or its gradient): all-gathered along the partition
+    dim over ``group``, trimmed to the one-piece ``size`` of that dim (None: keep the padding)."""
     if not is_tensor_parallel(param) or group.size() == 1:
-        return tensor if full_size is None else tensor.narrow(getattr(param, "partition_dim", 0), 0, full_size)
+        return tensor if size is None else tensor.narrow(getattr(param, "partition_dim", 0), 0, size)
     pieces = [torch.empty_like(tensor) for _ in range(group.size())]
     dist.all_gather(pieces, tensor.contiguous(), group=group)
     out = torch.cat(pieces, dim=param.partition_dim)
-    return out if full_size is None else out.narrow(param.partition_dim, 0, full_size)
+    return out if size is None else out.narrow(param.partition_dim, 0, size)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.memory import TrainLayout, state_bytes
-from adaptive_lm_ds.model.sharding import plain_shapes
+from adaptive_lm_ds.model.sharding import one_piece_shapes
 from adaptive_lm_ds.training.ds_config import ConfigError
 
 
@@ -67,7 +67,7 @@ def checkpoint_bytes(cfg: ModelConfig, precision: str, optimizer: str, zero_stag
     DeepSpeed saves every weight once per TP slice (DP rank 0) and each rank's optimizer partition,
     so the total does not depend on the layout: ``memory.state_bytes`` at DP = 1.
     """
-    params = sum(shape.numel() for shape in plain_shapes(cfg).values())
+    params = sum(shape.numel() for shape in one_piece_shapes(cfg).values())
     layout = TrainLayout(precision=precision, optimizer=optimizer, zero_stage=zero_stage)
     weights, _, optimizer_gpu, optimizer_cpu = state_bytes(params, layout)
     return weights + optimizer_gpu + optimizer_cpu

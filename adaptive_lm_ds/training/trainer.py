@@ -26,7 +26,7 @@ from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.formats.consolidated import load_consolidated
-from adaptive_lm_ds.formats.resharding import load_full_state
+from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import (
@@ -129,7 +129,7 @@ class Trainer:
         module = build_module(self.model_cfg, run.checkpoint_activations, run.seed, run.compile)
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
-            load_full_state(module, init_state, self.model_cfg)
+            load_one_piece_state(module, init_state, self.model_cfg)
         o = cfg.optim
         optimizer = build_optimizer(
             o.optimizer, module.parameters(), lr=o.lr, weight_decay=o.weight_decay,
