@@ -107,45 +107,16 @@ class ParallelDims:
         return f"TP{self.tp} x PP{self.pp} x DP{self.dp}"
 
     # ------------------------------------------------------------------ this rank (after initialisation)
-    @property
-    def tp_rank(self) -> int:
-        return parallel_state.get_tensor_model_parallel_rank()
-
-    @property
-    def pp_rank(self) -> int:
-        """This rank's pipeline stage."""
-        return parallel_state.get_pipeline_model_parallel_rank()
-
-    @property
-    def dp_rank(self) -> int:
-        return parallel_state.get_data_parallel_rank()
-
-    @property
-    def tp_group(self) -> dist.ProcessGroup:
-        return parallel_state.get_tensor_model_parallel_group()
-
-    @property
-    def pp_group(self) -> dist.ProcessGroup:
-        return parallel_state.get_pipeline_model_parallel_group()
-
-    @property
-    def dp_group(self) -> dist.ProcessGroup:
-        return parallel_state.get_data_parallel_group()
-
-    @property
-    def pp_prev_rank(self) -> int:
-        """Global rank of the previous stage in this rank's pipeline (wraps around)."""
-        return parallel_state.get_pipeline_model_parallel_prev_rank()
-
-    @property
-    def pp_next_rank(self) -> int:
-        """Global rank of the next stage in this rank's pipeline (wraps around)."""
-        return parallel_state.get_pipeline_model_parallel_next_rank()
-
-    @property
-    def pp_last_rank(self) -> int:
-        """Global rank of the last stage in this rank's pipeline."""
-        return parallel_state.get_pipeline_model_parallel_last_rank()
+    # megatron-core's groups underneath; prev/next wrap around the pipeline; ranks of stages are global
+    tp_rank = property(lambda self: parallel_state.get_tensor_model_parallel_rank())
+    pp_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_rank(), doc="This rank's stage.")
+    dp_rank = property(lambda self: parallel_state.get_data_parallel_rank())
+    tp_group = property(lambda self: parallel_state.get_tensor_model_parallel_group())
+    pp_group = property(lambda self: parallel_state.get_pipeline_model_parallel_group())
+    dp_group = property(lambda self: parallel_state.get_data_parallel_group())
+    pp_prev_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_prev_rank())
+    pp_next_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_next_rank())
+    pp_last_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_last_rank())
 
     @property
     def deepspeed_mpu(self) -> _DeepSpeedMPU | None:
