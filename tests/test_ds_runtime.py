@@ -24,7 +24,8 @@ from adaptive_lm_ds.testing.distributed import (
 
 
 def _start_deepspeed_comm() -> dict:
-    """Rank-side: start DeepSpeed's communication as training does and report what it used."""
+    """Rank-side: start DeepSpeed's communication as training does (the harness's worker already did, through
+    ``parallel.init_process_group``; this call then only wraps the group) and report what it used."""
     import deepspeed
     import torch.distributed as dist
     from deepspeed.ops.op_builder.builder import OpBuilder
@@ -37,7 +38,7 @@ def _start_deepspeed_comm() -> dict:
         "ours": str(ds_runtime.extensions_dir()),
         "op_file": getattr(op, "__file__", None),
         "buffer": str(buffer),
-        "buffer_made": buffer.exists(),
+        "buffer_made": str(buffer) in Path("/proc/self/maps").read_text(),  # mapped (its name may be gone already)
     }
 
 
