@@ -35,11 +35,18 @@ import torch
 import torch.distributed as dist
 from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-from megatron.core import parallel_state
 
 from adaptive_lm_ds import ds_runtime
 
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
+
+
+def _megatron():
+    """megatron-core's ``parallel_state``, imported on first use: a multi-second import that starting a
+    process group (every rank of the test harness, every tool's ``--help``) does not need."""
+    from megatron.core import parallel_state
+
+    return parallel_state
 
 
 class LayoutError(ValueError):
@@ -108,15 +115,15 @@ class ParallelDims:
 
     # ------------------------------------------------------------------ this rank (after initialisation)
     # megatron-core's groups underneath; prev/next wrap around the pipeline; ranks of stages are global
-    tp_rank = property(lambda self: parallel_state.get_tensor_model_parallel_rank())
-    pp_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_rank(), doc="This rank's stage.")
-    dp_rank = property(lambda self: parallel_state.get_data_parallel_rank())
-    tp_group = property(lambda self: parallel_state.get_tensor_model_parallel_group())
-    pp_group = property(lambda self: parallel_state.get_pipeline_model_parallel_group())
-    dp_group = property(lambda self: parallel_state.get_data_parallel_group())
-    pp_prev_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_prev_rank())
-    pp_next_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_next_rank())
-    pp_last_rank = property(lambda self: parallel_state.get_pipeline_model_parallel_last_rank())
+    tp_rank = property(lambda self: _megatron().get_tensor_model_parallel_rank())
+    pp_rank = property(lambda self: _megatron().get_pipeline_model_parallel_rank(), doc="This rank's stage.")
+    dp_rank = property(lambda self: _megatron().get_data_parallel_rank())
+    tp_group = property(lambda self: _megatron().get_tensor_model_parallel_group())
+    pp_group = property(lambda self: _megatron().get_pipeline_model_parallel_group())
+    dp_group = property(lambda self: _megatron().get_data_parallel_group())
+    pp_prev_rank = property(lambda self: _megatron().get_pipeline_model_parallel_prev_rank())
+    pp_next_rank = property(lambda self: _megatron().get_pipeline_model_parallel_next_rank())
+    pp_last_rank = property(lambda self: _megatron().get_pipeline_model_parallel_last_rank())
 
     @property
     def deepspeed_mpu(self) -> _DeepSpeedMPU | None:
@@ -213,10 +220,10 @@ def initialize_parallel(dims: ParallelDims = ParallelDims(), seed: int = 1234) -
         init_process_group()
     dims.validate(dist.get_world_size())
     deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)  # wraps the group
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp)
+    _megatron().initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp)
     topology = PipeModelDataParallelTopology(num_pp=dims.pp, num_mp=dims.tp, num_dp=dims.dp)
     check_topology_matches(topology)
-    ds_checkpointing.configure(mpu_=parallel_state, partition_activations=False)
+    ds_checkpointing.configure(mpu_=_megatron(), partition_activations=False)
     ds_checkpointing.model_parallel_cuda_manual_seed(seed)
     torch.manual_seed(seed)  # the CPU generator too (on GPU the accelerator's differs from it)
     _CURRENT = dataclasses.replace(dims, seed=seed, topology=topology)
@@ -227,9 +234,9 @@ def check_topology_matches(topology: PipeModelDataParallelTopology) -> None:
     """Assert that this rank's TP, DP and PP groups are the same ranks in both libraries."""
     rank = dist.get_rank()
     pairs = {
-        "model": parallel_state.get_tensor_model_parallel_group(),
-        "data": parallel_state.get_data_parallel_group(),
-        "pipe": parallel_state.get_pipeline_model_parallel_group(),
+        "model": _megatron().get_tensor_model_parallel_group(),
+        "data": _megatron().get_data_parallel_group(),
+        "pipe": _megatron().get_pipeline_model_parallel_group(),
     }
     for axis, group in pairs.items():
         ds_ranks = next(g for g in topology.get_axis_comm_lists(axis) if rank in g)
@@ -243,7 +250,7 @@ def check_topology_matches(topology: PipeModelDataParallelTopology) -> None:
 def destroy_parallel() -> None:
     """Undo :func:`initialize_parallel` (and the world-size-1 group it may have created)."""
     global _CURRENT, _OWN_PROCESS_GROUP
-    parallel_state.destroy_model_parallel()
+    _megatron().destroy_model_parallel()
     ds_checkpointing.get_cuda_rng_tracker().reset()
     if _OWN_PROCESS_GROUP and dist.is_initialized():
         dist.destroy_process_group()
