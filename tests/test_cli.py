@@ -10,9 +10,10 @@ import pytest
 from adaptive_lm_ds.config import get_preset
 from adaptive_lm_ds.testing import run_script
 from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port
-from adaptive_lm_ds.testing.training import make_data_bin
 from adaptive_lm_ds.training.config import build_parser, config_from_args, model_config
 from tests.oracle import FIXTURE_A, shared_or_skip
+
+from .training_runs import make_data_bin
 
 # The seed's fairseq-train command line, verbatim after the program name.
 SEED_COMMAND = (

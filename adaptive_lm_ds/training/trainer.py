@@ -12,6 +12,8 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
@@ -43,6 +45,19 @@ from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
 from adaptive_lm_ds.training.signals import StopRequests
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One applied update, as every subscriber of :attr:`Trainer.on_update` receives it (the logger is one)."""
+
+    update: int  # 1-based count of applied updates
+    loss_sum: float  # nats, summed over the update's target tokens on all DP ranks
+    ntokens: int
+    gnorm: float  # global gradient norm before clipping
+    lr: float  # the scheduler's lr once this update is applied (what the log shows)
+    epoch: int  # 1-based
+    extra: dict[str, float]  # logged scalars: bsz, step_time, memory_gb, tflops_per_rank, loss_scale, mfu, clip
 
 
 class TrainingAborted(RuntimeError):
@@ -149,7 +164,7 @@ class Trainer:
         self.consecutive_bad = 0
         self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
-        self.history: list[dict] = []  # per applied update: loss_sum (nats) and ntokens, all DP ranks
+        self.on_update: list[Callable[[UpdateRecord], None]] = []  # called after each applied update, after the logger
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
         self.peak_flops = peak_flops(run.peak_tflops)
 
@@ -210,6 +225,25 @@ class Trainer:
         return tag
 
     # ------------------------------------------------------------------ loop
+    def _update_record(self, result, step_time: float) -> UpdateRecord:
+        per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
+        extra = {
+            "bsz": self.micro * self.ctx.layout.dp * self.cfg.data.update_freq,
+            "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
+            "loss_scale": result.loss_scale,
+        }  # fmt: skip
+        if self.peak_flops:
+            extra["mfu"] = per_rank_flops / self.peak_flops
+        if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
+            extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
+        return UpdateRecord(
+            update=self.num_updates, loss_sum=result.loss_sum, ntokens=result.ntokens, gnorm=result.gnorm,
+            lr=self.scheduler.get_last_lr()[0], epoch=self.batches.epoch + 1, extra=extra,
+        )  # fmt: skip
+
+    def _log_update(self, r: UpdateRecord) -> None:
+        self.logger.update(r.update, r.loss_sum, r.ntokens, lr=r.lr, gnorm=r.gnorm, epoch=r.epoch, **r.extra)
+
     def validate(self) -> float:
         """Loss (base 2) over the validation split (or its first --max-valid-steps batches), logged."""
         self.valid_batches.set_epoch(0)
@@ -309,28 +343,9 @@ class Trainer:
                 continue
             self.consecutive_bad = 0
             self.num_updates += 1
-            self.history.append(
-                {
-                    "update": self.num_updates,
-                    "loss_sum": result.loss_sum,
-                    "ntokens": result.ntokens,
-                    "gnorm": result.gnorm,
-                }
-            )
-            per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
-            extra = {
-                "bsz": self.micro * self.ctx.layout.dp * gas,
-                "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
-                "loss_scale": result.loss_scale,
-            }  # fmt: skip
-            if self.peak_flops:
-                extra["mfu"] = per_rank_flops / self.peak_flops
-            if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
-                extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
-            self.logger.update(
-                self.num_updates, result.loss_sum, result.ntokens, lr=self.scheduler.get_last_lr()[0],
-                gnorm=result.gnorm, epoch=self.batches.epoch + 1, **extra,
-            )  # fmt: skip
+            record = self._update_record(result, step_time)
+            for subscriber in (self._log_update, *self.on_update):
+                subscriber(record)
             if run.validate_interval_updates and self.num_updates % run.validate_interval_updates == 0:
                 valid_loss = self.validate()
             if not run.no_save and run.save_interval_updates and self.num_updates % run.save_interval_updates == 0:
