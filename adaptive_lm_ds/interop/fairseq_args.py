@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from adaptive_lm_ds.config import ConfigError, ModelConfig
+from adaptive_lm_ds.errors import UserError
 
 D = "decoder."
 UNSUPPORTED_FLAGS = (  # fairseq options this model does not implement: stop when they are on
@@ -34,7 +35,7 @@ UNSUPPORTED_FLAGS = (  # fairseq options this model does not implement: stop whe
 )
 
 
-class FairseqConversionError(ValueError):
+class FairseqConversionError(UserError, ValueError):
     """A fairseq checkpoint this converter cannot map; the message names the keys or options."""
 
 

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 
 import torch
 
+from adaptive_lm_ds.errors import UserError
 
-class ScheduleConfigError(ValueError):
+
+class ScheduleConfigError(UserError, ValueError):
     """A schedule setting that cannot work; the message says which flag to change."""
 
 

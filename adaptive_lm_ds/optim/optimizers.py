@@ -13,13 +13,15 @@ from typing import Any
 
 import torch
 
+from adaptive_lm_ds.errors import UserError
+
 OPTIMIZER_NAMES = ("nag", "adam", "adamw")
 FAIRSEQ_ADAM_BETAS = (0.9, 0.999)
 FAIRSEQ_ADAM_EPS = 1e-8
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError, ValueError):
     """An optimiser name or hyper-parameter that cannot work; the message says what to change."""
 
 

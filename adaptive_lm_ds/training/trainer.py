@@ -27,6 +27,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_full_state
@@ -60,7 +61,7 @@ class UpdateRecord:
     extra: dict[str, float]  # logged scalars: bsz, step_time, memory_gb, tflops_per_rank, loss_scale, mfu, clip
 
 
-class TrainingAborted(RuntimeError):
+class TrainingAborted(UserError, RuntimeError):
     """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact."""
 
 
