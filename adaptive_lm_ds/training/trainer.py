@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,13 +32,7 @@ from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_full_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
-from adaptive_lm_ds.optim.lr_schedules import (
-    CosineSchedule,
-    FixedSchedule,
-    InverseSqrtSchedule,
-    UpdateLRScheduler,
-    should_stop_for_min_lr,
-)
+from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule, should_stop_for_min_lr
 from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
@@ -63,19 +56,6 @@ class UpdateRecord:
 
 class TrainingAborted(UserError, RuntimeError):
     """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact."""
-
-
-def build_schedule(cfg: TrainConfig):
-    o = cfg.optim
-    if o.lr_scheduler == "cosine":
-        return CosineSchedule(
-            lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr, min_lr=o.min_lr,
-            t_mult=o.t_mult, lr_period_updates=o.lr_period_updates, lr_shrink=o.lr_shrink,
-            max_update=cfg.run.max_update,
-        )  # fmt: skip
-    if o.lr_scheduler == "inverse_sqrt":
-        return InverseSqrtSchedule(lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr)
-    return FixedSchedule(lr=o.lr, warmup_updates=o.warmup_updates)
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
@@ -145,13 +125,8 @@ class Trainer:
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
             load_full_state(module, init_state, self.model_cfg)
-        o = cfg.optim
-        optimizer = build_optimizer(
-            o.optimizer, module.parameters(), lr=o.lr, weight_decay=o.weight_decay,
-            betas=tuple(json.loads(o.adam_betas.replace("(", "[").replace(")", "]"))), eps=o.adam_eps,
-            momentum=o.momentum,
-        )  # fmt: skip
-        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg))
+        optimizer = build_optimizer(cfg.optim, module.parameters())
+        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg.optim, run.max_update))
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
             mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
