@@ -21,7 +21,11 @@ class TrainConfigError(UserError, ValueError):
 
 
 def micro_batch_sequences(cfg: TrainConfig) -> int:
-    """Sequences per micro batch from fairseq's ``--max-tokens`` or ``--batch-size``."""
+    """Sequences per micro batch from fairseq's ``--max-tokens`` or ``--batch-size``.
+
+    Called once per run, by :func:`build_ds_config`; everything else reads the result from the DeepSpeed
+    config (``train_micro_batch_size_per_gpu``, and ``train_batch_size`` for the global batch).
+    """
     data = cfg.data
     if data.tokens_per_sample < 2:
         raise TrainConfigError(f"--tokens-per-sample must be >= 2 (got {data.tokens_per_sample})")

@@ -36,7 +36,7 @@ from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule,
 from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
-from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
+from adaptive_lm_ds.training.ds_config import build_ds_config, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
 from adaptive_lm_ds.training.signals import StopRequests
 
@@ -102,7 +102,7 @@ class Trainer:
         layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
         self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
         preflight.check_precision(precision(self.ds_config))
-        self.micro = micro_batch_sequences(cfg)
+        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]  # sequences, decided once in build_ds_config
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
         self.model_cfg.validate(layout.tp)
@@ -204,7 +204,7 @@ class Trainer:
     def _update_record(self, result, step_time: float) -> UpdateRecord:
         per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
         extra = {
-            "bsz": self.micro * self.ctx.layout.dp * self.cfg.data.update_freq,
+            "bsz": self.ds_config["train_batch_size"],
             "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
             "loss_scale": result.loss_scale,
         }  # fmt: skip
