@@ -274,7 +274,7 @@ class Trainer:
                         ckpt.folders.warn(
                             f"took over {lock.path} from a run that is gone ({lock.took_over.describe()})"
                         )
-            except (preflight.StartupError, ckpt.CheckpointError) as e:
+            except UserError as e:  # any user error on rank 0 must reach every rank, or they wait forever
                 error = e
         if self.stepper.any_rank(error is not None):
             raise error if error is not None else preflight.StartupError("a start-up check failed on rank 0")
