@@ -37,6 +37,7 @@ from deepspeed.runtime.activation_checkpointing import checkpointing as ds_check
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from adaptive_lm_ds import ds_runtime
+from adaptive_lm_ds.errors import UserError
 
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
 
@@ -49,7 +50,7 @@ def _megatron():
     return parallel_state
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A parallel layout that does not fit the job; the message says what to change."""
 
 
