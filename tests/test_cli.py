@@ -74,13 +74,10 @@ def test_decoder_projections_are_refused_by_name():
 
 
 def test_every_multi_rank_parser_takes_deepspeeds_local_rank():
-    import importlib.util
+    from adaptive_lm_ds.commands import eval_lm
 
     assert build_parser("t").parse_args(["d", "--local_rank=0"]).local_rank == 0
-    spec = importlib.util.spec_from_file_location("eval_lm_tool", REPO_ROOT / "tools" / "eval_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.parse_args(["--path", "p", "--data", "d", "--local_rank=1"]).local_rank == 1
+    assert eval_lm.parse_args(["--path", "p", "--data", "d", "--local_rank=1"]).local_rank == 1
 
 
 def test_eval_lm_runs_under_the_deepspeed_launcher(tmp_path):

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from adaptive_lm_ds.commands import convert_fairseq_ckpt, eval_lm, preprocess_data
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset
 from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port
-from tools import convert_fairseq_ckpt, eval_lm, preprocess_data
 
 
 def _foreign(dictionary: Dictionary, extra: int) -> Dictionary:

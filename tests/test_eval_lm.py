@@ -145,12 +145,9 @@ def test_eval_lm_cli_tp2_pp2_matches_tp1_on_a_prefix_of_mode_ii(tp1_results, fix
 
 
 def _eval_lm_main():
-    import importlib.util
+    from adaptive_lm_ds.commands.eval_lm import main
 
-    spec = importlib.util.spec_from_file_location("eval_lm_tool", REPO_ROOT / "tools" / "eval_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return main
 
 
 def test_eval_lm_refuses_incomplete_checkpoints_and_a_world_that_does_not_fit(tmp_path, fixture_dir):

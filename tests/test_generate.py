@@ -227,7 +227,7 @@ def test_generate_cli_tp2_under_deepspeed_launcher_equals_tp1(lm, fixture_dir, t
     ],
 )
 def test_generate_cli_bad_input_is_one_line(argv, fixture_dir):
-    from tools.generate import main
+    from adaptive_lm_ds.commands.generate import main
 
     with pytest.raises(SystemExit) as err:
         main(["--path", str(fixture_dir / "checkpoint.pt"), *argv])
