@@ -18,9 +18,6 @@ an input. ``--to-fairseq`` writes the model's dictionary only where ``--save-dic
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -41,6 +38,7 @@ from adaptive_lm_ds.interop import (
     save_fairseq_checkpoint,
 )
 from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs
+from adaptive_lm_ds.launch import run_program_on_ranks
 from adaptive_lm_ds.outputs import OutputError, check_output_file
 
 WRITER = "convert_fairseq_ckpt"
@@ -68,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout",
     )
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="see --tensor-model-parallel-size")
-    p.add_argument("--master-port", type=int, default=29517, help="rendezvous port for writing the layout")
+    p.add_argument(
+        "--master-port", type=int, help="rendezvous port of the ranks writing the layout (default: a free one)"
+    )
     p.add_argument("--verify", action="store_true", help="reload the output and check it (and run the model once)")
     return p.parse_args(argv)
 
@@ -162,13 +162,9 @@ def write_deepspeed_layout(args: argparse.Namespace) -> None:
     """``OUTPUT/deepspeed/checkpoint_0``: the converted model as a training checkpoint for the TP x PP layout."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     save_dir = Path(args.output) / LAYOUT_DIR
-    torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), f"--nproc_per_node={tp * pp}", f"--master_port={args.master_port}",
-           "-m", "adaptive_lm_ds.formats.layout_checkpoint", "--consolidated", str(args.output),
-           "--save-dir", str(save_dir), "--tensor-model-parallel-size", str(tp),
-           "--pipeline-model-parallel-size", str(pp)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    if subprocess.run(cmd, env=env).returncode != 0:
+    layout_args = ["--consolidated", args.output, "--save-dir", save_dir, "--tensor-model-parallel-size", tp,
+                   "--pipeline-model-parallel-size", pp]  # fmt: skip
+    if run_program_on_ranks("adaptive-lm-write-layout", layout_args, tp * pp, args.master_port) != 0:
         raise SystemExit(f"error: writing the TP{tp} x PP{pp} DeepSpeed checkpoint failed (see above)")
     print(f"training resumes from it with: --init-from {args.output} --save-dir {save_dir} "
           f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp}")  # fmt: skip
