@@ -1,11 +1,14 @@
 """Training-step throughput: adaptive input + softmax vs full embedding + softmax, and TP=2 vs TP=1.
 
-    python tools/bench_train.py [--vocab 200000] [--d 256] [--layers 2] [--batch 4] [--seq 128] [--json FILE]
+    adaptive-lm-bench-train [--vocab 200000] [--d 256] [--layers 2] [--batch 4] [--seq 128] [--json FILE]
     python tools/bench_train.py --preset gbw_huge --device cuda --dtype bf16 --packed --batch 16 --seq 512 \\
         --skip-tp [--compile] --json $OUT/train.json        # the GPU runs (tools/bench_gpu.sh)
 
-A step is forward + backward + NAG update of the whole model on a batch of Zipf-distributed ids
-(exponent 1.1, as fitted to WikiText-2 by tools/bench_adaptive_softmax.py). The adaptive and the full
+A step is the product's update, ``Stepper.train_step`` on the DeepSpeed engine training builds
+(adaptive_lm_ds/training/engine.py: forward, backward, --clip-norm 0.1, fairseq's NAG; ZeRO-1 unless
+``--deepspeed_config`` says otherwise; bf16 with ``--dtype bf16``), on a micro batch of Zipf-distributed ids
+(exponent 1.1, as fitted to WikiText-2 by tools/bench_adaptive_softmax.py) handed over as the data loader
+does (CPU tensors; the step moves them to the device). The adaptive and the full
 model run interleaved in one process; the ratio ``speedup_adaptive_vs_full`` is of their median step
 times. TP=2 runs the adaptive model on 2 CPU ranks (torchrun, gloo) and times every
 ``torch.distributed`` collective the step makes, giving the communication share of the step. On a GPU
@@ -16,31 +19,27 @@ out-of-memory is reported as such. ``--compile`` compiles every transformer bloc
 
 from __future__ import annotations
 
-import importlib
+import argparse
+import os
 import statistics
 import time
 
+import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from adaptive_lm_ds import (
-    cli,
-    parallel,
-)
+from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
-from adaptive_lm_ds.flops import (
-    flops_per_token,
-    mfu,
-    packed_attention_context,
-    peak_bf16_flops,
-    zipf_band_fractions,
-)
-from adaptive_lm_ds.model import AdaptiveLM
-from adaptive_lm_ds.optim.optimizers import NAG
+from adaptive_lm_ds.flops import flops_per_token, mfu, packed_attention_context, peak_bf16_flops, zipf_band_fractions
+from adaptive_lm_ds.launch import free_port
+from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.training.engine import compile_blocks
+from adaptive_lm_ds.training.config import build_parser, config_from_args
+from adaptive_lm_ds.training.ds_config import build_ds_config
+from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
+from adaptive_lm_ds.training.entry import init_process_group
 
 ZIPF_EXPONENT = 1.1
 GBW_MEAN_SENTENCE = 27  # GBW's mean sentence length in tokens (with </s>)
@@ -72,12 +71,15 @@ def full_softmax(cfg: ModelConfig) -> ModelConfig:
     )
 
 
-def make_batch(cfg: ModelConfig, batch: int, seq: int, packed: bool, seed: int, device):
+def make_batch(cfg: ModelConfig, batch: int, seq: int, packed: bool, seed: int) -> tuple[dict, list[int]]:
+    """A micro batch as the data loader yields it (CPU tensors: tokens, targets [B, T], ``segment_ids`` when
+    packed, ``ntokens``) of Zipf-distributed ids, and the lengths of its sentences."""
     rng = np.random.default_rng(seed)
     words = cfg.vocab_size - 4
     probs = np.arange(1, words + 1, dtype=np.float64) ** -ZIPF_EXPONENT
-    ids = torch.from_numpy(rng.choice(words, size=(batch, seq + 1), p=probs / probs.sum()) + 4).to(device)
-    segments, lengths = None, [seq] * batch
+    ids = torch.from_numpy(rng.choice(words, size=(batch, seq + 1), p=probs / probs.sum()) + 4)
+    data = {"tokens": ids[:, :-1], "targets": ids[:, 1:], "ntokens": batch * seq}
+    lengths = [seq] * batch
     if packed:  # GBW-length sentences packed back to back: lengths 2 .. 2 * mean
         lengths, segments = [], torch.zeros(batch, seq, dtype=torch.long)
         for row in range(batch):
@@ -87,30 +89,42 @@ def make_batch(cfg: ModelConfig, batch: int, seq: int, packed: bool, seed: int, 
                 segments[row, pos : pos + n] = sid
                 lengths.append(n)
                 pos, sid = pos + n, sid + 1
-        segments = segments.to(device)
-    return ids[:, :-1], ids[:, 1:], segments, lengths
+        data["segment_ids"] = segments
+    return data, lengths
 
 
-class Trainer:
-    """One model + NAG; :meth:`step` returns its wall time in seconds."""
+DS_CONFIG = {"zero_optimization": {"stage": 1}}  # the recipes' ds_configs/zero1*.json; --deepspeed_config overrides
 
-    def __init__(self, cfg: ModelConfig, device, dtype, compile: bool = False):
-        self.model = AdaptiveLM(cfg).to(device, dtype)
-        if compile:
-            compile_blocks(self.model)
-        self.optimizer = NAG(self.model.parameters(), lr=0.01, momentum=0.99)
-        self.device = device
 
-    def step(self, batch) -> float:
-        tokens, targets, segments, _ = batch
-        _sync(self.device)
-        start = time.perf_counter()
-        loss, ntokens = self.model(tokens, targets, segments)
-        (loss / targets.numel()).backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        _sync(self.device)
-        return time.perf_counter() - start
+def build_stepper(cfg: ModelConfig, args) -> Stepper:
+    """The product's step for ``cfg`` in the current layout: ``build_module``, fairseq's NAG, the DeepSpeed
+    engine (batch geometry and --clip-norm 0.1 completed by ``build_ds_config``, as training does) and the
+    ``Stepper`` that runs an update on it."""
+    flags = ["--batch-size", args.batch, "--tokens-per-sample", args.seq, "--update-freq", 1, "--clip-norm", 0.1]
+    if args.deepspeed_config:
+        flags += ["--deepspeed_config", args.deepspeed_config]
+    train_cfg = config_from_args(build_parser("bench").parse_args([str(f) for f in flags]))
+    layout = parallel.context().layout
+    ds_config = build_ds_config(train_cfg, layout.dp, layout.pp)
+    if not args.deepspeed_config:
+        ds_config.update(DS_CONFIG)
+    if args.dtype == "bf16":
+        ds_config["bf16"] = {"enabled": True}
+    module = build_module(cfg, checkpoint_activations=False, seed=1, compile=args.compile)
+    optimizer = build_optimizer("nag", module.parameters(), lr=0.01, momentum=0.99)
+    engine, *_ = deepspeed.initialize(
+        model=module, optimizer=optimizer, config=ds_config, mpu=DeepSpeedMPU, dist_init_required=False
+    )
+    return Stepper(engine, packed=args.packed)
+
+
+def timed_step(stepper: Stepper, batch: dict) -> float:
+    """Wall time in seconds of one update (forward, backward, clipping, optimizer step) on ``batch``."""
+    _sync(stepper.device)
+    start = time.perf_counter()
+    stepper.train_step([batch])
+    _sync(stepper.device)
+    return time.perf_counter() - start
 
 
 def _sync(device) -> None:
@@ -148,18 +162,19 @@ class CollectiveTimer:
             setattr(dist, name, original)
 
 
-def _tp_rank_body(vocab: int, d: int, layers: int, batch: int, seq: int, steps: int, warmup: int) -> dict:
-    """On each of 2 ranks: TP=2 steps with the collectives timed."""
-    cfg = small_config(vocab, d, layers)
+def _tp_rank_body(options: dict) -> dict:
+    """On each of 2 ranks: TP=2 steps of the small model (fp32, unpacked) with the collectives timed."""
+    args = argparse.Namespace(**{**options, "packed": False, "dtype": "fp32", "compile": False})
+    cfg = small_config(args.vocab, args.d, args.layers)
     parallel.initialize_parallel(parallel.Layout(tp=2))
     try:
-        trainer = Trainer(cfg, torch.device("cpu"), torch.float32)
+        stepper = build_stepper(cfg, args)
         times, comm, calls = [], [], []
-        for i in range(warmup + steps):
-            data = make_batch(cfg, batch, seq, False, seed=i, device="cpu")
+        for i in range(args.warmup + args.steps):
+            data, _ = make_batch(cfg, args.batch, args.seq, False, seed=i)
             with CollectiveTimer() as timer:
-                seconds = trainer.step(data)
-            if i >= warmup:
+                seconds = timed_step(stepper, data)
+            if i >= args.warmup:
                 times.append(seconds)
                 comm.append(timer.seconds)
                 calls.append(timer.calls)
@@ -168,30 +183,32 @@ def _tp_rank_body(vocab: int, d: int, layers: int, batch: int, seq: int, steps: 
         parallel.destroy_parallel()
 
 
-def bench_single(args, device, dtype) -> dict:
+def bench_single(args, device: torch.device) -> dict:
     """Adaptive vs full model, interleaved; on a GPU an OOM of either is recorded, not raised."""
     cfg = get_preset(args.preset) if args.preset else small_config(args.vocab, args.d, args.layers)
     variants = {"adaptive": cfg, "full": full_softmax(cfg)}
     times: dict[str, list[float] | str] = {}
-    with parallel.single_process():
-        trainers = {}
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    init_process_group()  # training's: DeepSpeed's engine needs a launcher's world (here one of one)
+    parallel.initialize_parallel(parallel.Layout())
+    try:
+        steppers = {}
         for name, variant in variants.items():
             try:
-                trainers[name] = Trainer(variant, device, dtype, args.compile)
+                steppers[name] = build_stepper(variant, args)
             except torch.OutOfMemoryError as err:
                 times[name] = f"OOM while building: {str(err).splitlines()[0]}"
-        for name in trainers:
+        for name in steppers:
             times[name] = []
         lengths = []
         for i in range(args.warmup + args.steps):
-            for name in list(trainers):
-                data = make_batch(variants[name], args.batch, args.seq, args.packed, seed=i, device=device)
-                lengths = data[3]
+            for name in list(steppers):
+                data, lengths = make_batch(variants[name], args.batch, args.seq, args.packed, seed=i)
                 try:
-                    seconds = trainers[name].step(data)
+                    seconds = timed_step(steppers[name], data)
                 except torch.OutOfMemoryError as err:
                     times[name] = f"OOM in the step: {str(err).splitlines()[0]}"
-                    del trainers[name]
+                    del steppers[name]
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     continue
@@ -199,8 +216,10 @@ def bench_single(args, device, dtype) -> dict:
                     times[name].append(seconds)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-            if "adaptive" in trainers:
-                trainers["adaptive"].step(make_batch(cfg, args.batch, args.seq, args.packed, 0, device))
+            if "adaptive" in steppers:
+                timed_step(steppers["adaptive"], make_batch(cfg, args.batch, args.seq, args.packed, 0)[0])
+    finally:
+        parallel.shutdown()
     tokens = args.batch * args.seq
     out = {
         "tokens_per_step": tokens,
@@ -238,15 +257,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packed", action="store_true", help="GBW-length sentences, block-diagonal attention")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="the device DeepSpeed's accelerator gives (DS_ACCELERATOR)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: known GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--skip-tp", action="store_true", help="skip the 2-rank TP=2 measurement")
+    parser.add_argument("--deepspeed_config", help="DeepSpeed JSON (default: ZeRO-1; --dtype bf16 enables bf16)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    result = bench_single(args, device, dtype)
+    device = parallel.accelerator_device()
+    if device.type != torch.device(args.device).type:
+        print(f"error: --device {args.device} but DeepSpeed's accelerator is {device.type}; set DS_ACCELERATOR")
+        return 2
+    result = bench_single(args, device)
     mode = "compiled blocks" if args.compile else "eager"
     print(
         f"{args.preset or 'small'} model, {result['tokens_per_step']} tokens/step, {args.device} {args.dtype}, {mode}"
@@ -259,11 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if key in result:
             print(f"  {key}: {result[key]:.4g}")
     if not args.skip_tp and args.device == "cpu":
-        body = importlib.import_module("tools.bench_train")._tp_rank_body  # importable by the ranks, not __main__
-        ranks = run_on_ranks(
-            body, nprocs=2, timeout=900, vocab=args.vocab, d=args.d, layers=args.layers,
-            batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
-        )  # fmt: skip
+        ranks = run_on_ranks(_tp_rank_body, nprocs=2, timeout=900, options=vars(args))
         step = max(statistics.median(r["step_s"]) for r in ranks)
         comm = max(statistics.median(r["comm_s"]) for r in ranks)
         result["tp2"] = {"ranks": ranks, "median_step_s": step, "median_comm_s": comm}
