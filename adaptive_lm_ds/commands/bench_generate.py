@@ -14,6 +14,7 @@ says whether both runs gave the same tokens.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -22,14 +23,14 @@ import torch
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import wiki103
 from adaptive_lm_ds.data.dictionary import atomic_write_json
-from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.inference import GenerationConfig, generate
-from adaptive_lm_ds.inference.loading import load_model_source
+from adaptive_lm_ds.inference.loading import build_model, load_model_source
 from adaptive_lm_ds.inference.search import Specials
 from adaptive_lm_ds.model.lm import AdaptiveLM
 
 
-def build_model(path: str | None) -> AdaptiveLM:
+def bench_model(path: str | None) -> AdaptiveLM:
+    """The model to decode with, on the CPU: ``path``'s (any source), else a random wiki103-shaped d 512 one."""
     if path is None:
         cfg = wiki103(
             vocab_size=50_000, embed_dim=512, ffn_dim=2048, num_layers=8, num_heads=8, max_positions=512,
@@ -37,9 +38,7 @@ def build_model(path: str | None) -> AdaptiveLM:
         )  # fmt: skip
         return AdaptiveLM(cfg).eval()
     cfg, state, _ = load_model_source(path)
-    model = AdaptiveLM(cfg).eval()
-    load_into(model, state)
-    return model
+    return build_model(cfg, state, device="cpu")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # a CPU benchmark: gloo, whatever the machine has
     with parallel.single_process():
-        model = build_model(args.path)
+        model = bench_model(args.path)
         cfg = model.cfg
         total = args.prompt_len + args.new_tokens
         if total >= cfg.max_positions:

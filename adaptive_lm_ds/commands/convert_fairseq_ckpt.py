@@ -29,7 +29,6 @@ from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary
 from adaptive_lm_ds.formats.consolidated import (
     check_model_output,
     load_consolidated,
-    load_into,
     save_consolidated,
 )
 from adaptive_lm_ds.interop import (
@@ -101,13 +100,11 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> 
 def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float:
     """Build the model at TP = 1, load ``state`` and check one forward pass normalises; max |logsumexp|."""
     from adaptive_lm_ds import parallel
-    from adaptive_lm_ds.model.lm import AdaptiveLM
+    from adaptive_lm_ds.inference.loading import build_model
 
     with parallel.single_process(), torch.no_grad():
-        device = parallel.accelerator_device()
-        model = AdaptiveLM(cfg).eval()
-        load_into(model, state)
-        model.to(device)
+        model = build_model(cfg, state)
+        device = next(model.parameters()).device
         tokens = torch.randint(
             4, cfg.vocab_size, (1, min(16, cfg.max_positions)), generator=torch.Generator().manual_seed(0)
         ).to(device)
