@@ -39,7 +39,6 @@ from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.config import build_parser, config_from_args
 from adaptive_lm_ds.training.ds_config import build_ds_config
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
-from adaptive_lm_ds.training.entry import init_process_group
 
 ZIPF_EXPONENT = 1.1
 GBW_MEAN_SENTENCE = 27  # GBW's mean sentence length in tokens (with </s>)
@@ -189,7 +188,7 @@ def bench_single(args, device: torch.device) -> dict:
     variants = {"adaptive": cfg, "full": full_softmax(cfg)}
     times: dict[str, list[float] | str] = {}
     os.environ.setdefault("MASTER_PORT", str(free_port()))
-    init_process_group()  # training's: DeepSpeed's engine needs a launcher's world (here one of one)
+    parallel.init_process_group(world_of_one=True)  # as training: DeepSpeed's engine needs a launcher's world
     parallel.initialize_parallel(parallel.Layout())
     try:
         steppers = {}
