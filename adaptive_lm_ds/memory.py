@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import zipf_band_fractions
 from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
 from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers
@@ -42,7 +43,7 @@ OPTIMIZER_STATES = {"nag": 1, "adam": 2, "adamw": 2}
 FP32 = 4
 
 
-class MemoryPlanError(ValueError):
+class MemoryPlanError(UserError, ValueError):
     """A layout the planner cannot describe; the message says what to change."""
 
 

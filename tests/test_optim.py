@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaptive_lm_ds.optim.optimizers import NAG, OptimizerConfigError, build_optimizer
+from adaptive_lm_ds.training.config import OptimConfig
 
 
 def _nag_section(fixture_dir):
@@ -96,7 +97,7 @@ def test_adam_follows_fairseq_decoupled_weight_decay(name):
     p0 = torch.randn(6, dtype=torch.float64)
     grads = [torch.randn(6, dtype=torch.float64) for _ in range(5)]
     param = torch.nn.Parameter(p0.clone())
-    optimizer = build_optimizer(name, [param], lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(OptimConfig(optimizer=name, lr=1e-2, weight_decay=0.1), [param])
     assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["eps"] == 1e-8
     for g in grads:
         param.grad = g
@@ -107,10 +108,12 @@ def test_adam_follows_fairseq_decoupled_weight_decay(name):
 
 
 def test_build_optimizer_nag_uses_the_given_momentum():
-    optimizer = build_optimizer("NAG", [torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    optimizer = build_optimizer(
+        OptimConfig(optimizer="NAG", lr=1.0, momentum=0.9), [torch.nn.Parameter(torch.zeros(1))]
+    )
     assert isinstance(optimizer, NAG) and optimizer.defaults["momentum"] == 0.9
 
 
 def test_build_optimizer_rejects_unknown_name():
     with pytest.raises(OptimizerConfigError, match="choose one of nag, adam, adamw"):
-        build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        build_optimizer(OptimConfig(optimizer="sgd", lr=1.0), [torch.nn.Parameter(torch.zeros(1))])

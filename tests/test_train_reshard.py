@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import train_on_rank
 from tests.oracle import REPO
+
+from .training_runs import train_on_rank
 
 
 def _argv(data, *extra):

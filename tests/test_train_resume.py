@@ -7,8 +7,9 @@ import pytest
 
 from adaptive_lm_ds.testing import RankFailure, run_on_ranks, run_script
 from adaptive_lm_ds.testing.distributed import run_script_until_killed
-from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
 from tests.oracle import REPO
+
+from .training_runs import make_data_bin, save_initial_weights
 
 LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 

@@ -99,7 +99,8 @@ def build_stepper(cfg: ModelConfig, args) -> Stepper:
     """The product's step for ``cfg`` in the current layout: ``build_module``, fairseq's NAG, the DeepSpeed
     engine (batch geometry and --clip-norm 0.1 completed by ``build_ds_config``, as training does) and the
     ``Stepper`` that runs an update on it."""
-    flags = ["--batch-size", args.batch, "--tokens-per-sample", args.seq, "--update-freq", 1, "--clip-norm", 0.1]
+    flags = ["--batch-size", args.batch, "--tokens-per-sample", args.seq, "--update-freq", 1, "--clip-norm", 0.1,
+             "--optimizer", "nag", "--lr", 0.01, "--momentum", 0.99]  # fmt: skip
     if args.deepspeed_config:
         flags += ["--deepspeed_config", args.deepspeed_config]
     train_cfg = config_from_args(build_parser("bench").parse_args([str(f) for f in flags]))
@@ -110,7 +111,7 @@ def build_stepper(cfg: ModelConfig, args) -> Stepper:
     if args.dtype == "bf16":
         ds_config["bf16"] = {"enabled": True}
     module = build_module(cfg, checkpoint_activations=False, seed=1, compile=args.compile)
-    optimizer = build_optimizer("nag", module.parameters(), lr=0.01, momentum=0.99)
+    optimizer = build_optimizer(train_cfg.optim, module.parameters())
     engine, *_ = deepspeed.initialize(
         model=module, optimizer=optimizer, config=ds_config, mpu=DeepSpeedMPU, dist_init_required=False
     )

@@ -26,19 +26,19 @@ from adaptive_lm_ds import cli
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
 from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import (
     check_model_output,
     load_consolidated,
     save_consolidated,
 )
 from adaptive_lm_ds.interop import (
-    LOAD_ERRORS,
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
 from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs
 from adaptive_lm_ds.launch import run_program_on_ranks
-from adaptive_lm_ds.outputs import OutputError, check_output_file
+from adaptive_lm_ds.outputs import check_output_file
 
 WRITER = "convert_fairseq_ckpt"
 LAYOUT_DIR = "deepspeed"  # OUTPUT/deepspeed: the training checkpoint for a TP x PP layout
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 _same(state, load_consolidated(args.output)[1], args.output)
                 error = _check_model_runs(cfg, state)
                 print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
-    except (*LOAD_ERRORS, OutputError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     params = sum(t.numel() for t in state.values())
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")

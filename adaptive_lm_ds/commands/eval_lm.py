@@ -20,12 +20,11 @@ import time
 import torch.distributed as dist
 
 from adaptive_lm_ds import cli, parallel
-from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.data import DataError, build_lm_dataset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm
 from adaptive_lm_ds.inference.loading import build_model, load_model_source, start_layout
-from adaptive_lm_ds.interop import LOAD_ERRORS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         if len(dataset.dictionary) != cfg.vocab_size:
             raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
         start_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
-    except (*LOAD_ERRORS, CheckpointError, parallel.LayoutError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     try:
         model = build_model(cfg, state, args.pipeline_model_parallel_size)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import sys
 
 from adaptive_lm_ds import cli
-from adaptive_lm_ds.checkpoint import CheckpointError
-from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError, check_model_output, save_consolidated
+from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.formats.consolidated import check_model_output, save_consolidated
 from adaptive_lm_ds.formats.export import consolidate_checkpoint
-from adaptive_lm_ds.outputs import OutputError
 
 WRITER = "export_checkpoint"
 
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_output(args.output, **policy)  # before the slow part: fail fast
         cfg, state, dictionary = consolidate_checkpoint(args.checkpoint)
         save_consolidated(args.output, cfg, state, dictionary, **policy)
-    except (CheckpointError, ConsolidatedFormatError, OutputError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     params = sum(t.numel() for t in state.values())

@@ -21,10 +21,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.checkpoint import CheckpointError
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel
 from adaptive_lm_ds.inference.loading import start_layout
-from adaptive_lm_ds.interop import LOAD_ERRORS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.batch_size < 1:
             raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
         start_layout(args.tensor_model_parallel_size)
-    except (GenerationError, parallel.LayoutError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     try:
         lm = LanguageModel.load(args.path, dictionary=args.dictionary)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             if lead:
                 tqdm.write("\n".join(texts), file=sys.stdout)
         bar.close()
-    except (*LOAD_ERRORS, CheckpointError, GenerationError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     finally:
         parallel.shutdown()
