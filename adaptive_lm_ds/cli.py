@@ -67,11 +67,11 @@ def start_up() -> None:
 
 def run(program: str, argv: list[str] | None = None) -> int:
     """:func:`start_up`, then the program's ``main(argv)``; returns its exit code (``None`` counts as 0)."""
-    program = program if program in PROGRAMS else f"adaptive-lm-{program}"  # the short name also does
-    if program not in PROGRAMS:
+    name = program if program in PROGRAMS else f"adaptive-lm-{program}"  # the short name also does
+    if name not in PROGRAMS:
         raise SystemExit(f"error: unknown program {program!r}; choose one of: {', '.join(PROGRAMS)}")
     start_up()
-    module, function = PROGRAMS[program].split(":")
+    module, function = PROGRAMS[name].split(":")
     main = getattr(importlib.import_module(f"adaptive_lm_ds.{module}"), function)
     return main(argv) or 0
 
