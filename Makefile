@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The stamp's name carries a hash of pyproject.toml: re-install only when the pins change.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # DeepSpeed's JIT op, built into the venv (adaptive_lm_ds/ds_runtime.py), never ~/.cache.
-BUILD_OPS := $(PY) -c 'import sys; from adaptive_lm_ds.ds_runtime import main; sys.exit(main())'
+BUILD_OPS := $(PY) -m adaptive_lm_ds build-ops
 export DS_ACCELERATOR ?= cpu
 export PYTHONPATH := $(CURDIR)
 

@@ -1,18 +1,10 @@
-"""adaptive-lm-ds: adaptive-input transformer LMs (Baevski & Auli 2019) on DeepSpeed + megatron-core."""
+"""adaptive-lm-ds: adaptive-input transformer LMs (Baevski & Auli 2019) on DeepSpeed + megatron-core.
 
-import warnings
+Importing the package changes nothing global (no warning filters, no environment variables): the programs
+do their start-up themselves (:func:`adaptive_lm_ds.cli.start_up`).
+"""
 
 __version__ = "0.1.0"
-
-# megatron-core announces on import that the optional Transformer Engine / Apex kernels are absent;
-# this project does not use them, so the notice is noise on every command.
-warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
-warnings.filterwarnings("ignore", message=".*imports from `dynamic_context.py` will be removed.*")
-
-# DeepSpeed's JIT-built ops go to this venv, never the user-wide ~/.cache/torch_extensions (ds_runtime.py).
-from adaptive_lm_ds.ds_runtime import configure_environment  # noqa: E402
-
-configure_environment()
 
 
 def __getattr__(name: str):

@@ -1,4 +1,18 @@
-"""The one argparse set-up every entry point uses (training launchers and tools).
+"""The command-line programs: their names, their one start-up, and the argparse set-up they share.
+
+Every program is a ``main(argv=None)`` in ``adaptive_lm_ds/commands/``; :data:`PROGRAMS` names them.
+They run as ``[project.scripts]`` entry points (``adaptive-lm-eval ...``, the functions at the end of this
+module), as ``python -m adaptive_lm_ds PROGRAM ...`` (how ranks of a program are launched), or through
+the checkout's ``tools/*.py`` and ``launchers/*.py`` shims (``python tools/eval_lm.py``, ``deepspeed
+launchers/train_gbw.py``). All three go through :func:`run`, which does the start-up before the
+program's module is imported; importing the library itself changes nothing global:
+
+* megatron-core announces on import that the optional Transformer Engine / Apex kernels are absent;
+  this project does not use them, so the notice is filtered (it would print on every rank of every run);
+* DeepSpeed's JIT-built ops go to this venv, never the user-wide ``~/.cache/torch_extensions``
+  (:func:`adaptive_lm_ds.ds_runtime.configure_environment`), for this process and the ranks it launches.
+
+Parsers:
 
 * ``allow_abbrev=False``: argparse's prefix matching silently turned fairseq's ``--save-interval 1``
   (epochs) into ``--save-interval-updates 1``; only exact flags are accepted.
@@ -9,7 +23,57 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
+import warnings
 from typing import Any
+
+# entry point name -> "module:function" under adaptive_lm_ds (pyproject's [project.scripts] lists the
+# same names, pointing at the functions at the end of this module; tests/test_entry_points.py keeps them equal)
+PROGRAMS = {
+    "adaptive-lm-train": "commands.train:main",
+    "adaptive-lm-train-wiki103": "commands.train:wiki103",
+    "adaptive-lm-train-gbw": "commands.train:gbw",
+    "adaptive-lm-eval": "commands.eval_lm:main",
+    "adaptive-lm-generate": "commands.generate:main",
+    "adaptive-lm-preprocess": "commands.preprocess_data:run",
+    "adaptive-lm-convert": "commands.convert_fairseq_ckpt:main",
+    "adaptive-lm-write-layout": "formats.layout_checkpoint:main",
+    "adaptive-lm-export": "commands.export_checkpoint:main",
+    "adaptive-lm-memory-plan": "commands.memory_plan:main",
+    "adaptive-lm-model-summary": "commands.model_summary:main",
+    "adaptive-lm-synthetic-corpus": "commands.make_synthetic_corpus:main",
+    "adaptive-lm-bench-train": "commands.bench_train:main",
+    "adaptive-lm-bench-data": "commands.bench_data:main",
+    "adaptive-lm-bench-generate": "commands.bench_generate:main",
+    "adaptive-lm-bench-softmax": "commands.bench_adaptive_softmax:main",
+    "adaptive-lm-build-ops": "ds_runtime:main",
+}
+QUIET = (
+    ".*Transformer Engine and Apex are not installed.*",
+    ".*imports from `dynamic_context.py` will be removed.*",
+)
+
+
+def start_up() -> None:
+    """What every program does first (module docstring): filter megatron's import notices, keep DeepSpeed's
+    built ops in the venv."""
+    from adaptive_lm_ds import ds_runtime
+
+    for message in QUIET:
+        warnings.filterwarnings("ignore", message=message)
+    ds_runtime.configure_environment()
+
+
+def run(program: str, argv: list[str] | None = None) -> int:
+    """:func:`start_up`, then the program's ``main(argv)``; returns its exit code (``None`` counts as 0)."""
+    name = program if program in PROGRAMS else f"adaptive-lm-{program}"  # the short name also does
+    if name not in PROGRAMS:
+        raise SystemExit(f"error: unknown program {program!r}; choose one of: {', '.join(PROGRAMS)}")
+    start_up()
+    module, function = PROGRAMS[name].split(":")
+    main = getattr(importlib.import_module(f"adaptive_lm_ds.{module}"), function)
+    return main(argv) or 0
 
 
 def parser(description: str | None = None, **kwargs: Any) -> argparse.ArgumentParser:
@@ -23,3 +87,31 @@ def rank_parser(description: str | None = None, **kwargs: Any) -> argparse.Argum
     p = parser(description, **kwargs)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
+
+
+def _program(name: str):
+    def entry() -> int:
+        return run(name, sys.argv[1:])
+
+    entry.__doc__ = f"The ``{name}`` command: adaptive_lm_ds.{PROGRAMS[name]}."
+    return entry
+
+
+# [project.scripts] targets, one per program.
+train = _program("adaptive-lm-train")
+train_wiki103 = _program("adaptive-lm-train-wiki103")
+train_gbw = _program("adaptive-lm-train-gbw")
+eval_lm = _program("adaptive-lm-eval")
+generate = _program("adaptive-lm-generate")
+preprocess = _program("adaptive-lm-preprocess")
+convert = _program("adaptive-lm-convert")
+write_layout = _program("adaptive-lm-write-layout")
+export = _program("adaptive-lm-export")
+memory_plan = _program("adaptive-lm-memory-plan")
+model_summary = _program("adaptive-lm-model-summary")
+synthetic_corpus = _program("adaptive-lm-synthetic-corpus")
+bench_train = _program("adaptive-lm-bench-train")
+bench_data = _program("adaptive-lm-bench-data")
+bench_generate = _program("adaptive-lm-bench-generate")
+bench_softmax = _program("adaptive-lm-bench-softmax")
+build_ops = _program("adaptive-lm-build-ops")

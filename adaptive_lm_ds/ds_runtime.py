@@ -5,9 +5,9 @@ Three things DeepSpeed does on every start, and what we do about them:
 * **The ``deepspeed_shm_comm`` C++ op is JIT-compiled** (``ShareMemCommBuilder``, loaded by
   ``deepspeed/comm/torch.py:build_shm_op``) into ``TORCH_EXTENSIONS_DIR``, by default
   ``~/.cache/torch_extensions``, which every venv of the user shares: two checkouts rebuild it in turn.
-  :func:`configure_environment` (run when the package is imported, so by every entry point, tool and
-  test process and inherited by the ranks they launch) points ``TORCH_EXTENSIONS_DIR`` into the venv;
-  ``make venv`` builds the op there once (:func:`main`; ``make ds-ops`` again).
+  :func:`configure_environment` (run by every program's start-up, ``cli.start_up``, and inherited by the
+  ranks it launches; again by :func:`load_shm_op`) points ``TORCH_EXTENSIONS_DIR`` into the venv;
+  ``make venv`` builds the op there once (:func:`main`, ``adaptive-lm-build-ops``; ``make ds-ops`` again).
 * **A build killed half-way leaves ``DIR/deepspeed_shm_comm/lock``**, and torch's ``FileBaton`` then
   waits for it forever, without a word. Our processes build and load the op only while holding an
   ``flock`` on ``DIR/.build.lock`` (:func:`load_shm_op`); the kernel drops an ``flock`` when its
@@ -158,8 +158,8 @@ def remove_shm_buffers(addr: str, port: int, nprocs: int) -> list[Path]:
     return removed
 
 
-def main() -> int:
-    """Build the op into the venv now (``make venv`` and ``make ds-ops`` run it)."""
+def main(argv: list[str] | None = None) -> int:
+    """Build the op into the venv now (``make venv`` and ``make ds-ops`` run it; it takes no arguments)."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         op = load_shm_op()

@@ -2,9 +2,10 @@
 
 import sys
 
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port, launch, rank_env
+from adaptive_lm_ds.testing.distributed import free_port, launch, rank_env
+from tests.oracle import REPO
 
-LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
+LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 MODEL = "mp_rank_00_model_states.pt"
 OPTIM = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 

@@ -5,9 +5,15 @@ from pathlib import Path
 
 import pytest
 
+from adaptive_lm_ds import cli
+
 from .oracle import SHARED, fairseq_oracle, oracle_data_bin  # noqa: F401  (fixtures, for every test module)
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The programs' start-up for the suite's own process too: DeepSpeed ops that in-process tests make DeepSpeed
+# build or load (its comm backend loads the shm op) go to the venv, never ~/.cache (importing the library sets
+# nothing).
+cli.start_up()
 
 
 def _shared_path(*parts: str) -> Path:

@@ -93,13 +93,10 @@ def oracle_data_bin(fairseq_oracle, tmp_path_factory) -> Path:
 
 
 def tool_main(name: str):
-    """``main`` of ``tools/NAME.py`` (the tools are scripts, not a package)."""
-    import importlib.util
+    """``main`` of the program behind ``tools/NAME.py`` (``adaptive_lm_ds/commands/NAME.py``)."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return importlib.import_module(f"adaptive_lm_ds.commands.{name}").main
 
 
 def fairseq_arch_flags(cfg) -> list[str]:

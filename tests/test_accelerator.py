@@ -13,8 +13,6 @@ from adaptive_lm_ds.config import tiny
 from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.model import AdaptiveLM
 
-from .oracle import tool_main
-
 
 def test_device_and_backend_are_the_accelerators():
     expected = "cpu" if get_accelerator().device_name() == "cpu" else get_accelerator().device_name(0)
@@ -28,7 +26,8 @@ def test_single_process_group_uses_the_accelerators_backend():
 
 
 def test_eval_tool_puts_the_model_on_the_accelerator():
-    build_model = tool_main("eval_lm").__globals__["build_model"]
+    from adaptive_lm_ds.inference.loading import build_model
+
     cfg = tiny(200)
     with parallel.single_process(seed=0):
         state = {name: p.detach().clone() for name, p in AdaptiveLM(cfg).named_parameters()}

@@ -14,11 +14,11 @@ import torch
 
 from adaptive_lm_ds.checkpoint import CheckpointError, integrity, load_file, resolve_restore
 from adaptive_lm_ds.formats.export import consolidate_checkpoint
-from adaptive_lm_ds.testing.distributed import REPO_ROOT
+from tests.oracle import REPO
 
 from .checkpoint_runs import MODEL, OPTIM, run_single, train_args
 
-EVAL = REPO_ROOT / "tools" / "eval_lm.py"
+EVAL = REPO / "tools" / "eval_lm.py"
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_export_of_flipped_bytes_is_refused_naming_the_file(save, tmp_path):
     with pytest.raises(CheckpointError, match=rf"{MODEL} is damaged"):
         consolidate_checkpoint(save)
     result = run_single(
-        ["--checkpoint", save, "--output", tmp_path / "out"], script=REPO_ROOT / "tools" / "export_checkpoint.py"
+        ["--checkpoint", save, "--output", tmp_path / "out"], script=REPO / "tools" / "export_checkpoint.py"
     )
     assert result.returncode != 0 and f"{MODEL} is damaged" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out" / "model.safetensors").exists()

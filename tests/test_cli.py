@@ -9,9 +9,9 @@ import pytest
 
 from adaptive_lm_ds.config import get_preset
 from adaptive_lm_ds.testing import run_script
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port
+from adaptive_lm_ds.testing.distributed import free_port
 from adaptive_lm_ds.training.config import build_parser, config_from_args, model_config
-from tests.oracle import FIXTURE_A, shared_or_skip
+from tests.oracle import FIXTURE_A, REPO, shared_or_skip
 
 from .training_runs import make_data_bin
 
@@ -82,13 +82,10 @@ def test_decoder_projections_are_refused_by_name():
 
 
 def test_every_multi_rank_parser_takes_deepspeeds_local_rank():
-    import importlib.util
+    from adaptive_lm_ds.commands import eval_lm
 
     assert build_parser("t").parse_args(["d", "--local_rank=0"]).local_rank == 0
-    spec = importlib.util.spec_from_file_location("eval_lm_tool", REPO_ROOT / "tools" / "eval_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.parse_args(["--path", "p", "--data", "d", "--local_rank=1"]).local_rank == 1
+    assert eval_lm.parse_args(["--path", "p", "--data", "d", "--local_rank=1"]).local_rank == 1
 
 
 def test_eval_lm_runs_under_the_deepspeed_launcher(tmp_path):
@@ -96,16 +93,16 @@ def test_eval_lm_runs_under_the_deepspeed_launcher(tmp_path):
     out = tmp_path / "tp2.json"
     args = ["--path", fixture / "checkpoint.pt", "--data", fixture / "data-bin", "--tokens-per-sample", "128",
             "--max-samples", "8", "--tensor-model-parallel-size", "2", "--json", out]  # fmt: skip
-    run_script(REPO_ROOT / "tools" / "eval_lm.py", args, nprocs=2, launcher="deepspeed", timeout=300)
+    run_script(REPO / "tools" / "eval_lm.py", args, nprocs=2, launcher="deepspeed", timeout=300)
     assert json.loads(out.read_text())["tokens"] == 8 * 128
 
 
 def test_the_seeds_fairseq_command_runs_under_the_wiki103_launcher(tmp_path):
     make_data_bin(tmp_path / "data-bin" / "wikitext-103")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "MASTER_PORT": str(free_port())}  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "launchers" / "train_wiki103.py"), *SEED_COMMAND, *CPU_SIZE],
+        [sys.executable, str(REPO / "launchers" / "train_wiki103.py"), *SEED_COMMAND, *CPU_SIZE],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

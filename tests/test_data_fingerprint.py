@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from adaptive_lm_ds.commands import convert_fairseq_ckpt, eval_lm, preprocess_data
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port
-from tools import convert_fairseq_ckpt, eval_lm, preprocess_data
+from adaptive_lm_ds.testing.distributed import free_port
+from tests.oracle import REPO
 
 
 def _foreign(dictionary: Dictionary, extra: int) -> Dictionary:
@@ -85,7 +86,7 @@ def test_empty_training_text_is_refused_before_anything_is_written(tmp_path):
     proc = subprocess.run(
         [sys.executable, "tools/preprocess_data.py", "--trainpref", str(tmp_path / "train.txt"),
          "--destdir", str(tmp_path / "bin")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
@@ -95,10 +96,10 @@ def test_empty_training_text_is_refused_before_anything_is_written(tmp_path):
 
 
 def _train(data, *flags):
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO_ROOT), "MASTER_PORT": str(free_port())}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
     cmd = [sys.executable, "launchers/train_wiki103.py", "--data", str(data), "--preset", "tiny", "--no-save",
            "--max-update", "1", "--deepspeed_config", "ds_configs/zero1.json", *flags]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _error_lines(proc):

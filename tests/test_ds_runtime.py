@@ -13,7 +13,6 @@ import pytest
 from adaptive_lm_ds import ds_runtime
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.distributed import (
-    REPO_ROOT,
     _descendants,
     _kill_tree,
     free_port,
@@ -21,6 +20,7 @@ from adaptive_lm_ds.testing.distributed import (
     launcher_argv,
     rank_env,
 )
+from tests.oracle import REPO
 
 
 def _start_deepspeed_comm() -> dict:
@@ -76,7 +76,7 @@ def test_a_killed_training_run_leaves_no_shm_buffer(tiny_run_setup):
             "--deepspeed_config", "ds_configs/zero1.json"]  # fmt: skip
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        env=rank_env(), cwd=REPO_ROOT, start_new_session=True,
+        env=rank_env(), cwd=REPO, start_new_session=True,
     )  # fmt: skip
     timer = threading.Timer(300, _kill_tree, [proc])
     timer.start()
@@ -139,7 +139,7 @@ def test_a_stale_build_lock_stops_training_with_one_line(stale_lock, tiny_run_se
     proc = subprocess.run(
         [sys.executable, "launchers/train_wiki103.py", "--data", str(data), "--preset", "tiny", "--no-save",
          "--tokens-per-sample", "32", "--max-tokens", "128", "--max-update", "1"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,  # a hang fails here
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,  # a hang fails here
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith(("error", "Traceback"))]

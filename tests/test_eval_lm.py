@@ -14,8 +14,8 @@ from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.testing import run_on_ranks, run_script
-from adaptive_lm_ds.testing.distributed import REPO_ROOT
 from tests.conftest import SHARED
+from tests.oracle import REPO
 
 # (mode name in expected.json, break mode, context window); all with --tokens-per-sample 128
 MODES = {"i": ("none", 0), "ii": ("none", 64), "iii": ("eos", 0)}
@@ -123,7 +123,7 @@ def test_eval_lm_cli_tp2_full_split_mode_iii(tp1_results, fixture_dir, tmp_path)
         "--gen-subset", "test", "--tokens-per-sample", "128", "--sample-break-mode", "eos",
         "--tensor-model-parallel-size", "2", "--json", out,
     ]  # fmt: skip
-    log = run_script(REPO_ROOT / "tools" / "eval_lm.py", args, nprocs=2, timeout=300).output
+    log = run_script(REPO / "tools" / "eval_lm.py", args, nprocs=2, timeout=300).output
     got, expected = json.loads(out.read_text()), _expected(fixture_dir, "iii")
     assert got["tokens"] == tp1_results[0]["iii"].tokens == expected["tokens_evaluated"]
     assert got["loss_base2"] == pytest.approx(tp1_results[0]["iii"].loss_base2, rel=1e-6)
@@ -138,19 +138,16 @@ def test_eval_lm_cli_tp2_pp2_matches_tp1_on_a_prefix_of_mode_ii(tp1_results, fix
         "--tokens-per-sample", "128", "--context-window", "64", "--max-samples", PREFIX,
         "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--json", out,
     ]  # fmt: skip
-    run_script(REPO_ROOT / "tools" / "eval_lm.py", args, nprocs=4, timeout=300)
+    run_script(REPO / "tools" / "eval_lm.py", args, nprocs=4, timeout=300)
     got, want = json.loads(out.read_text()), tp1_results[1]["ii"]
     assert got["tokens"] == want.tokens == PREFIX * 64
     assert got["loss_base2"] == pytest.approx(want.loss_base2, rel=1e-6)
 
 
 def _eval_lm_main():
-    import importlib.util
+    from adaptive_lm_ds.commands.eval_lm import main
 
-    spec = importlib.util.spec_from_file_location("eval_lm_tool", REPO_ROOT / "tools" / "eval_lm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return main
 
 
 def test_eval_lm_refuses_incomplete_checkpoints_and_a_world_that_does_not_fit(tmp_path, fixture_dir):

@@ -10,7 +10,7 @@ import torch
 from adaptive_lm_ds import LanguageModel, parallel
 from adaptive_lm_ds.inference.search import GenerationConfig, Specials, TokenChooser
 from adaptive_lm_ds.testing import run_on_ranks, run_script
-from adaptive_lm_ds.testing.distributed import REPO_ROOT
+from tests.oracle import REPO
 
 SENTENCES = [
     "the game was released in japan",
@@ -211,7 +211,7 @@ def test_generate_cli_tp2_under_deepspeed_launcher_equals_tp1(lm, fixture_dir, t
         "--sampling", "--sampling-topk", "10", "--seed", "3", "--batch-size", "3",
         "--tensor-model-parallel-size", "2",
     ]  # fmt: skip
-    out = run_script(REPO_ROOT / "tools" / "generate.py", args, nprocs=2, launcher="deepspeed", timeout=300).output
+    out = run_script(REPO / "tools" / "generate.py", args, nprocs=2, launcher="deepspeed", timeout=300).output
     want = lm.sample(PROMPTS[:3], sampling=True, sampling_topk=10, seed=3, max_len_b=20, batch_size=3)
     want += lm.sample(PROMPTS[3:], sampling=True, sampling_topk=10, seed=6, max_len_b=20)
     lines = [line for line in out.splitlines() if any(line.startswith(p + " ") for p in PROMPTS)]
@@ -227,7 +227,7 @@ def test_generate_cli_tp2_under_deepspeed_launcher_equals_tp1(lm, fixture_dir, t
     ],
 )
 def test_generate_cli_bad_input_is_one_line(argv, fixture_dir):
-    from tools.generate import main
+    from adaptive_lm_ds.commands.generate import main
 
     with pytest.raises(SystemExit) as err:
         main(["--path", str(fixture_dir / "checkpoint.pt"), *argv])

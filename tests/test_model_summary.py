@@ -4,13 +4,14 @@ import json
 import subprocess
 import sys
 
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, rank_env
+from adaptive_lm_ds.testing.distributed import rank_env
+from tests.oracle import REPO
 
 
 def _summary(*args):
     out = subprocess.run(
         [sys.executable, "tools/model_summary.py", *args],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         env=rank_env(),
         capture_output=True,
         text=True,

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from adaptive_lm_ds.testing.distributed import REPO_ROOT, run_script, run_script_multinode
+from adaptive_lm_ds.testing.distributed import run_script, run_script_multinode
+from tests.oracle import REPO
 
-LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
+LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 
 
 def _losses(output):

@@ -6,10 +6,10 @@ look at what is left on disk afterwards.
 
 import pytest
 
+from adaptive_lm_ds.commands import convert_fairseq_ckpt, export_checkpoint
 from adaptive_lm_ds.formats.consolidated import load_consolidated, save_consolidated
 from adaptive_lm_ds.outputs import OutputError, check_output_folder
 from adaptive_lm_ds.testing import run_on_ranks
-from tools import convert_fairseq_ckpt, export_checkpoint
 
 from .training_runs import train_on_rank
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adaptive_lm_ds.commands import preprocess_data
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.indexed import IndexedTokens
-from tools import preprocess_data
 
 REPO = Path(__file__).resolve().parents[1]
 

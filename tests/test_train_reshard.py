@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.distributed import REPO_ROOT
+from tests.oracle import REPO
 
 from .training_runs import train_on_rank
 
@@ -29,7 +29,7 @@ TP2_PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size"
 
 def _export(checkpoint, output):
     cmd = [sys.executable, "tools/export_checkpoint.py", "--checkpoint", str(checkpoint), "--output", str(output)]
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
 
 
 @pytest.mark.slow
@@ -62,7 +62,7 @@ def test_converted_fairseq_model_fine_tunes_at_tp2_pp2(wiki103_tiny_fixture, tmp
     subprocess.run(
         [sys.executable, "tools/convert_fairseq_ckpt.py", "--input", str(wiki103_tiny_fixture / "checkpoint.pt"),
          "--output", str(converted), "--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
-        cwd=REPO_ROOT, check=True, capture_output=True,
+        cwd=REPO, check=True, capture_output=True,
     )  # fmt: skip
     no_dropout = [
         "--dropout",

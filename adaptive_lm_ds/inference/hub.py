@@ -24,9 +24,8 @@ import torch
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.data import DataError, Dictionary
-from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.inference.generator import Hypothesis, generate
-from adaptive_lm_ds.inference.loading import load_model_source
+from adaptive_lm_ds.inference.loading import build_model, load_model_source
 from adaptive_lm_ds.inference.search import GenerationConfig, GenerationError, Specials
 from adaptive_lm_ds.model.lm import AdaptiveLM
 
@@ -75,9 +74,7 @@ class LanguageModel:
             parallel.current()
         except parallel.ParallelNotInitialized:
             parallel.initialize_parallel(parallel.ParallelDims())
-        model = AdaptiveLM(cfg)
-        load_into(model, state)
-        return cls(model.to(device or parallel.accelerator_device()), vocab)
+        return cls(build_model(cfg, state, device=device), vocab)
 
     @property
     def device(self) -> torch.device:

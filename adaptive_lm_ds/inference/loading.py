@@ -1,22 +1,29 @@
-"""Where a model comes from: one dispatch over the three sources the tools accept.
+"""Where a model comes from and how a tool starts it: the one loading path of evaluation and generation.
 
-A consolidated folder (``config.json`` + ``model.safetensors``), a training checkpoint of any TP x PP x DP
-layout (a save dir with ``latest`` or one of its tags; consolidated in memory), or a fairseq ``.pt``
-(converted in memory). Every file is opened safely (safetensors, ``torch.load(weights_only=True)``).
+:func:`load_model_source` dispatches over the three sources the tools accept: a consolidated folder
+(``config.json`` + ``model.safetensors``), a training checkpoint of any TP x PP x DP layout (a save dir with
+``latest`` or one of its tags; consolidated in memory), or a fairseq ``.pt`` (converted in memory). Every
+file is opened safely (safetensors, ``torch.load(weights_only=True)``). :func:`start_layout` sets up the
+TP x PP layout the tool was launched for, and :func:`build_model` builds this rank's part of the model
+(its TP shard, or its pipeline stage) from the consolidated weights, on the accelerator.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
+from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
-from adaptive_lm_ds.formats.consolidated import is_consolidated, load_consolidated
+from adaptive_lm_ds.formats.consolidated import is_consolidated, load_consolidated, load_into, tied_names
 from adaptive_lm_ds.formats.export import consolidate_checkpoint
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
+from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM
 
 
 def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
@@ -36,3 +43,38 @@ def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
         )
     cfg, state = load_fairseq_checkpoint(source)
     return cfg, state, None
+
+
+def start_layout(tp: int = 1, pp: int = 1) -> None:
+    """The tool's TP x PP layout over the ranks it was launched on (exactly ``tp * pp``; no data parallelism).
+
+    One process needs no launcher; more join the launcher's process group first. Raises
+    :class:`~adaptive_lm_ds.parallel.LayoutError` naming both numbers when the world does not fit.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != tp * pp:
+        raise parallel.LayoutError(
+            f"launched {world} ranks but --tensor-model-parallel-size {tp} x --pipeline-model-parallel-size "
+            f"{pp} = {tp * pp}; launch exactly TP x PP ranks"
+        )
+    if world > 1:
+        parallel.init_process_group()
+    parallel.initialize_parallel(parallel.ParallelDims(tp=tp, pp=pp))
+
+
+def build_model(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], pp: int = 1, device: str | torch.device | None = None
+) -> torch.nn.Module:
+    """This rank's model in eval mode, loaded from consolidated weights: the one-piece ``AdaptiveLM`` (its TP
+    shard) at ``pp == 1``, else its ``PipelineStageLM`` with only the tensors that stage holds (a tied
+    weight is read under its owner's name). On ``device``, by default the accelerator's."""
+    if pp == 1:
+        model = AdaptiveLM(cfg).eval()
+        load_into(model, state)
+    else:
+        model = PipelineStageLM(cfg).eval()
+        owners = tied_names(cfg)
+        mine = {n for n, _ in model.named_parameters()}
+        needed = mine | {owners[n] for n in mine if n in owners}
+        load_into(model, {k: v for k, v in state.items() if k in needed})
+    return model.to(device or parallel.accelerator_device())

@@ -29,7 +29,7 @@ import os
 import pickle
 import shutil
 import signal
-import socket
+import site
 import subprocess
 import sys
 import tempfile
@@ -40,10 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adaptive_lm_ds
 from adaptive_lm_ds.ds_runtime import remove_shm_buffers
+from adaptive_lm_ds.launch import LOOPBACK, free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
+# The folder this package was imported from: put first on the ranks' PYTHONPATH when it is a checkout, so that
+# they import the same package (an installed one they find anyway). Ranks start in the caller's directory.
+PACKAGE_PARENT = Path(adaptive_lm_ds.__file__).resolve().parents[1]
+IMPORT_PATH = "" if any(PACKAGE_PARENT == Path(p).resolve() for p in site.getsitepackages()) else str(PACKAGE_PARENT)
 LAUNCHERS = ("torchrun", "deepspeed")
 
 
@@ -60,20 +64,13 @@ class RankTimeout(RuntimeError):
     """The ranks did not finish within the timeout; all of them were killed."""
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 def rank_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for CPU ranks: gloo-friendly, one thread per rank, repo importable."""
+    """Environment for CPU ranks: gloo-friendly, one thread per rank, this package importable."""
     env = dict(os.environ)
     env.update(
         DS_ACCELERATOR="cpu",
         OMP_NUM_THREADS=env.get("ADAPTIVE_LM_RANK_THREADS", "1"),
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        PYTHONPATH=os.pathsep.join(p for p in (IMPORT_PATH, env.get("PYTHONPATH", "")) if p),
         PYTHONUNBUFFERED="1",
         MASTER_ADDR=LOOPBACK,
         TORCH_CPP_LOG_LEVEL="ERROR",
@@ -158,7 +155,7 @@ def launch(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env if env is not None else rank_env(),
-            cwd=str(cwd or REPO_ROOT),
+            cwd=str(cwd or Path.cwd()),
             start_new_session=True,
         )
         try:
@@ -221,7 +218,7 @@ def run_script_multinode(
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=rank_env(env),
-                cwd=str(REPO_ROOT),
+                cwd=str(Path.cwd()),
                 start_new_session=True,
             )  # fmt: skip
         )
@@ -252,7 +249,7 @@ def _watch(
     output ends; then kill everything left. Returns (lines, timed out, exit code or None if killed early)."""
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-        env=rank_env(env), cwd=str(REPO_ROOT), start_new_session=True,
+        env=rank_env(env), cwd=str(Path.cwd()), start_new_session=True,
     )  # fmt: skip
     timed_out = threading.Event()
 

@@ -3,8 +3,8 @@
 Flag names are fairseq's (``--max-tokens``, ``--update-freq``, ``--lr-period-updates``, ...) so a
 fairseq recipe's command line maps over unchanged, and Megatron's for the layout
 (``--tensor-model-parallel-size``, ``--pipeline-model-parallel-size``). DeepSpeed owns its JSON
-(``--deepspeed_config``); we never mirror its keys here. The two launchers differ only in the
-defaults they pass to :func:`build_parser`.
+(``--deepspeed_config``); we never mirror its keys here. ``--recipe`` (training/recipes.py) picks the
+defaults the flags start from; the two recipe programs only preset it.
 
 fairseq-train's own command line runs too: the data dir may come first as a positional argument,
 ``--arch`` names a fairseq ``transformer_lm*`` arch and fairseq's model flags refine it (or the
@@ -29,6 +29,7 @@ from adaptive_lm_ds.metrics_log import LOG_FORMATS
 from adaptive_lm_ds.optim.lr_schedules import SCHEDULES
 from adaptive_lm_ds.optim.optimizers import OPTIMIZER_NAMES
 from adaptive_lm_ds.training.fairseq_flags import add_fairseq_compat
+from adaptive_lm_ds.training.recipes import RECIPES
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -237,11 +238,18 @@ def _plain_type(tp: Any) -> type:
     return tp
 
 
-def build_parser(description: str, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per :class:`TrainConfig` field; ``defaults`` override ours."""
-    defaults = defaults or {}
+RECIPE_HELP = "start from this recipe's flag defaults (training/recipes.py); flags given still win"
+
+
+def build_parser(
+    description: str, defaults: dict[str, Any] | None = None, recipe: str | None = None
+) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per :class:`TrainConfig` field; ``recipe``'s defaults (training/recipes.py)
+    and then ``defaults`` override ours."""
+    defaults = {**(RECIPES[recipe].defaults if recipe else {}), **(defaults or {})}
     parser = cli.rank_parser(description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_fairseq_compat(parser)
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=recipe, help=RECIPE_HELP)
     for section in dataclasses.fields(TrainConfig):
         group = parser.add_argument_group(section.name)
         for f in dataclasses.fields(section.default_factory):
@@ -256,6 +264,15 @@ def build_parser(description: str, defaults: dict[str, Any] | None = None) -> ar
     if unknown:
         raise ValueError(f"launcher defaults name unknown options: {sorted(unknown)}")
     return parser
+
+
+def parse_args(argv: list[str] | None, recipe: str | None = None) -> argparse.Namespace:
+    """Parse a training command line; ``--recipe NAME`` (else ``recipe``) picks the defaults flags start from."""
+    first = cli.parser(add_help=False)
+    first.add_argument("--recipe", choices=tuple(RECIPES), default=recipe)
+    chosen = first.parse_known_args(argv)[0].recipe
+    description = RECIPES[chosen].description if chosen else "Train an adaptive-input LM"
+    return build_parser(description, recipe=chosen).parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""The one training entry behind ``launchers/train_*.py``: parse, start the process group, train.
+"""The one training entry behind ``adaptive-lm-train*`` and ``launchers/train_*.py``: parse, start, train.
 
 Errors that a user can fix (:class:`~adaptive_lm_ds.errors.UserError`: layout, batch, config, data,
 checkpoint, an aborted run) end the run with a one-line ``error: ...`` on rank 0 and exit code 2.
@@ -13,12 +13,13 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import ds_runtime, parallel
 from adaptive_lm_ds.errors import UserError
-from adaptive_lm_ds.training.config import build_parser, config_from_args
+from adaptive_lm_ds.training.config import config_from_args, parse_args
 from adaptive_lm_ds.training.trainer import Trainer
 
 
-def main(argv=None, description: str = "Train an adaptive-input LM", defaults: dict | None = None) -> int:
-    args = build_parser(description, defaults).parse_args(argv)
+def main(argv=None, recipe: str | None = None) -> int:
+    """``adaptive-lm-train`` (``recipe``: the named programs, e.g. ``adaptive-lm-train-gbw``; training/recipes.py)."""
+    args = parse_args(argv, recipe)
     cfg = config_from_args(args)
     if not cfg.data.data:
         print("error: --data DATA_BIN is required (the folder tools/preprocess_data.py wrote)", file=sys.stderr)

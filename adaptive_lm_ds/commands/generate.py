@@ -1,0 +1,102 @@
+"""Generate text from a language model, like fairseq's hub ``sample`` (adaptive_lm_ds/inference).
+
+    python tools/generate.py --path MODEL --prefix "the game was" [--max-len-b 50]
+    python tools/generate.py --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
+    torchrun --nproc_per_node 2 tools/generate.py --path MODEL --input prompts.txt --tensor-model-parallel-size 2
+
+``--path``: a consolidated model folder, a training checkpoint of any layout, or a fairseq ``.pt`` (with
+``dict.txt`` beside it, or ``--dictionary``). One prompt per input line, batched (``--batch-size``);
+prints one line per prompt: the prompt followed by its continuation (fairseq's ``hub.sample`` output).
+Greedy by default; ``--sampling`` draws (reproducibly with ``--seed``). On the accelerator when there is
+one. At TP > 1 launch TP ranks (torchrun or the deepspeed launcher); rank 0 prints, tokens equal TP 1's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from tqdm import tqdm
+
+from adaptive_lm_ds import parallel
+from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel
+from adaptive_lm_ds.inference.loading import start_layout
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = GenerationConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--path", required=True, help="consolidated model folder, training checkpoint or fairseq .pt")
+    p.add_argument("--dictionary", help="dict.txt (default: the model's own, or the one beside a .pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prefix", help="one prompt")
+    source.add_argument("--input", help="a file of prompts, one per line")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    p.add_argument("--beam", type=int, default=defaults.beam, help="1 (beam search is not implemented)")
+    p.add_argument("--max-len-b", type=int, default=defaults.max_len_b, help="most output tokens, prompt included")
+    p.add_argument("--min-len", type=int, default=defaults.min_len, help="no </s> before this many output tokens")
+    p.add_argument("--unkpen", type=float, default=defaults.unkpen, help="subtracted from <unk>'s log-probability")
+    p.add_argument("--sampling", action="store_true", help="sample instead of greedy search")
+    p.add_argument("--sampling-topk", type=int, default=defaults.sampling_topk)
+    p.add_argument("--sampling-topp", type=float, default=defaults.sampling_topp)
+    p.add_argument("--temperature", type=float, default=defaults.temperature)
+    p.add_argument("--seed", type=int, help="makes sampling reproducible")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (reference)")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    return p.parse_args(argv)
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(
+        beam=args.beam,
+        sampling=args.sampling,
+        sampling_topk=args.sampling_topk,
+        sampling_topp=args.sampling_topp,
+        temperature=args.temperature,
+        max_len_b=args.max_len_b,
+        min_len=args.min_len,
+        unkpen=args.unkpen,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+    ).validate()
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prefix is not None:
+        return [args.prefix]
+    try:
+        return Path(args.input).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise GenerationError(f"cannot read --input {args.input}: {err}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = generation_config(args)
+        prompts = read_prompts(args)
+        if args.batch_size < 1:
+            raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
+        start_layout(args.tensor_model_parallel_size)
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        lm = LanguageModel.load(args.path, dictionary=args.dictionary)
+        lead = not dist.is_initialized() or dist.get_rank() == 0
+        bar = tqdm(total=len(prompts), unit="prompt", disable=not lead or args.input is None, file=sys.stderr)
+        for start in range(0, len(prompts), args.batch_size):
+            batch = prompts[start : start + args.batch_size]
+            seed = None if cfg.seed is None else cfg.seed + start  # each batch its own stream
+            texts = lm.sample(batch, batch_size=len(batch), config=cfg, seed=seed)
+            bar.update(len(batch))
+            if lead:
+                tqdm.write("\n".join(texts), file=sys.stdout)
+        bar.close()
+    except UserError as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        parallel.shutdown()

@@ -1,0 +1,165 @@
+"""Per-GPU memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
+
+    python tools/memory_plan.py --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
+        --zero-stage 1 --precision bf16
+    python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --gpu-memory-gb 80 [--json FILE]
+
+The model is the planner's (adaptive_lm_ds/memory.py: ZeRO accounting over parameter counts from the
+real modules on the meta device, activations from what this code saves for backward). "Fits" means
+the plan's total stays under ``--reserve`` (default 90%) of the GPU's memory, leaving the rest for the
+allocator's fragmentation, temporary buffers, the CUDA context and communication buckets. The search
+tries every TP (dividing the heads) x PP x DP of N GPUs, ZeRO 0-3 (0-1 with PP), activation
+checkpointing off/on and CPU offload off/on, and prints the cheapest that fits: no offload first, then
+the least model parallelism (TP x PP), no checkpointing, the lowest ZeRO stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from adaptive_lm_ds import cli
+from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset
+from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.memory import (
+    OPTIMIZER_STATES,
+    PRECISION_BYTES,
+    MemoryPlan,
+    MemoryPlanError,
+    TrainLayout,
+    plan_memory,
+)
+
+GB = 1e9
+
+
+def candidate_layouts(cfg: ModelConfig, gpus: int, base: TrainLayout) -> list[TrainLayout]:
+    layouts = []
+    for tp in (t for t in (1, 2, 4, 8) if gpus % t == 0 and cfg.num_heads % t == 0 and cfg.ffn_dim % t == 0):
+        for pp in (p for p in range(1, gpus // tp + 1) if (gpus // tp) % p == 0 and p <= cfg.num_layers):
+            for zero in (0, 1) if pp > 1 else (0, 1, 2, 3):
+                for ckpt in (False, True):
+                    for offload in (False, True) if zero else (False,):
+                        layouts.append(
+                            dataclasses.replace(
+                                base,
+                                tp=tp,
+                                pp=pp,
+                                dp=gpus // (tp * pp),
+                                zero_stage=zero,
+                                activation_checkpointing=ckpt,
+                                cpu_offload=offload,
+                            )
+                        )
+    return layouts
+
+
+def layout_cost(layout: TrainLayout) -> tuple:
+    return (layout.cpu_offload, layout.tp * layout.pp, layout.activation_checkpointing, layout.zero_stage, layout.tp)
+
+
+def smallest_fit(
+    cfg: ModelConfig, gpus: int, base: TrainLayout, budget: float
+) -> tuple[TrainLayout, MemoryPlan] | None:
+    for layout in sorted(candidate_layouts(cfg, gpus, base), key=layout_cost):
+        plan = plan_memory(cfg, layout)
+        if plan.total <= budget:
+            return layout, plan
+    return None
+
+
+def describe(layout: TrainLayout) -> str:
+    extras = [name for name, on in (("ckpt", layout.activation_checkpointing), ("offload", layout.cpu_offload)) if on]
+    return f"TP{layout.tp} PP{layout.pp} DP{layout.dp} ZeRO-{layout.zero_stage}" + (
+        " " + "+".join(extras) if extras else ""
+    )
+
+
+def plan_row(layout: TrainLayout, plan: MemoryPlan) -> dict:
+    return {
+        "layout": dataclasses.asdict(layout),
+        "stage": plan.stage,
+        **{k: getattr(plan, k) for k in ("params", "grads", "optimizer", "activations", "cpu", "total")},
+    }
+
+
+def format_row(label: str, plan: MemoryPlan) -> str:
+    parts = (plan.params, plan.grads, plan.optimizer, plan.activations, plan.total)
+    return f"{label:<46}" + "".join(f"{b / GB:>10.2f}" for b in parts) + f"{plan.cpu / GB:>10.2f}"
+
+
+HEADER = f"{'layout (GB per GPU)':<46}" + "".join(
+    f"{h:>10}" for h in ("params", "grads", "optim", "activ", "total", "cpu")
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = cli.parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    parser.add_argument("--vocab-size", type=int, default=None)
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
+    parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+    parser.add_argument("--zero-stage", type=int, default=0)
+    parser.add_argument("--micro-batch", type=int, default=8, help="sequences per micro batch")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--precision", choices=sorted(PRECISION_BYTES), default="bf16")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="nag")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--cpu-offload", action="store_true")
+    parser.add_argument("--packed", action="store_true", help="block-diagonal attention over packed sentences")
+    parser.add_argument("--search", default=None, help="comma-separated GPU counts: print the smallest fitting layouts")
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    parser.add_argument("--reserve", type=float, default=0.9, help="usable fraction of GPU memory")
+    parser.add_argument("--json", default=None, help="write the plans here as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = args.gpu_memory_gb * GB * args.reserve
+    layout = TrainLayout(
+        tp=args.tensor_model_parallel_size,
+        pp=args.pipeline_model_parallel_size,
+        dp=args.data_parallel_size,
+        zero_stage=args.zero_stage,
+        micro_batch=args.micro_batch,
+        seq_len=args.seq_len,
+        precision=args.precision,
+        optimizer=args.optimizer,
+        activation_checkpointing=args.activation_checkpointing,
+        cpu_offload=args.cpu_offload,
+        packed=args.packed,
+    )
+    try:
+        cfg = get_preset(args.preset, args.vocab_size)
+        plan = plan_memory(cfg, layout)
+        search = [int(n) for n in args.search.split(",")] if args.search else []
+    except (ConfigError, MemoryPlanError, ValueError) as err:
+        raise SystemExit(f"memory_plan: {err}") from None
+    tokens = args.micro_batch * args.seq_len
+    print(f"{args.preset}: {args.precision}, {args.optimizer}, micro batch {args.micro_batch} x {args.seq_len} tokens")
+    print(f"fits = total <= {args.reserve:.0%} of {args.gpu_memory_gb:g} GB = {budget / GB:.1f} GB\n")
+    print(HEADER)
+    print(format_row(describe(layout), plan))
+    result = {"preset": args.preset, "tokens_per_micro_batch": tokens, "budget_bytes": budget}
+    result["plan"] = plan_row(layout, plan)
+    result["search"] = {}
+    for gpus in search:
+        plain = dataclasses.replace(layout, tp=1, pp=1, dp=gpus, zero_stage=0, cpu_offload=False)
+        print(format_row(f"{gpus} GPU(s): {describe(plain)}", plan_memory(cfg, plain)))
+        found = smallest_fit(cfg, gpus, layout, budget)
+        if found is None:
+            print(f"{gpus} GPU(s): no layout fits")
+            result["search"][gpus] = None
+            continue
+        print(format_row(f"{gpus} GPU(s) smallest fit: {describe(found[0])}", found[1]))
+        result["search"][gpus] = plan_row(*found)
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
