@@ -69,6 +69,13 @@ def configure_environment() -> None:
     os.environ[ENV] = str(extensions_dir())
 
 
+def default_environment() -> None:
+    """:func:`configure_environment` unless the caller chose a ``TORCH_EXTENSIONS_DIR``: what the library
+    does when it starts DeepSpeed itself (a notebook using ``LanguageModel.load``), not on import."""
+    if ENV not in os.environ:
+        configure_environment()
+
+
 @contextmanager
 def _build_lock() -> Iterator[None]:
     """Exclusive ``flock`` on ``DIR/.build.lock``: one of our processes builds or loads the op at a time."""

@@ -189,6 +189,7 @@ def init_process_group(world_of_one: bool = False) -> None:
     global _OWN_PROCESS_GROUP
     if dist.is_initialized():
         return
+    ds_runtime.default_environment()  # DeepSpeed's comm backend may JIT-build its shm op: keep it in the venv
     if "RANK" not in os.environ and not world_of_one:
         accelerator_device()
         dist.init_process_group(accelerator_backend(), store=dist.HashStore(), rank=0, world_size=1)

@@ -31,6 +31,13 @@ def main(argv=None, recipe: str | None = None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     try:
+        return _train(cfg)
+    finally:
+        parallel.shutdown()  # every path: a live gloo group at interpreter exit can abort the process
+
+
+def _train(cfg) -> int:
+    try:
         summary = Trainer(cfg).run()
     except UserError as e:
         if dist.get_rank() == 0:
@@ -42,7 +49,6 @@ def main(argv=None, recipe: str | None = None) -> int:
     if summary.get("stopped_by") is not None:  # preempted: saved, every rank stopped at the same update
         if dist.get_rank() == 0:
             print(summary["message"], flush=True)
-        dist.destroy_process_group()
         return summary["exit_code"]
     if dist.get_rank() == 0:
         print(
@@ -51,5 +57,4 @@ def main(argv=None, recipe: str | None = None) -> int:
             flush=True,
         )
     dist.barrier()
-    dist.destroy_process_group()
     return 0
