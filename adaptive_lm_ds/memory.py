@@ -1,4 +1,5 @@
-"""Per-GPU memory of a training layout: parameters, gradients, optimizer states, activations (bytes).
+"""Per-rank memory of a training layout: runtime, parameters, gradients, optimizer states, activations,
+transients (bytes): a GPU's memory, or a CPU rank's peak RSS (``device="cpu"``).
 
 Parameter counts come from the real modules, built on the meta device as one TP rank of each pipeline
 stage (bands are padded to a multiple of TP, so every TP rank has the same shapes). The rest is the
@@ -20,6 +21,19 @@ ZeRO paper's accounting (Rajbhandari et al. 2020) plus an activation model read 
   (``a`` bytes, for ``gather`` and ``logsumexp``) plus their fp32 copy under bf16/fp16: all head
   columns for every token, tail ``i``'s for its share of the targets only. Pipeline stage ``s`` of
   ``pp`` holds ``pp - s`` micro batches in flight (DeepSpeed's 1F1B schedule).
+
+What DeepSpeed and torch allocate besides (measured at gbw_huge's real shapes on CPU, BENCHMARKS.md
+"Memory at real shapes"):
+
+* ``transient``: the larger of ZeRO-1/2's gradient reduce bucket (:data:`ZERO_BUCKET_ELEMENTS` fp32
+  elements, allocated at every backward) and the step's flat copy of one param group's gradient
+  partition plus its fp32 cast (``bit16`` and fp32 bytes per element; the groups are bounded by
+  :data:`adaptive_lm_ds.optim.optimizers.GROUP_ELEMENTS`). Counted on top of the activations, which
+  overlaps the backward's peak with the step's (at most a few hundred MB too many).
+* ``runtime`` (CPU only): the RSS of an idle rank with torch, DeepSpeed and megatron-core imported and
+  the process groups created (:data:`CPU_RUNTIME_BYTES`), plus the copies of the dictionary a training
+  rank holds (:data:`DICTIONARY_COPIES` x :data:`DICTIONARY_BYTES_PER_TYPE` per word type). On a GPU
+  the CUDA context and allocator fragmentation are not modelled; the planner's ``--reserve`` covers them.
 """
 
 from __future__ import annotations
@@ -36,10 +50,22 @@ from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.flops import zipf_band_fractions
 from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
 from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers
+from adaptive_lm_ds.optim.optimizers import GROUP_ELEMENTS
 
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"nag": 1, "adam": 2, "adamw": 2}
 FP32 = 4
+# ZeRO-1/2 reduce bucket (elements) our DeepSpeed configs default to (training/ds_config.py). DeepSpeed's
+# own default, 5e8, allocates a 5e8-element gradient buffer at every backward: 1 GB in bf16 per rank.
+ZERO_BUCKET_ELEMENTS = 1 << 25
+# Measured on this project's CPU machine (2-core x86-64 VM, torch 2.13, deepspeed 0.19.8, megatron-core
+# 0.16.1), 2026-11-30, by importing adaptive_lm_ds.training.trainer (torch, deepspeed, megatron.core) and
+# entering parallel.single_process() (gloo + megatron groups), then reading VmRSS: 400,773,120 bytes.
+CPU_RUNTIME_BYTES = 400_773_120
+# One Dictionary.load of gbw's 793,475-type dict.txt, same session: +140.2 MB and +142.9 MB = 178 bytes
+# per type. A training rank holds 3 (the trainer's, and one per train/valid dataset: data/blocks.py).
+DICTIONARY_BYTES_PER_TYPE = 178
+DICTIONARY_COPIES = 3
 
 
 class MemoryPlanError(ValueError):
@@ -61,6 +87,7 @@ class TrainLayout:
     activation_checkpointing: bool = False
     cpu_offload: bool = False
     packed: bool = False  # block-diagonal attention over packed sentences
+    device: str = "gpu"  # "cpu": the plan is a rank's peak RSS (runtime baseline included)
 
     @property
     def world_size(self) -> int:
@@ -77,6 +104,8 @@ class TrainLayout:
             raise MemoryPlanError("DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only; lower the stage")
         if self.cpu_offload and self.zero_stage == 0:
             raise MemoryPlanError("CPU offload needs ZeRO stage >= 1")
+        if self.device not in ("cpu", "gpu"):
+            raise MemoryPlanError(f"device {self.device!r} is unknown; use cpu or gpu")
         if min(self.tp, self.pp, self.dp, self.micro_batch, self.seq_len) < 1:
             raise MemoryPlanError(f"{self} has a size below 1")
         cfg.validate(self.tp)
@@ -86,7 +115,7 @@ class TrainLayout:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes on one GPU of the given pipeline ``stage`` (the fullest stage for :func:`plan_memory`)."""
+    """Bytes on one rank of the given pipeline ``stage`` (the fullest stage for :func:`plan_memory`)."""
 
     stage: int
     params: int
@@ -94,15 +123,22 @@ class MemoryPlan:
     optimizer: int
     activations: int
     cpu: int  # host bytes per rank (offloaded optimizer states)
+    transient: int = 0  # DeepSpeed's reduce bucket / one group's fp32 gradient at the step
+    runtime: int = 0  # CPU: the idle rank's RSS (imports, groups, dictionaries); GPU: 0 (not modelled)
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations
+        return self.runtime + self.params + self.grads + self.optimizer + self.activations + self.transient
+
+
+def stage_parameter_counts(cfg: ModelConfig, tp: int, pp: int) -> tuple[int, ...]:
+    """Parameters of one TP rank of each pipeline stage (see :func:`stage_parameter_stats`)."""
+    return tuple(count for count, _ in stage_parameter_stats(cfg, tp, pp))
 
 
 @functools.lru_cache(maxsize=64)
-def stage_parameter_counts(cfg: ModelConfig, tp: int, pp: int) -> tuple[int, ...]:
-    """Parameters of one TP rank of each pipeline stage, from modules built on the meta device.
+def stage_parameter_stats(cfg: ModelConfig, tp: int, pp: int) -> tuple[tuple[int, int], ...]:
+    """``(parameters, largest tensor)`` of one TP rank of each pipeline stage, from meta-device modules.
 
     With PP > 1 the last stage builds its own softmax (own copies of the tied tables), as a pipeline
     split does. megatron-core reads a group's size only once torch.distributed is up, so a world-size-1
@@ -110,21 +146,21 @@ def stage_parameter_counts(cfg: ModelConfig, tp: int, pp: int) -> tuple[int, ...
     """
     if not dist.is_initialized():
         with parallel.single_process():
-            return stage_parameter_counts.__wrapped__(cfg, tp, pp)
+            return stage_parameter_stats.__wrapped__(cfg, tp, pp)
     with torch.device("meta"):
         model = AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(tp))
-    counts = [sum(p.numel() for i in rng for p in model.layers[i].parameters()) for rng in _stages(cfg, pp)]
-    counts[0] += sum(p.numel() for p in model.embed.parameters())
+    stages = [[p.numel() for i in rng for p in model.layers[i].parameters()] for rng in _stages(cfg, pp)]
+    stages[0] += [p.numel() for p in model.embed.parameters()]
     if model.final_norm is not None:
-        counts[-1] += sum(p.numel() for p in model.final_norm.parameters())
+        stages[-1] += [p.numel() for p in model.final_norm.parameters()]
     if pp == 1:
         embed_ids = {id(p) for p in model.embed.parameters()}
-        counts[-1] += sum(p.numel() for p in model.output.parameters() if id(p) not in embed_ids)
+        stages[-1] += [p.numel() for p in model.output.parameters() if id(p) not in embed_ids]
     else:
         with torch.device("meta"):
             last = VocabParallelAdaptiveSoftmax(cfg, parallel.ShapeOnlyGroup(tp))
-        counts[-1] += sum(p.numel() for p in last.parameters())
-    return tuple(counts)
+        stages[-1] += [p.numel() for p in last.parameters()]
+    return tuple((sum(sizes), max(sizes)) for sizes in stages)
 
 
 def _stages(cfg: ModelConfig, pp: int) -> list[range]:
@@ -198,16 +234,36 @@ def stage_activation_bytes(
     return int(per_token * tokens * (layout.pp - stage))
 
 
+def transient_bytes(params: int, largest: int, layout: TrainLayout) -> int:
+    """DeepSpeed's short-lived buffers under ZeRO 1/2 (module docstring); 0 otherwise."""
+    if layout.zero_stage not in (1, 2):
+        return 0
+    w = PRECISION_BYTES[layout.precision]
+    group = min(params, max(GROUP_ELEMENTS, largest))  # bounded_param_groups: a larger tensor is alone
+    step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))
+    bucket = min(ZERO_BUCKET_ELEMENTS, params) * FP32
+    return max(step, bucket)
+
+
+def runtime_bytes(cfg: ModelConfig, layout: TrainLayout) -> int:
+    """A CPU rank's RSS before the model exists (module docstring); 0 on a GPU."""
+    if layout.device != "cpu":
+        return 0
+    return CPU_RUNTIME_BYTES + DICTIONARY_COPIES * DICTIONARY_BYTES_PER_TYPE * cfg.vocab_size
+
+
 def plan_stages(
     cfg: ModelConfig, layout: TrainLayout, target_fractions: Sequence[float] | None = None
 ) -> list[MemoryPlan]:
     """One :class:`MemoryPlan` per pipeline stage."""
     layout.validate(cfg)
     plans = []
-    for stage, params in enumerate(stage_parameter_counts(cfg, layout.tp, layout.pp)):
+    runtime = runtime_bytes(cfg, layout)
+    for stage, (params, largest) in enumerate(stage_parameter_stats(cfg, layout.tp, layout.pp)):
         weights, grads, optimizer, cpu = state_bytes(params, layout)
         activations = stage_activation_bytes(cfg, layout, stage, target_fractions)
-        plans.append(MemoryPlan(stage, weights, grads, optimizer, activations, cpu))
+        transient = transient_bytes(params, largest, layout)
+        plans.append(MemoryPlan(stage, weights, grads, optimizer, activations, cpu, transient, runtime))
     return plans
 
 

@@ -17,6 +17,11 @@ OPTIMIZER_NAMES = ("nag", "adam", "adamw")
 FAIRSEQ_ADAM_BETAS = (0.9, 0.999)
 FAIRSEQ_ADAM_EPS = 1e-8
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Parameters per param group (~32M: 128 MB of fp32). DeepSpeed's ZeRO-1/2 step builds the fp32 gradient
+# of one param group at a time (a flat copy of the group's gradients, cast to fp32) and frees it after
+# that group's update; with all of gbw_huge's 515M parameters per TP rank in one group that transient
+# was 2.06 GB of fp32 plus a 1.03 GB bf16 flat copy (BENCHMARKS.md, "Memory at real shapes").
+GROUP_ELEMENTS = 1 << 25
 
 
 class OptimizerConfigError(ValueError):
@@ -99,6 +104,23 @@ class NAG(torch.optim.Optimizer):
         return loss
 
 
+def bounded_param_groups(params: Iterable[torch.Tensor], max_elements: int = GROUP_ELEMENTS) -> list[dict]:
+    """Consecutive parameters cut into groups of at most ``max_elements`` (a larger tensor is a group alone).
+
+    Same hyper-parameters in every group, so the update is the one-group update; only what an optimizer
+    wrapper materialises per group (DeepSpeed's flat fp32 gradient) is bounded.
+    """
+    groups: list[list[torch.Tensor]] = []
+    size = max_elements
+    for p in params:
+        if size + p.numel() > max_elements:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.numel()
+    return [{"params": g} for g in groups]
+
+
 def build_optimizer(
     name: str,
     params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -117,8 +139,13 @@ def build_optimizer(
       So ``adam`` builds ``torch.optim.AdamW`` to keep fairseq's semantics for ``--weight-decay``.
     * ``adamw``: ``torch.optim.AdamW`` (the same maths; the name is accepted for clarity).
 
-    Defaults follow fairseq: betas (0.9, 0.999), eps 1e-8.
+    Defaults follow fairseq: betas (0.9, 0.999), eps 1e-8. Plain tensors are put into
+    :func:`bounded_param_groups` (DeepSpeed's per-group fp32 gradient stays small); given param
+    groups are kept as they are.
     """
+    params = list(params)
+    if params and isinstance(params[0], torch.Tensor):
+        params = bounded_param_groups(params)
     key = name.lower()
     if key not in OPTIMIZER_NAMES:
         raise OptimizerConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")

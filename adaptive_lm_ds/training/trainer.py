@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from adaptive_lm_ds import checkpoint as ckpt
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
@@ -100,6 +100,7 @@ class Trainer:
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
+        host_memory.configure_host_allocator()  # freed tensors go back to the OS (issue 15)
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
