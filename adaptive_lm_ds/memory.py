@@ -27,8 +27,8 @@ What DeepSpeed and torch allocate besides (measured at gbw_huge's real shapes on
 
 * ``transient``: the larger of ZeRO-1/2's gradient reduce bucket (:data:`ZERO_BUCKET_ELEMENTS` fp32
   elements, allocated at every backward) and the step's flat copy of one param group's gradient
-  partition plus its fp32 cast (``bit16`` and fp32 bytes per element; the groups are bounded by
-  :data:`adaptive_lm_ds.optim.optimizers.GROUP_ELEMENTS`). Counted on top of the activations, which
+  partition plus its fp32 cast (``bit16`` and fp32 bytes per element; ``build_optimizer`` cuts a rank's
+  parameters into :data:`adaptive_lm_ds.optim.optimizers.PARAM_GROUPS` groups). Counted on top of the activations, which
   overlaps the backward's peak with the step's (at most a few hundred MB too many).
 * ``runtime`` (CPU only): the RSS of an idle rank with torch, DeepSpeed and megatron-core imported and
   the process groups created (:data:`CPU_RUNTIME_BYTES`), plus the copies of the dictionary a training
@@ -50,7 +50,7 @@ from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.flops import zipf_band_fractions
 from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
 from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers
-from adaptive_lm_ds.optim.optimizers import GROUP_ELEMENTS
+from adaptive_lm_ds.optim.optimizers import group_bounds
 
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 OPTIMIZER_STATES = {"nag": 1, "adam": 2, "adamw": 2}
@@ -138,7 +138,8 @@ def stage_parameter_counts(cfg: ModelConfig, tp: int, pp: int) -> tuple[int, ...
 
 @functools.lru_cache(maxsize=64)
 def stage_parameter_stats(cfg: ModelConfig, tp: int, pp: int) -> tuple[tuple[int, int], ...]:
-    """``(parameters, largest tensor)`` of one TP rank of each pipeline stage, from meta-device modules.
+    """``(parameters, largest param group)`` of one TP rank of each pipeline stage, from meta-device modules
+    (groups as ``build_optimizer`` cuts them, :func:`~adaptive_lm_ds.optim.optimizers.group_bounds`).
 
     With PP > 1 the last stage builds its own softmax (own copies of the tied tables), as a pipeline
     split does. megatron-core reads a group's size only once torch.distributed is up, so a world-size-1
@@ -150,7 +151,7 @@ def stage_parameter_stats(cfg: ModelConfig, tp: int, pp: int) -> tuple[tuple[int
     with torch.device("meta"):
         model = AdaptiveLM(cfg, tp_group=parallel.ShapeOnlyGroup(tp))
     stages = [[p.numel() for i in rng for p in model.layers[i].parameters()] for rng in _stages(cfg, pp)]
-    stages[0] += [p.numel() for p in model.embed.parameters()]
+    stages[0] = [p.numel() for p in model.embed.parameters()] + stages[0]
     if model.final_norm is not None:
         stages[-1] += [p.numel() for p in model.final_norm.parameters()]
     if pp == 1:
@@ -160,7 +161,7 @@ def stage_parameter_stats(cfg: ModelConfig, tp: int, pp: int) -> tuple[tuple[int
         with torch.device("meta"):
             last = VocabParallelAdaptiveSoftmax(cfg, parallel.ShapeOnlyGroup(tp))
         stages[-1] += [p.numel() for p in last.parameters()]
-    return tuple((sum(sizes), max(sizes)) for sizes in stages)
+    return tuple((sum(sizes), max(sum(sizes[a:b]) for a, b in group_bounds(sizes))) for sizes in stages)
 
 
 def _stages(cfg: ModelConfig, pp: int) -> list[range]:
@@ -234,12 +235,12 @@ def stage_activation_bytes(
     return int(per_token * tokens * (layout.pp - stage))
 
 
-def transient_bytes(params: int, largest: int, layout: TrainLayout) -> int:
-    """DeepSpeed's short-lived buffers under ZeRO 1/2 (module docstring); 0 otherwise."""
+def transient_bytes(params: int, group: int, layout: TrainLayout) -> int:
+    """DeepSpeed's short-lived buffers under ZeRO 1/2 (module docstring; ``group``: the largest param
+    group's elements); 0 otherwise."""
     if layout.zero_stage not in (1, 2):
         return 0
     w = PRECISION_BYTES[layout.precision]
-    group = min(params, max(GROUP_ELEMENTS, largest))  # bounded_param_groups: a larger tensor is alone
     step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))
     bucket = min(ZERO_BUCKET_ELEMENTS, params) * FP32
     return max(step, bucket)
@@ -259,10 +260,10 @@ def plan_stages(
     layout.validate(cfg)
     plans = []
     runtime = runtime_bytes(cfg, layout)
-    for stage, (params, largest) in enumerate(stage_parameter_stats(cfg, layout.tp, layout.pp)):
+    for stage, (params, group) in enumerate(stage_parameter_stats(cfg, layout.tp, layout.pp)):
         weights, grads, optimizer, cpu = state_bytes(params, layout)
         activations = stage_activation_bytes(cfg, layout, stage, target_fractions)
-        transient = transient_bytes(params, largest, layout)
+        transient = transient_bytes(params, group, layout)
         plans.append(MemoryPlan(stage, weights, grads, optimizer, activations, cpu, transient, runtime))
     return plans
 

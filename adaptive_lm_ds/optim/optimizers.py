@@ -17,11 +17,13 @@ OPTIMIZER_NAMES = ("nag", "adam", "adamw")
 FAIRSEQ_ADAM_BETAS = (0.9, 0.999)
 FAIRSEQ_ADAM_EPS = 1e-8
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-# Parameters per param group (~32M: 128 MB of fp32). DeepSpeed's ZeRO-1/2 step builds the fp32 gradient
-# of one param group at a time (a flat copy of the group's gradients, cast to fp32) and frees it after
-# that group's update; with all of gbw_huge's 515M parameters per TP rank in one group that transient
-# was 2.06 GB of fp32 plus a 1.03 GB bf16 flat copy (BENCHMARKS.md, "Memory at real shapes").
-GROUP_ELEMENTS = 1 << 25
+# Param groups a rank's parameters are cut into. DeepSpeed's ZeRO-1/2 step builds the fp32 gradient of
+# one param group at a time (a flat copy of the group's gradients, cast to fp32) and frees it after that
+# group's update; with all of gbw_huge's 515M parameters per TP rank in one group that transient was
+# 2.06 GB of fp32 plus a 1.03 GB bf16 flat copy (BENCHMARKS.md, "Memory at real shapes"). The count is
+# fixed, not a size: DeepSpeed all-reduces each group's gradient norm over the model-parallel ranks
+# (TP and pipeline stages), which deadlocks unless every rank has the same number of groups.
+PARAM_GROUPS = 16
 
 
 class OptimizerConfigError(ValueError):
@@ -104,21 +106,29 @@ class NAG(torch.optim.Optimizer):
         return loss
 
 
-def bounded_param_groups(params: Iterable[torch.Tensor], max_elements: int = GROUP_ELEMENTS) -> list[dict]:
-    """Consecutive parameters cut into groups of at most ``max_elements`` (a larger tensor is a group alone).
+def group_bounds(sizes: list[int], groups: int = PARAM_GROUPS) -> list[tuple[int, int]]:
+    """``[start, end)`` index ranges cutting ``sizes`` (tensor element counts, in order) into
+    ``min(groups, len(sizes))`` consecutive groups of about equal elements (each at least one tensor)."""
+    count = min(groups, len(sizes))
+    total = sum(sizes)
+    bounds, start, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        acc += size
+        left = count - len(bounds) - 1  # groups still to open after this one
+        if left and (acc * count >= total * (len(bounds) + 1) or len(sizes) - i - 1 == left):
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, len(sizes)))
+    return [b for b in bounds if b[1] > b[0]]
 
-    Same hyper-parameters in every group, so the update is the one-group update; only what an optimizer
-    wrapper materialises per group (DeepSpeed's flat fp32 gradient) is bounded.
+
+def bounded_param_groups(params: list[torch.Tensor], groups: int = PARAM_GROUPS) -> list[dict]:
+    """The parameters as :func:`group_bounds` param groups (same hyper-parameters in each).
+
+    The update is the one-group update; only what an optimizer wrapper materialises per group
+    (DeepSpeed's flat fp32 gradient) shrinks.
     """
-    groups: list[list[torch.Tensor]] = []
-    size = max_elements
-    for p in params:
-        if size + p.numel() > max_elements:
-            groups.append([])
-            size = 0
-        groups[-1].append(p)
-        size += p.numel()
-    return [{"params": g} for g in groups]
+    return [{"params": params[a:b]} for a, b in group_bounds([p.numel() for p in params], groups)]
 
 
 def build_optimizer(
