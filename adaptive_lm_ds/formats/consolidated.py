@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.data.dictionary import current_umask
-from adaptive_lm_ds.formats.streaming import LazyTensors, write_safetensors
+from adaptive_lm_ds.formats.streaming import read_safetensors, write_safetensors
 from adaptive_lm_ds.model.sharding import shard_of
 from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
 
@@ -148,11 +148,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
+def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, Mapping[str, torch.Tensor], Dictionary | None]:
     """``(ModelConfig, state dict, Dictionary or None)`` of a folder written by :func:`save_consolidated`.
 
-    The state dict is a :class:`~adaptive_lm_ds.formats.streaming.LazyTensors` over the mmapped file:
-    each tensor is read when it is asked for, so loading a model never holds a second whole copy.
+    The state dict is a :class:`~adaptive_lm_ds.formats.streaming.LazyTensors` over the file: each
+    tensor is read when it is asked for, so loading a model never holds a second whole copy.
     """
     path = Path(path)
     meta = read_config(path)
@@ -164,11 +164,9 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, t
     if not weights.is_file():
         raise ConsolidatedFormatError(f"{weights} is missing; the folder is incomplete")
     try:
-        handle = safe_open(str(weights), framework="pt", device="cpu")
-        shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    except (SafetensorError, OSError) as err:
+        state = read_safetensors(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
         raise ConsolidatedFormatError(f"{weights} is corrupt ({err})") from None
-    state = LazyTensors(shapes, handle.get_tensor, owner=handle)
     dictionary = None
     if (path / DICT).is_file():
         try:
