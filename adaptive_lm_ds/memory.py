@@ -25,11 +25,12 @@ ZeRO paper's accounting (Rajbhandari et al. 2020) plus an activation model read 
 What DeepSpeed and torch allocate besides (measured at gbw_huge's real shapes on CPU, BENCHMARKS.md
 "Memory at real shapes"):
 
-* ``transient``: the larger of ZeRO-1/2's gradient reduce bucket (:data:`ZERO_BUCKET_ELEMENTS` fp32
-  elements, allocated at every backward) and the step's flat copy of one param group's gradient
-  partition plus its fp32 cast (``bit16`` and fp32 bytes per element; ``build_optimizer`` cuts a rank's
-  parameters into :data:`adaptive_lm_ds.optim.optimizers.PARAM_GROUPS` groups). Counted on top of the activations, which
-  overlaps the backward's peak with the step's (at most a few hundred MB too many).
+* ``transient``: without ZeRO at DP > 1, the engine's flat copy of the gradients it all-reduces (up to
+  :data:`DEEPSPEED_ALLREDUCE_ELEMENTS`); under ZeRO-1/2 the larger of its gradient reduce bucket
+  (:data:`ZERO_BUCKET_ELEMENTS` fp32 elements, allocated at every backward) and the step's flat copy
+  of one param group's gradient partition plus its fp32 cast (``bit16`` and fp32 bytes per element;
+  ``build_optimizer`` cuts a rank's parameters into :data:`~adaptive_lm_ds.optim.optimizers.PARAM_GROUPS`
+  groups). Counted on top of the activations, which overlaps the backward's peak with the step's.
 * ``runtime`` (CPU only): the RSS of an idle rank with torch, DeepSpeed and megatron-core imported and
   the process groups created (:data:`CPU_RUNTIME_BYTES`), plus the copies of the dictionary a training
   rank holds (:data:`DICTIONARY_COPIES` x :data:`DICTIONARY_BYTES_PER_TYPE` per word type). On a GPU
@@ -58,6 +59,9 @@ FP32 = 4
 # ZeRO-1/2 reduce bucket (elements) our DeepSpeed configs default to (training/ds_config.py). DeepSpeed's
 # own default, 5e8, allocates a 5e8-element gradient buffer at every backward: 1 GB in bf16 per rank.
 ZERO_BUCKET_ELEMENTS = 1 << 25
+# DeepSpeed's engine without ZeRO all-reduces DP gradients in flat copies of up to this many elements
+# (``MEMORY_OPT_ALLREDUCE_SIZE``, not configurable).
+DEEPSPEED_ALLREDUCE_ELEMENTS = 500_000_000
 # Measured on this project's CPU machine (2-core x86-64 VM, torch 2.13, deepspeed 0.19.8, megatron-core
 # 0.16.1), 2026-11-30, by importing adaptive_lm_ds.training.trainer (torch, deepspeed, megatron.core) and
 # entering parallel.single_process() (gloo + megatron groups), then reading VmRSS: 400,773,120 bytes.
@@ -174,6 +178,8 @@ def state_bytes(params: int, layout: TrainLayout) -> tuple[int, int, int, int]:
     dp, zero = layout.dp, layout.zero_stage
     weights = params * w // (dp if zero >= 3 else 1)
     grads = params * w // (dp if zero >= 2 else 1)
+    if layout.precision == "bf16" and zero == 0:  # DeepSpeed's BF16_Optimizer also keeps fp32 gradients
+        grads += params * FP32
     master = layout.precision != "fp32" or zero >= 1
     per_param = FP32 * (OPTIMIZER_STATES[layout.optimizer] + (1 if master else 0))
     optimizer = params * per_param // (dp if zero >= 1 else 1)
@@ -181,16 +187,26 @@ def state_bytes(params: int, layout: TrainLayout) -> tuple[int, int, int, int]:
 
 
 def block_activation_bytes_per_token(cfg: ModelConfig, layout: TrainLayout) -> float:
-    """Saved bytes per token of one transformer block (without checkpointing)."""
+    """Saved bytes per token of one transformer block (without checkpointing).
+
+    On CPU (measured with ``saved_tensors_hooks``, torch 2.13): dropout keeps its scaled noise in the
+    activation dtype (not a bool mask), the activation dropout's output is saved beside its input, and
+    SDPA has no fused kernel with dropout, so attention dropout takes the math path, which keeps the
+    attention probabilities, their dropout noise and the dropped result: ``3 a`` bytes per
+    (head, query, key), i.e. ``T`` per token and head: what makes long blocks expensive on CPU.
+    """
     a, t, d = PRECISION_BYTES[layout.precision], layout.tp, cfg.embed_dim
     elements = 4 * d + (4 * d + cfg.ffn_dim) / t
     if layout.packed:
         elements += layout.seq_len
     extra = 4 * FP32 + FP32 * cfg.num_heads / t  # LN mean/rstd, attention log-sum-exp
+    cpu = layout.device == "cpu"
     if cfg.dropout > 0:
-        extra += 2 * d  # residual dropout masks (bool)
+        extra += 2 * d * (a if cpu else 1)  # residual dropout masks
     if cfg.activation_dropout > 0:
-        extra += cfg.ffn_dim / t
+        extra += cfg.ffn_dim / t * (2 * a if cpu else 1)
+    if cpu and cfg.attention_dropout > 0:
+        extra += 3 * a * cfg.num_heads / t * layout.seq_len
     return a * elements + extra
 
 
@@ -200,7 +216,8 @@ def input_activation_bytes_per_token(cfg: ModelConfig, layout: TrainLayout) -> f
     bands = cfg.input_bands()
     if not cfg.adaptive_input:
         return 8.0
-    return sum(a * b.dim + 8 + FP32 + 1 for b in bands) + (cfg.embed_dim if cfg.dropout > 0 else 0)
+    dropout = cfg.embed_dim * (a if layout.device == "cpu" else 1) if cfg.dropout > 0 else 0
+    return sum(a * b.dim + 8 + FP32 + 1 for b in bands) + dropout
 
 
 def output_activation_bytes_per_token(
@@ -238,9 +255,11 @@ def stage_activation_bytes(
 def transient_bytes(params: int, group: int, layout: TrainLayout) -> int:
     """DeepSpeed's short-lived buffers under ZeRO 1/2 (module docstring; ``group``: the largest param
     group's elements); 0 otherwise."""
+    w = PRECISION_BYTES[layout.precision]
+    if layout.zero_stage == 0 and layout.dp > 1:  # the engine's all-reduce flattens the gradients first
+        return min(params, DEEPSPEED_ALLREDUCE_ELEMENTS) * w
     if layout.zero_stage not in (1, 2):
         return 0
-    w = PRECISION_BYTES[layout.precision]
     step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))
     bucket = min(ZERO_BUCKET_ELEMENTS, params) * FP32
     return max(step, bucket)
