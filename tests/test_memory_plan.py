@@ -5,6 +5,8 @@ training step (plain torch, and DeepSpeed ZeRO on 2 ranks); activations as the b
 storages autograd saves for backward in a forward pass (``saved_tensors_hooks``), parameters excluded.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -66,10 +68,10 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _measure_activations(cfg: ModelConfig, tp: int, packed: bool) -> tuple[int, int]:
+def _measure_activations(cfg: ModelConfig, tp: int, packed: bool, device: str = "gpu") -> tuple[int, int]:
     tokens, targets, segments = batch(packed)
     model = AdaptiveLM(cfg)
-    layout = TrainLayout(tp=tp, micro_batch=BATCH, seq_len=LENGTH, precision="fp32", packed=packed)
+    layout = TrainLayout(tp=tp, micro_batch=BATCH, seq_len=LENGTH, precision="fp32", packed=packed, device=device)
     planned = plan_memory(cfg, layout, target_shares(cfg, targets)).activations
     return saved_activation_bytes(model, tokens, targets, segments), planned
 
@@ -78,6 +80,14 @@ def _measure_activations(cfg: ModelConfig, tp: int, packed: bool) -> tuple[int, 
 def test_activations_match_saved_tensors(packed):
     with parallel.single_process():
         measured, planned = _measure_activations(small_config(), 1, packed)
+    assert planned == pytest.approx(measured, rel=0.10)
+
+
+def test_cpu_activations_with_every_dropout_match_saved_tensors():
+    """On CPU dropout saves float noise and attention dropout takes SDPA's math path (T per token and head)."""
+    cfg = dataclasses.replace(small_config(), dropout=0.3, attention_dropout=0.1, activation_dropout=0.1)
+    with parallel.single_process():
+        measured, planned = _measure_activations(cfg, 1, packed=False, device="cpu")
     assert planned == pytest.approx(measured, rel=0.10)
 
 

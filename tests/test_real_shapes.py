@@ -110,7 +110,7 @@ def _rank_body(seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def ranks():
-    return run_on_ranks(_rank_body, nprocs=2, timeout=240, seed=SEED)
+    return run_on_ranks(_rank_body, nprocs=2, timeout=600, seed=SEED)
 
 
 def test_tp2_loss_and_table_gradients_match_tp1_at_gbw_vocabulary(ranks):
