@@ -191,3 +191,21 @@ def test_bad_layouts_are_rejected_with_a_reason():
         plan_memory(small_config(), TrainLayout(cpu_offload=True))
     with pytest.raises(ConfigError, match="num_heads=4 is not divisible"):
         plan_memory(small_config(), TrainLayout(tp=8))
+
+
+def _memory_plan(*args: str) -> list[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "tools/memory_plan.py", *args], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith(("TP", "1 GPU", "8 GPU"))]
+
+
+def test_memory_plan_marks_what_does_not_fit_and_prints_each_layout_once():
+    rows = _memory_plan("--preset", "gbw_huge", "--memory-gb", "16", "--search", "1,8", "--device", "gpu")
+    assert rows[0].startswith("TP1 PP1 DP1 ZeRO-0") and rows[0].endswith("NO")  # 24 GB planned > 90% of 16
+    layouts = [row.split("  ")[0].split(": ")[-1] for row in rows]
+    assert len(layouts) == len(set(layouts))  # no layout's row twice
+    assert all(row.endswith(("yes", "NO", "(row above)")) for row in rows)

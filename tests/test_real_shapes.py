@@ -117,7 +117,8 @@ def test_tp2_loss_and_table_gradients_match_tp1_at_gbw_vocabulary(ranks):
     r0 = ranks[0]
     assert r0["loss"] == pytest.approx(r0["ref_loss"], rel=1e-5)
     for mine, ref in zip(r0["table_grad"], r0["ref_table_grad"]):
-        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-9)
+        # fp32 sums in another order (TP all-reduce): near-zero entries differ by ~1e-7 of the largest
+        torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
 def test_full_distribution_over_793k_words_is_normalised(ranks):
