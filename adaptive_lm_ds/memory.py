@@ -30,7 +30,8 @@ What DeepSpeed and torch allocate besides (measured at gbw_huge's real shapes on
   (:data:`ZERO_BUCKET_ELEMENTS` fp32 elements, allocated at every backward) and the step's flat copy
   of one param group's gradient partition plus its fp32 cast (``bit16`` and fp32 bytes per element;
   ``build_optimizer`` cuts a rank's parameters into :data:`~adaptive_lm_ds.optim.optimizers.PARAM_GROUPS`
-  groups). Counted on top of the activations, which overlaps the backward's peak with the step's.
+  groups). The bucket lives beside the activations; the copies after the backward replace them, so
+  ``transient`` is what DeepSpeed holds beyond the activations at either time.
 * ``runtime`` (CPU only): the RSS of an idle rank with torch, DeepSpeed and megatron-core imported and
   the process groups created (:data:`CPU_RUNTIME_BYTES`), plus the copies of the dictionary a training
   rank holds (:data:`DICTIONARY_COPIES` x :data:`DICTIONARY_BYTES_PER_TYPE` per word type). On a GPU
@@ -252,17 +253,22 @@ def stage_activation_bytes(
     return int(per_token * tokens * (layout.pp - stage))
 
 
-def transient_bytes(params: int, group: int, layout: TrainLayout) -> int:
-    """DeepSpeed's short-lived buffers under ZeRO 1/2 (module docstring; ``group``: the largest param
-    group's elements); 0 otherwise."""
+def transient_bytes(params: int, group: int, activations: int, layout: TrainLayout) -> int:
+    """DeepSpeed's short-lived buffers beyond the saved activations (module docstring; ``group``: the
+    largest param group's elements).
+
+    ZeRO's reduce bucket lives during the backward, beside the activations; the all-reduce copy and the
+    step's per-group gradient live after the backward, when the activations are gone, so they count
+    only where they exceed them.
+    """
     w = PRECISION_BYTES[layout.precision]
+    bucket = step = 0
     if layout.zero_stage == 0 and layout.dp > 1:  # the engine's all-reduce flattens the gradients first
-        return min(params, DEEPSPEED_ALLREDUCE_ELEMENTS) * w
-    if layout.zero_stage not in (1, 2):
-        return 0
-    step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))
-    bucket = min(ZERO_BUCKET_ELEMENTS, params) * FP32
-    return max(step, bucket)
+        step = min(params, DEEPSPEED_ALLREDUCE_ELEMENTS) * w
+    if layout.zero_stage in (1, 2):
+        step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))
+        bucket = min(ZERO_BUCKET_ELEMENTS, params) * FP32
+    return max(bucket, step - activations, 0)
 
 
 def runtime_bytes(cfg: ModelConfig, layout: TrainLayout) -> int:
@@ -282,7 +288,7 @@ def plan_stages(
     for stage, (params, group) in enumerate(stage_parameter_stats(cfg, layout.tp, layout.pp)):
         weights, grads, optimizer, cpu = state_bytes(params, layout)
         activations = stage_activation_bytes(cfg, layout, stage, target_fractions)
-        transient = transient_bytes(params, group, layout)
+        transient = transient_bytes(params, group, activations, layout)
         plans.append(MemoryPlan(stage, weights, grads, optimizer, activations, cpu, transient, runtime))
     return plans
 

@@ -128,9 +128,11 @@ def test_param_groups_have_a_fixed_count_and_cover_every_tensor_once():
     assert max(sum(s[a:b]) for s in [[10] * 160] for a, b in group_bounds(s)) == 100  # balanced
 
 
-def test_build_optimizer_cuts_plain_parameters_into_groups_with_the_same_settings():
+def test_bounded_param_groups_keep_one_set_of_settings():
+    from adaptive_lm_ds.optim.optimizers import bounded_param_groups
+
     params = [torch.nn.Parameter(torch.zeros(4)) for _ in range(40)]
-    optimizer = build_optimizer("nag", params, lr=0.5, momentum=0.9)
+    optimizer = build_optimizer("nag", bounded_param_groups(params), lr=0.5, momentum=0.9)
     assert len(optimizer.param_groups) > 1
     assert [p for g in optimizer.param_groups for p in g["params"]] == params
     assert {(g["lr"], g["momentum"]) for g in optimizer.param_groups} == {(0.5, 0.9)}

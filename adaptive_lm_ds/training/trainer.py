@@ -37,7 +37,7 @@ from adaptive_lm_ds.optim.lr_schedules import (
     UpdateLRScheduler,
     should_stop_for_min_lr,
 )
-from adaptive_lm_ds.optim.optimizers import build_optimizer
+from adaptive_lm_ds.optim.optimizers import bounded_param_groups, build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
@@ -131,8 +131,11 @@ class Trainer:
         if init_state is not None:
             load_full_state(module, init_state, self.model_cfg)
         o = cfg.optim
+        params = list(module.parameters())
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) in (1, 2):
+            params = bounded_param_groups(params)  # DeepSpeed's step: one group's fp32 gradient at a time
         optimizer = build_optimizer(
-            o.optimizer, module.parameters(), lr=o.lr, weight_decay=o.weight_decay,
+            o.optimizer, params, lr=o.lr, weight_decay=o.weight_decay,
             betas=tuple(json.loads(o.adam_betas.replace("(", "[").replace(")", "]"))), eps=o.adam_eps,
             momentum=o.momentum,
         )  # fmt: skip
