@@ -264,6 +264,7 @@ def transient_bytes(params: int, group: int, activations: int, layout: TrainLayo
     w = PRECISION_BYTES[layout.precision]
     bucket = step = 0
     if layout.zero_stage == 0 and layout.dp > 1:  # the engine's all-reduce flattens the gradients first
+        # (at DP = 1 the trainer switches DeepSpeed's all-reduce off: it would copy them all the same)
         step = min(params, DEEPSPEED_ALLREDUCE_ELEMENTS) * w
     if layout.zero_stage in (1, 2):
         step = -(-group // layout.dp) * (w + (FP32 if w != FP32 else 0))

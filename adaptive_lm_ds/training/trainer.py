@@ -145,6 +145,9 @@ class Trainer:
             mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
         )  # fmt: skip
         ckpt.install(self.engine)  # every checkpoint file DeepSpeed opens is unpickled weights-only
+        if layout.dp == 1 and layout.pp == 1 and not self.engine.zero_optimization():
+            # nothing to all-reduce, but DeepSpeed would still copy all gradients into one flat buffer
+            self.engine.enable_backward_allreduce = False
         self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
         self.num_updates = 0
         self.last_saved: str | None = None  # the newest checkpoint this run saved or resumed from
