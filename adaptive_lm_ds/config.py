@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adaptive_lm_ds.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A model configuration that cannot be built; the message says what to change."""
 
+
+ACTIVATIONS = ("relu", "gelu")  # the FFN activations the model implements
 
 # Regularisation, not shape: a run may resume or fine-tune a checkpoint with other values (as fairseq allows).
 DROPOUT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout")
@@ -117,8 +121,8 @@ class ModelConfig:
                 f"ffn_dim={self.ffn_dim} is not divisible by the tensor-parallel size {tp_size}; "
                 "choose a TP size that divides the FFN dimension"
             )
-        if self.activation_fn not in ("relu", "gelu"):
-            _fail(f"activation_fn={self.activation_fn!r} is not supported; use 'relu' or 'gelu'")
+        if self.activation_fn not in ACTIVATIONS:
+            _fail(f"activation_fn={self.activation_fn!r} is not supported; use one of {', '.join(ACTIVATIONS)}")
         for name in DROPOUT_FIELDS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 _fail(f"{name}={getattr(self, name)} must be in [0, 1)")

@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from adaptive_lm_ds.errors import UserError
+
 SHM_OP = "deepspeed_shm_comm"
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "deepspeed_allreduce_buffer"
@@ -41,7 +43,7 @@ OVERRIDE = "ADAPTIVE_LM_TORCH_EXTENSIONS_DIR"
 GRACE_S = 5.0  # how long a torch lock may be held by a process that is only loading the built op
 
 
-class StaleBuildLock(RuntimeError):
+class StaleBuildLock(UserError, RuntimeError):
     """A torch build lock left by a killed process; the message names the file to delete."""
 
 

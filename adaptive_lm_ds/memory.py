@@ -49,6 +49,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import zipf_band_fractions
 from adaptive_lm_ds.layers import VocabParallelAdaptiveSoftmax
 from adaptive_lm_ds.model import AdaptiveLM, pipeline_stage_layers
@@ -73,7 +74,7 @@ DICTIONARY_BYTES_PER_TYPE = 178
 DICTIONARY_COPIES = 3
 
 
-class MemoryPlanError(ValueError):
+class MemoryPlanError(UserError, ValueError):
     """A layout the planner cannot describe; the message says what to change."""
 
 

@@ -15,10 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
+from adaptive_lm_ds.errors import UserError
+
 LOG_FORMATS = ("simple", "json")
 
 
-class LogConfigError(ValueError):
+class LogConfigError(UserError, ValueError):
     """A logging setting that cannot work; the message says which flag to change."""
 
 

@@ -26,11 +26,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from adaptive_lm_ds.data.dictionary import current_umask
+from adaptive_lm_ds.errors import UserError
 
 OUTPUT_MARKER = "config.json"  # the file whose "writer" field says which tool made a folder
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An ``--output`` that would destroy data; the message names it and says what to do."""
 
 

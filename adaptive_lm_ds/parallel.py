@@ -30,10 +30,12 @@ from deepspeed.runtime.activation_checkpointing import checkpointing as ds_check
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core import parallel_state
 
+from adaptive_lm_ds.errors import UserError
+
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """A parallel layout that does not fit the job; the message says what to change."""
 
 

@@ -36,7 +36,8 @@ def fairseq_optim_fixture() -> Path:
 def tiny_run_setup(tmp_path_factory):
     """(data-bin, consolidated initial weights) shared by the training tests: every layout starts from them."""
     from adaptive_lm_ds.testing import run_on_ranks
-    from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
+
+    from .training_runs import make_data_bin, save_initial_weights
 
     root = tmp_path_factory.mktemp("tiny-run")
     data = make_data_bin(root / "data")

@@ -10,9 +10,10 @@ import pytest
 from adaptive_lm_ds.config import get_preset
 from adaptive_lm_ds.testing import run_script
 from adaptive_lm_ds.testing.distributed import REPO_ROOT, free_port
-from adaptive_lm_ds.testing.training import make_data_bin
 from adaptive_lm_ds.training.config import build_parser, config_from_args, model_config
 from tests.oracle import FIXTURE_A, shared_or_skip
+
+from .training_runs import make_data_bin
 
 # The seed's fairseq-train command line, verbatim after the program name.
 SEED_COMMAND = (
@@ -49,9 +50,16 @@ def test_unimplemented_fairseq_flag_stops_with_its_equivalent(capsys):
     assert err.count("\n") == 0 and "--save-interval-updates" in err
 
 
+def test_adam_betas_are_parsed_once_from_fairseqs_spelling(capsys):
+    assert _parse(["d", "--adam-betas", "(0.9, 0.98)"]).optim.adam_betas == (0.9, 0.98)
+    with pytest.raises(SystemExit) as stop:
+        _parse(["d", "--adam-betas", "(0.9)"])
+    assert stop.value.code == 2 and "is not two betas" in capsys.readouterr().err
+
+
 def test_positional_data_dir_and_fairseq_defaults():
     cfg = _parse(["data-bin/x", "--ddp-backend=legacy_ddp", "--skip-invalid-size-inputs-valid-test"])
-    assert cfg.data.data == "data-bin/x" and cfg.optim.adam_betas == "(0.9, 0.999)" and cfg.optim.criterion == "nll"
+    assert cfg.data.data == "data-bin/x" and cfg.optim.adam_betas == (0.9, 0.999) and cfg.optim.criterion == "nll"
     with pytest.raises(SystemExit, match="two data dirs"):
         _parse(["data-bin/x", "--data", "data-bin/y"])
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from adaptive_lm_ds.training.config import build_parser, config_from_args
-from adaptive_lm_ds.training.ds_config import ConfigError, build_ds_config, micro_batch_sequences
+from adaptive_lm_ds.training.ds_config import TrainConfigError, build_ds_config, micro_batch_sequences
 
 
 def _cfg(*argv):
@@ -26,27 +26,27 @@ def test_json_that_contradicts_a_flag_is_refused(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"gradient_accumulation_steps": 8}))
     cfg = _cfg("--batch-size", "2", "--update-freq", "3", "--deepspeed_config", str(path))
-    with pytest.raises(ConfigError, match="--update-freq gives 3"):
+    with pytest.raises(TrainConfigError, match="--update-freq gives 3"):
         build_ds_config(cfg, dp_size=1, pp_size=1)
 
 
 def test_max_tokens_below_one_sample_is_refused():
-    with pytest.raises(ConfigError, match="smaller than one sample"):
+    with pytest.raises(TrainConfigError, match="smaller than one sample"):
         micro_batch_sequences(_cfg("--max-tokens", "100", "--tokens-per-sample", "512"))
 
 
 def test_zero_stage_above_one_with_pipeline_is_refused():
     cfg = _cfg("--batch-size", "2", "--deepspeed_config", "ds_configs/zero2.json")
-    with pytest.raises(ConfigError, match="does not combine with pipeline"):
+    with pytest.raises(TrainConfigError, match="does not combine with pipeline"):
         build_ds_config(cfg, dp_size=1, pp_size=2)
 
 
 def test_missing_or_invalid_json_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(TrainConfigError, match="does not exist"):
         build_ds_config(_cfg("--batch-size", "1", "--deepspeed_config", str(tmp_path / "no.json")), 1, 1)
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(TrainConfigError, match="not valid JSON"):
         build_ds_config(_cfg("--batch-size", "1", "--deepspeed_config", str(bad)), 1, 1)
 
 

@@ -1,5 +1,6 @@
 """fairseq's LR schedules against fairseq's own numbers (../shared/fixtures/fairseq-optim)."""
 
+import dataclasses
 import json
 import math
 
@@ -12,8 +13,10 @@ from adaptive_lm_ds.optim.lr_schedules import (
     InverseSqrtSchedule,
     ScheduleConfigError,
     UpdateLRScheduler,
+    build_schedule,
     should_stop_for_min_lr,
 )
+from adaptive_lm_ds.training.config import OptimConfig
 
 
 def _section(fixture_dir, name):
@@ -134,3 +137,18 @@ def test_scheduler_state_dict_round_trips():
 def test_scheduler_rejects_foreign_state():
     with pytest.raises(ScheduleConfigError, match="num_updates"):
         UpdateLRScheduler(_optimizer(), FixedSchedule(lr=1.0)).load_state_dict({"last_epoch": 3})
+
+
+def test_build_schedule_takes_every_setting_from_the_optim_section():
+    optim = OptimConfig(lr=0.5, warmup_updates=3, warmup_init_lr=1e-3, min_lr=1e-2, t_mult=1.5,
+                        lr_period_updates=7, lr_shrink=0.5)  # fmt: skip
+    cosine = CosineSchedule(lr=0.5, warmup_updates=3, warmup_init_lr=1e-3, min_lr=1e-2, t_mult=1.5,
+                            lr_period_updates=7, lr_shrink=0.5, max_update=20)  # fmt: skip
+    assert build_schedule(optim, max_update=20) == cosine
+    inverse_sqrt = dataclasses.replace(optim, lr_scheduler="inverse_sqrt")
+    assert build_schedule(inverse_sqrt, 20) == InverseSqrtSchedule(lr=0.5, warmup_updates=3, warmup_init_lr=1e-3)
+    assert build_schedule(dataclasses.replace(optim, lr_scheduler="fixed"), 20) == FixedSchedule(
+        lr=0.5, warmup_updates=3
+    )
+    with pytest.raises(ScheduleConfigError, match="choose one of cosine, inverse_sqrt, fixed"):
+        build_schedule(dataclasses.replace(optim, lr_scheduler="linear"), 20)

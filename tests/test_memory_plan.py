@@ -17,6 +17,7 @@ from adaptive_lm_ds.memory import MemoryPlanError, TrainLayout, plan_memory, pla
 from adaptive_lm_ds.model import AdaptiveLM
 from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.testing import run_on_ranks
+from adaptive_lm_ds.training.config import OptimConfig
 
 VOCAB, BATCH, LENGTH = 4000, 4, 64
 
@@ -95,7 +96,7 @@ def test_states_match_a_real_nag_step_without_zero():
     cfg = small_config()
     with parallel.single_process():
         model = AdaptiveLM(cfg)
-        optimizer = build_optimizer("nag", model.parameters(), lr=0.1)
+        optimizer = build_optimizer(OptimConfig(optimizer="nag", lr=0.1), model.parameters())
         tokens, targets, _ = batch(False)
         loss, _ = model(tokens, targets)
         loss.backward()
@@ -132,7 +133,9 @@ def _two_ranks(zero_stages):
                 "zero_allow_untested_optimizer": True,
             }
             engine, optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=build_optimizer("nag", model.parameters(), lr=0.1), config=ds_config
+                model=model,
+                optimizer=build_optimizer(OptimConfig(optimizer="nag", lr=0.1), model.parameters()),
+                config=ds_config,
             )
             tokens, targets, _ = batch(False, seed=dist_rank())
             loss, _ = engine(tokens, targets)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaptive_lm_ds.optim.optimizers import NAG, OptimizerConfigError, build_optimizer
+from adaptive_lm_ds.training.config import OptimConfig
 
 
 def _nag_section(fixture_dir):
@@ -96,7 +97,7 @@ def test_adam_follows_fairseq_decoupled_weight_decay(name):
     p0 = torch.randn(6, dtype=torch.float64)
     grads = [torch.randn(6, dtype=torch.float64) for _ in range(5)]
     param = torch.nn.Parameter(p0.clone())
-    optimizer = build_optimizer(name, [param], lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(OptimConfig(optimizer=name, lr=1e-2, weight_decay=0.1), [param])
     assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["eps"] == 1e-8
     for g in grads:
         param.grad = g
@@ -107,13 +108,15 @@ def test_adam_follows_fairseq_decoupled_weight_decay(name):
 
 
 def test_build_optimizer_nag_uses_the_given_momentum():
-    optimizer = build_optimizer("NAG", [torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    optimizer = build_optimizer(
+        OptimConfig(optimizer="NAG", lr=1.0, momentum=0.9), [torch.nn.Parameter(torch.zeros(1))]
+    )
     assert isinstance(optimizer, NAG) and optimizer.defaults["momentum"] == 0.9
 
 
 def test_build_optimizer_rejects_unknown_name():
     with pytest.raises(OptimizerConfigError, match="choose one of nag, adam, adamw"):
-        build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        build_optimizer(OptimConfig(optimizer="sgd", lr=1.0), [torch.nn.Parameter(torch.zeros(1))])
 
 
 def test_param_groups_have_a_fixed_count_and_cover_every_tensor_once():
@@ -132,7 +135,7 @@ def test_bounded_param_groups_keep_one_set_of_settings():
     from adaptive_lm_ds.optim.optimizers import bounded_param_groups
 
     params = [torch.nn.Parameter(torch.zeros(4)) for _ in range(40)]
-    optimizer = build_optimizer("nag", bounded_param_groups(params), lr=0.5, momentum=0.9)
+    optimizer = build_optimizer(OptimConfig(optimizer="nag", lr=0.5, momentum=0.9), bounded_param_groups(params))
     assert len(optimizer.param_groups) > 1
     assert [p for g in optimizer.param_groups for p in g["params"]] == params
     assert {(g["lr"], g["momentum"]) for g in optimizer.param_groups} == {(0.5, 0.9)}

@@ -16,8 +16,9 @@ import torch
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.interop import load_fairseq_checkpoint, safe_load
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import train_on_rank
 from tests.oracle import FIXTURE_A, SCRIPTS, fairseq_arch_flags, shared_or_skip, tool_main
+
+from .training_runs import train_on_rank
 
 TOKENS_PER_SAMPLE = 128
 MODES = {

@@ -9,8 +9,9 @@ import pytest
 from adaptive_lm_ds.formats.consolidated import load_consolidated, save_consolidated
 from adaptive_lm_ds.outputs import OutputError, check_output_folder
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import train_on_rank
 from tools import convert_fairseq_ckpt, export_checkpoint
+
+from .training_runs import train_on_rank
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from adaptive_lm_ds.training.ds_config import ConfigError
+from adaptive_lm_ds.training.ds_config import TrainConfigError
 from adaptive_lm_ds.training.preflight import (
     StartupError,
     check_free_space,
@@ -19,7 +19,7 @@ from .checkpoint_runs import run_single, train_args
 
 
 def test_fp16_on_a_device_without_it_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="does not support") as info:
+    with pytest.raises(TrainConfigError, match="does not support") as info:
         check_precision("fp16", fp16_ok=False)
     assert "\n" not in str(info.value) and "bf16" in str(info.value)
 

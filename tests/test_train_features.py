@@ -8,8 +8,9 @@ import torch.distributed as dist
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import per_token_losses, train_on_rank
 from adaptive_lm_ds.training.preflight import fp16_supported
+
+from .training_runs import per_token_losses, train_on_rank
 
 
 @pytest.fixture(scope="module")

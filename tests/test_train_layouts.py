@@ -15,7 +15,8 @@ from deepspeed.runtime.utils import partition_balanced
 
 from adaptive_lm_ds.model.lm import pipeline_stage_layers
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.testing.training import grad_norms, per_token_losses, save_initial_weights, train_runs_on_rank
+
+from .training_runs import grad_norms, per_token_losses, save_initial_weights, train_runs_on_rank
 
 UPDATES = 5
 SEQS_PER_UPDATE = 4  # global: micro batch x DP x update-freq

@@ -11,7 +11,8 @@ import pytest
 
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.testing.distributed import REPO_ROOT
-from adaptive_lm_ds.testing.training import train_on_rank
+
+from .training_runs import train_on_rank
 
 
 def _argv(data, *extra):

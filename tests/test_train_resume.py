@@ -7,7 +7,8 @@ import pytest
 
 from adaptive_lm_ds.testing import RankFailure, run_on_ranks, run_script
 from adaptive_lm_ds.testing.distributed import REPO_ROOT, run_script_until_killed
-from adaptive_lm_ds.testing.training import make_data_bin, save_initial_weights
+
+from .training_runs import make_data_bin, save_initial_weights
 
 LAUNCHER = REPO_ROOT / "launchers" / "train_wiki103.py"
 

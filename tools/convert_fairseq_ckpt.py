@@ -32,6 +32,7 @@ from adaptive_lm_ds import cli  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.data import Dictionary  # noqa: E402
 from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary  # noqa: E402
+from adaptive_lm_ds.errors import UserError  # noqa: E402
 from adaptive_lm_ds.formats.consolidated import (  # noqa: E402
     check_model_output,
     load_consolidated,
@@ -39,12 +40,11 @@ from adaptive_lm_ds.formats.consolidated import (  # noqa: E402
     save_consolidated,
 )
 from adaptive_lm_ds.interop import (  # noqa: E402
-    LOAD_ERRORS,
     load_fairseq_checkpoint,
     save_fairseq_checkpoint,
 )
 from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs  # noqa: E402
-from adaptive_lm_ds.outputs import OutputError, check_output_file  # noqa: E402
+from adaptive_lm_ds.outputs import check_output_file  # noqa: E402
 
 WRITER = "convert_fairseq_ckpt"
 LAYOUT_DIR = "deepspeed"  # OUTPUT/deepspeed: the training checkpoint for a TP x PP layout
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 _same(state, load_consolidated(args.output)[1], args.output)
                 error = _check_model_runs(cfg, state)
                 print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
-    except (*LOAD_ERRORS, OutputError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     params = sum(t.numel() for t in state.values())
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")

@@ -27,14 +27,13 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from adaptive_lm_ds import cli, parallel  # noqa: E402
-from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
 from adaptive_lm_ds.config import ModelConfig  # noqa: E402
 from adaptive_lm_ds.data import DataError, build_lm_dataset  # noqa: E402
 from adaptive_lm_ds.data.dictionary import atomic_write_json  # noqa: E402
+from adaptive_lm_ds.errors import UserError  # noqa: E402
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm  # noqa: E402
 from adaptive_lm_ds.formats.consolidated import load_into, tied_names  # noqa: E402
 from adaptive_lm_ds.inference.loading import load_model_source  # noqa: E402
-from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
 from adaptive_lm_ds.model.lm import AdaptiveLM  # noqa: E402
 from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM  # noqa: E402
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if len(dataset.dictionary) != cfg.vocab_size:
             raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
-    except (*LOAD_ERRORS, CheckpointError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     init_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     try:

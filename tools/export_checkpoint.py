@@ -21,10 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adaptive_lm_ds import cli  # noqa: E402
-from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
-from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError, check_model_output, save_consolidated  # noqa: E402
+from adaptive_lm_ds.errors import UserError  # noqa: E402
+from adaptive_lm_ds.formats.consolidated import check_model_output, save_consolidated  # noqa: E402
 from adaptive_lm_ds.formats.export import consolidate_checkpoint  # noqa: E402
-from adaptive_lm_ds.outputs import OutputError  # noqa: E402
 
 WRITER = "export_checkpoint"
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         check_model_output(args.output, **policy)  # before the slow part: fail fast
         cfg, state, dictionary = consolidate_checkpoint(args.checkpoint)
         save_consolidated(args.output, cfg, state, dictionary, **policy)
-    except (CheckpointError, ConsolidatedFormatError, OutputError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     params = sum(t.numel() for t in state.values())

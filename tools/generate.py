@@ -25,9 +25,8 @@ import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from adaptive_lm_ds import parallel  # noqa: E402
-from adaptive_lm_ds.checkpoint import CheckpointError  # noqa: E402
+from adaptive_lm_ds.errors import UserError  # noqa: E402
 from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel  # noqa: E402
-from adaptive_lm_ds.interop import LOAD_ERRORS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             if lead:
                 tqdm.write("\n".join(texts), file=sys.stdout)
         bar.close()
-    except (*LOAD_ERRORS, CheckpointError, GenerationError) as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
     finally:
         parallel.shutdown()

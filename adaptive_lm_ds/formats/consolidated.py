@@ -32,6 +32,7 @@ from torch import nn
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.data.dictionary import current_umask
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.streaming import read_safetensors, write_safetensors
 from adaptive_lm_ds.model.sharding import shard_of
 from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
@@ -42,7 +43,7 @@ WEIGHTS, CONFIG, DICT = "model.safetensors", "config.json", "dict.txt"
 DEFAULT_WRITER = "adaptive_lm_ds"
 
 
-class ConsolidatedFormatError(ValueError):
+class ConsolidatedFormatError(UserError, ValueError):
     """A consolidated folder that is missing, incomplete or corrupt; the message names the file."""
 
 

@@ -22,6 +22,7 @@ from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_full_state
 from adaptive_lm_ds.optim.optimizers import build_optimizer
+from adaptive_lm_ds.training.config import OptimConfig
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, build_module
 
 
@@ -41,7 +42,7 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
-        optimizer = build_optimizer("nag", module.parameters(), lr=1.0)  # a placeholder: state is never loaded
+        optimizer = build_optimizer(OptimConfig(lr=1.0), module.parameters())  # a placeholder: state is never loaded
         engine, *_ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=ds_config, mpu=None if pp > 1 else DeepSpeedMPU,
             dist_init_required=False,

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """Generation options or inputs that cannot work; the message says which and what to do."""
 
 

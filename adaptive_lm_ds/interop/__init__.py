@@ -1,7 +1,5 @@
 """Interoperability with fairseq: safe checkpoint loading and the key mapping both ways."""
 
-from adaptive_lm_ds.data import DataError
-from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError
 from adaptive_lm_ds.interop.fairseq import (
     FairseqConversionError,
     fairseq_to_ours,
@@ -13,11 +11,7 @@ from adaptive_lm_ds.interop.fairseq import (
 )
 from adaptive_lm_ds.interop.safe_load import UnsafeCheckpointError, safe_load
 
-# What loading a model or its data can raise with a user-facing message (CLIs turn these into exit 1).
-LOAD_ERRORS = (FairseqConversionError, UnsafeCheckpointError, ConsolidatedFormatError, DataError, FileNotFoundError)
-
 __all__ = [
-    "LOAD_ERRORS",
     "FairseqConversionError",
     "UnsafeCheckpointError",
     "fairseq_to_ours",

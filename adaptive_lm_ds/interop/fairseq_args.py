@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from adaptive_lm_ds.config import ConfigError, ModelConfig
+from adaptive_lm_ds.config import ACTIVATIONS, ConfigError, ModelConfig
+from adaptive_lm_ds.errors import UserError
 
 D = "decoder."
 UNSUPPORTED_FLAGS = (  # fairseq options this model does not implement: stop when they are on
@@ -34,7 +35,7 @@ UNSUPPORTED_FLAGS = (  # fairseq options this model does not implement: stop whe
 )
 
 
-class FairseqConversionError(ValueError):
+class FairseqConversionError(UserError, ValueError):
     """A fairseq checkpoint this converter cannot map; the message names the keys or options."""
 
 
@@ -90,8 +91,10 @@ def infer_config(args: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> 
         if args.get(name) not in (None, d):
             raise FairseqConversionError(f"{arch}: {name}={args[name]} != decoder_embed_dim={d} is not supported")
     activation = args.get("activation_fn") or "relu"
-    if activation not in ("relu", "gelu"):
-        raise FairseqConversionError(f"{arch}: activation_fn={activation!r} is not supported (relu or gelu)")
+    if activation not in ACTIVATIONS:
+        raise FairseqConversionError(
+            f"{arch}: activation_fn={activation!r} is not supported ({' or '.join(ACTIVATIONS)})"
+        )
     layers = sorted({int(k.split(".")[2]) for k in state if k.startswith(D + "layers.")})
     if layers != list(range(len(layers))) or (args.get("decoder_layers") not in (None, len(layers))):
         raise FairseqConversionError(

@@ -23,9 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from adaptive_lm_ds.errors import UserError
 
-class UnsafeCheckpointError(ValueError):
+
+class UnsafeCheckpointError(UserError, ValueError):
     """The checkpoint's pickle references a global outside the allowlist (or is not a checkpoint)."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """The checkpoint file to load does not exist (still a ``FileNotFoundError`` for callers)."""
 
 
 def _numpy_globals() -> list[Any]:
@@ -50,12 +56,12 @@ def safe_load(
 ) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with ``allowed`` (default :func:`allowed_globals`).
 
-    Raises :class:`FileNotFoundError` for a missing file and :class:`UnsafeCheckpointError` when the file
-    needs a global outside the allowlist or cannot be unpickled at all.
+    Raises :class:`CheckpointNotFoundError` (a ``FileNotFoundError``) for a missing file and
+    :class:`UnsafeCheckpointError` when the file needs a global outside the allowlist or cannot be unpickled at all.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(allowed_globals() if allowed is None else allowed):
             return torch.load(path, map_location=map_location, weights_only=True)

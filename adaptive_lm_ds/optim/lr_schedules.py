@@ -11,14 +11,20 @@ count either).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from adaptive_lm_ds.errors import UserError
 
-class ScheduleConfigError(ValueError):
+if TYPE_CHECKING:  # the run's optim section (a type only: optim/ never imports the training package)
+    from adaptive_lm_ds.training.config import OptimConfig
+
+
+class ScheduleConfigError(UserError, ValueError):
     """A schedule setting that cannot work; the message says which flag to change."""
 
 
@@ -131,6 +137,22 @@ class FixedSchedule:
         if self.warmup_updates > 0 and num_updates < self.warmup_updates:
             return (num_updates + 1) / float(self.warmup_updates) * self.lr
         return self.lr
+
+
+# --lr-scheduler's choices. Each schedule's fields are fairseq's flag names, so :func:`build_schedule`
+# fills them from the optim section by name.
+SCHEDULES: dict[str, type] = {"cosine": CosineSchedule, "inverse_sqrt": InverseSqrtSchedule, "fixed": FixedSchedule}
+
+
+def build_schedule(cfg: OptimConfig, max_update: int) -> LRSchedule:
+    """The schedule ``--lr-scheduler`` names, its settings read from the optim section (and ``--max-update``)."""
+    if cfg.lr_scheduler not in SCHEDULES:
+        raise ScheduleConfigError(f"unknown --lr-scheduler {cfg.lr_scheduler!r}: choose one of {', '.join(SCHEDULES)}")
+    schedule = SCHEDULES[cfg.lr_scheduler]
+    settings = {
+        f.name: max_update if f.name == "max_update" else getattr(cfg, f.name) for f in dataclasses.fields(schedule)
+    }
+    return schedule(**settings)
 
 
 def should_stop_for_min_lr(lr: float, stop_min_lr: float) -> bool:

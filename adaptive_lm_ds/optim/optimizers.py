@@ -9,13 +9,16 @@ through ``param_groups[i]["lr"]``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-OPTIMIZER_NAMES = ("nag", "adam", "adamw")
-FAIRSEQ_ADAM_BETAS = (0.9, 0.999)
-FAIRSEQ_ADAM_EPS = 1e-8
+from adaptive_lm_ds.errors import UserError
+
+if TYPE_CHECKING:  # the run's optim section (a type only: optim/ never imports the training package)
+    from adaptive_lm_ds.training.config import OptimConfig
+
+OPTIMIZER_NAMES = ("nag", "adam", "adamw")  # --optimizer's choices
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Param groups a rank's parameters are cut into. DeepSpeed's ZeRO-1/2 step builds the fp32 gradient of
 # one param group at a time (a flat copy of the group's gradients, cast to fp32) and frees it after that
@@ -26,7 +29,7 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 PARAM_GROUPS = 16
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError, ValueError):
     """An optimiser name or hyper-parameter that cannot work; the message says what to change."""
 
 
@@ -133,31 +136,29 @@ def bounded_param_groups(params: list[torch.Tensor], groups: int = PARAM_GROUPS)
 
 
 def build_optimizer(
-    name: str,
-    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-    lr: float,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = FAIRSEQ_ADAM_BETAS,
-    eps: float = FAIRSEQ_ADAM_EPS,
-    momentum: float = 0.99,
+    cfg: OptimConfig, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 ) -> torch.optim.Optimizer:
-    """The optimiser fairseq's ``--optimizer NAME`` would build, as a torch optimizer.
+    """The optimiser fairseq's ``--optimizer NAME`` would build, from the run's optim section.
 
-    * ``nag``: :class:`NAG` (fairseq's ``--momentum`` default is 0.99; ``betas``/``eps`` unused).
+    Reads ``optimizer``, ``lr``, ``weight_decay``, ``momentum`` (NAG), ``adam_betas`` and ``adam_eps``
+    (Adam); their defaults are fairseq's and live on :class:`~adaptive_lm_ds.training.config.OptimConfig`.
+
+    * ``nag``: :class:`NAG`.
     * ``adam``: fairseq's ``FairseqAdam``. Its weight decay is *decoupled* (it does
       ``p -= wd * lr * p`` before the Adam update, "Fixed Weight Decay Regularization in Adam"),
       which is exactly ``torch.optim.AdamW``; with ``weight_decay=0`` it equals ``torch.optim.Adam``.
       So ``adam`` builds ``torch.optim.AdamW`` to keep fairseq's semantics for ``--weight-decay``.
     * ``adamw``: ``torch.optim.AdamW`` (the same maths; the name is accepted for clarity).
 
-    Defaults follow fairseq: betas (0.9, 0.999), eps 1e-8. ``params`` may be param groups, e.g.
-    :func:`bounded_param_groups` under DeepSpeed's ZeRO-1/2.
+    ``params`` may be param groups, e.g. :func:`bounded_param_groups` under DeepSpeed's ZeRO-1/2.
     """
-    key = name.lower()
+    key = cfg.optimizer.lower()
     if key not in OPTIMIZER_NAMES:
-        raise OptimizerConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
-    if lr < 0.0:
-        raise OptimizerConfigError(f"optimizer {key}: lr must be >= 0, got {lr}")
+        raise OptimizerConfigError(f"unknown optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if cfg.lr < 0.0:
+        raise OptimizerConfigError(f"optimizer {key}: lr must be >= 0, got {cfg.lr}")
     if key == "nag":
-        return NAG(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        return NAG(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )

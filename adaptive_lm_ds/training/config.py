@@ -21,15 +21,30 @@ from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
 from adaptive_lm_ds import cli
-from adaptive_lm_ds.config import ModelConfig, get_preset
+from adaptive_lm_ds.config import ACTIVATIONS, PRESETS, ModelConfig, get_preset
+from adaptive_lm_ds.data import BREAK_MODES
 from adaptive_lm_ds.interop.fairseq_cfg import arch_model_config, fairseq_archs, refine
 from adaptive_lm_ds.layers.adaptive_softmax import CRITERIA
+from adaptive_lm_ds.metrics_log import LOG_FORMATS
+from adaptive_lm_ds.optim.lr_schedules import SCHEDULES
+from adaptive_lm_ds.optim.optimizers import OPTIMIZER_NAMES
 from adaptive_lm_ds.training.fairseq_flags import add_fairseq_compat
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field that carries its ``--help`` text (and argparse extras such as choices)."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+def _betas(text: str) -> tuple[float, float]:
+    """fairseq's ``--adam-betas '(0.9, 0.98)'`` (brackets optional) -> ``(0.9, 0.98)``: parsed once, here."""
+    try:
+        beta1, beta2 = (float(v) for v in text.strip().strip("()[]").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not two betas; write them as '(0.9, 0.98)'") from None
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: each beta must be in [0, 1)")
+    return beta1, beta2
 
 
 @dataclass
@@ -49,7 +64,7 @@ class DataConfig:
         "none",
         "none: fixed blocks over the stream; complete: whole sentences packed up to the block; "
         "eos: one sentence per sample; packed: sentences packed with block-diagonal attention",
-        choices=("none", "complete", "eos", "packed"),
+        choices=BREAK_MODES,
     )
     max_tokens: int = _f(0, "tokens per micro batch per data-parallel rank (0: use --batch-size)")
     batch_size: int = _f(0, "sequences per micro batch (0: derived from --max-tokens)")
@@ -71,14 +86,16 @@ class OptimConfig:
         "the padding index, ids cutoff_i + 1; docs/interop.md)",
         choices=CRITERIA,
     )
-    optimizer: str = _f("nag", "optimizer", choices=("nag", "adam", "adamw"))
+    optimizer: str = _f("nag", "optimizer", choices=OPTIMIZER_NAMES)
     lr: float = _f(1.0, "peak learning rate")
     momentum: float = _f(0.99, "NAG momentum")
     weight_decay: float = _f(0.0, "weight decay")
-    adam_betas: str = _f("(0.9, 0.999)", "Adam betas, as fairseq writes them (fairseq's default)")
-    adam_eps: float = _f(1e-8, "Adam epsilon")
+    adam_betas: tuple[float, float] = _f(
+        (0.9, 0.999), "Adam betas, written as fairseq does, e.g. '(0.9, 0.98)' (default: fairseq's)", type=_betas
+    )
+    adam_eps: float = _f(1e-8, "Adam epsilon (fairseq's default)")
     clip_norm: float = _f(0.1, "clip gradients to this global norm (0: off)")
-    lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=("cosine", "inverse_sqrt", "fixed"))
+    lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=tuple(SCHEDULES))
     warmup_updates: int = _f(16000, "linear warmup updates")
     warmup_init_lr: float = _f(1e-7, "lr at update 0 (-1: start at --min-lr)")
     min_lr: float = _f(1e-4, "cosine: minimum lr of the first period")
@@ -90,7 +107,7 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
-    preset: str = _f("tiny", "model preset (see --arch)", choices=("tiny", "wiki103", "gbw_large", "gbw_huge"))
+    preset: str = _f("tiny", "model preset (see --arch)", choices=tuple(PRESETS))
     arch: str = _f(
         "",
         "a fairseq transformer_lm* arch (transformer_lm_wiki103, transformer_lm_gbw, ...): the model is that "
@@ -126,7 +143,7 @@ class RunConfig:
     max_valid_steps: int = _f(0, "cap on validation batches (0: the whole split)")
     tensorboard_logdir: str = _f("", "tensorboard event folder (empty: none)")
     log_interval: int = _f(100, "log every N updates")
-    log_format: str = _f("simple", "console log format", choices=("simple", "json"))
+    log_format: str = _f("simple", "console log format", choices=LOG_FORMATS)
     max_consecutive_nan: int = _f(10, "abort after this many non-finite losses in a row")
     peak_tflops: float = _f(0.0, "per-device dense peak for the MFU estimate (0: known GPUs by name, none on CPU)")
 
@@ -152,7 +169,7 @@ class ModelOverrides:
     decoder_output_dim: int | None = _f(None, _SHAPE + " (must equal the embed dim: no output projection)")
     decoder_ffn_embed_dim: int | None = _f(None, _SHAPE)
     decoder_attention_heads: int | None = _f(None, _SHAPE)
-    activation_fn: str | None = _f(None, _SHAPE, choices=("relu", "gelu"))
+    activation_fn: str | None = _f(None, _SHAPE, choices=ACTIVATIONS)
     adaptive_input: bool = _f(False, _SHAPE)
     adaptive_input_cutoff: str | None = _f(None, _SHAPE + " (comma-separated)")
     adaptive_input_factor: float | None = _f(None, _SHAPE)
@@ -229,8 +246,8 @@ def build_parser(description: str, defaults: dict[str, Any] | None = None) -> ar
         group = parser.add_argument_group(section.name)
         for f in dataclasses.fields(section.default_factory):
             default = defaults.get(f.name, f.default)
-            tp = _plain_type(f.type)
             extra = {k: v for k, v in f.metadata.items() if k != "help"}
+            tp = extra.pop("type", None) or _plain_type(f.type)  # a field's own parser, else its plain type
             if tp is bool:
                 group.add_argument(*_flags(f.name), action="store_true", default=default, help=f.metadata["help"])
             else:

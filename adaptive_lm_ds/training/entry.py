@@ -1,7 +1,7 @@
 """The one training entry behind ``launchers/train_*.py``: parse, start the process group, train.
 
-Errors that a user can fix (layout, batch, config, data, checkpoint) end the run with a one-line
-``error: ...`` on rank 0 and exit code 2, before any step is taken.
+Errors that a user can fix (:class:`~adaptive_lm_ds.errors.UserError`: layout, batch, config, data,
+checkpoint, an aborted run) end the run with a one-line ``error: ...`` on rank 0 and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,32 +12,9 @@ import sys
 import torch.distributed as dist
 
 from adaptive_lm_ds import ds_runtime, parallel
-from adaptive_lm_ds.checkpoint import CheckpointError
-from adaptive_lm_ds.config import ConfigError
-from adaptive_lm_ds.data import DataError
-from adaptive_lm_ds.formats.consolidated import ConsolidatedFormatError
-from adaptive_lm_ds.metrics_log import LogConfigError
-from adaptive_lm_ds.optim.lr_schedules import ScheduleConfigError
-from adaptive_lm_ds.optim.optimizers import OptimizerConfigError
-from adaptive_lm_ds.parallel import LayoutError
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.training.config import build_parser, config_from_args
-from adaptive_lm_ds.training.ds_config import ConfigError as DSConfigError
-from adaptive_lm_ds.training.preflight import StartupError
-from adaptive_lm_ds.training.trainer import Trainer, TrainingAborted
-
-USER_ERRORS = (
-    ConfigError,
-    ConsolidatedFormatError,
-    DSConfigError,
-    DataError,
-    LayoutError,
-    CheckpointError,
-    TrainingAborted,
-    ScheduleConfigError,
-    OptimizerConfigError,
-    LogConfigError,
-    StartupError,
-)
+from adaptive_lm_ds.training.trainer import Trainer
 
 
 def init_process_group() -> None:
@@ -65,7 +42,7 @@ def main(argv=None, description: str = "Train an adaptive-input LM", defaults: d
         return 2
     try:
         summary = Trainer(cfg).run()
-    except USER_ERRORS as e:
+    except UserError as e:
         if dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -15,12 +15,13 @@ import shutil
 from pathlib import Path
 
 from adaptive_lm_ds.config import ModelConfig
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import TrainLayout, state_bytes
 from adaptive_lm_ds.model.sharding import plain_shapes
-from adaptive_lm_ds.training.ds_config import ConfigError
+from adaptive_lm_ds.training.ds_config import TrainConfigError
 
 
-class StartupError(RuntimeError):
+class StartupError(UserError, RuntimeError):
     """A folder the run cannot write, or a disk too small for a checkpoint; the message says what to do."""
 
 
@@ -41,7 +42,7 @@ def check_precision(precision: str, *, fp16_ok: bool | None = None) -> None:
     if not (fp16_supported() if fp16_ok is None else fp16_ok):
         from deepspeed.accelerator import get_accelerator
 
-        raise ConfigError(
+        raise TrainConfigError(
             f"the DeepSpeed config enables fp16, which this {get_accelerator().device_name()} device does not "
             "support (DeepSpeed's is_fp16_supported() is false); use a bf16 or fp32 config (ds_configs/zero1_bf16.json)"
         )

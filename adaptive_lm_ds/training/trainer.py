@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
@@ -25,41 +26,36 @@ from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_full_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
-from adaptive_lm_ds.optim.lr_schedules import (
-    CosineSchedule,
-    FixedSchedule,
-    InverseSqrtSchedule,
-    UpdateLRScheduler,
-    should_stop_for_min_lr,
-)
+from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule, should_stop_for_min_lr
 from adaptive_lm_ds.optim.optimizers import bounded_param_groups, build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
-from adaptive_lm_ds.training.ds_config import build_ds_config, micro_batch_sequences, precision
+from adaptive_lm_ds.training.ds_config import build_ds_config, precision
 from adaptive_lm_ds.training.engine import DeepSpeedMPU, Stepper, build_module
 from adaptive_lm_ds.training.signals import StopRequests
 
 
-class TrainingAborted(RuntimeError):
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One applied update, as every subscriber of :attr:`Trainer.on_update` receives it (the logger is one)."""
+
+    update: int  # 1-based count of applied updates
+    loss_sum: float  # nats, summed over the update's target tokens on all DP ranks
+    ntokens: int
+    gnorm: float  # global gradient norm before clipping
+    lr: float  # the scheduler's lr once this update is applied (what the log shows)
+    epoch: int  # 1-based
+    extra: dict[str, float]  # logged scalars: bsz, step_time, memory_gb, tflops_per_rank, loss_scale, mfu, clip
+
+
+class TrainingAborted(UserError, RuntimeError):
     """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact."""
-
-
-def build_schedule(cfg: TrainConfig):
-    o = cfg.optim
-    if o.lr_scheduler == "cosine":
-        return CosineSchedule(
-            lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr, min_lr=o.min_lr,
-            t_mult=o.t_mult, lr_period_updates=o.lr_period_updates, lr_shrink=o.lr_shrink,
-            max_update=cfg.run.max_update,
-        )  # fmt: skip
-    if o.lr_scheduler == "inverse_sqrt":
-        return InverseSqrtSchedule(lr=o.lr, warmup_updates=o.warmup_updates, warmup_init_lr=o.warmup_init_lr)
-    return FixedSchedule(lr=o.lr, warmup_updates=o.warmup_updates)
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
@@ -107,7 +103,7 @@ class Trainer:
         layout = parallel.Layout.for_world(world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size)
         self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
         preflight.check_precision(precision(self.ds_config))
-        self.micro = micro_batch_sequences(cfg)
+        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]  # sequences, decided once in build_ds_config
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
         self.model_cfg.validate(layout.tp)
@@ -130,16 +126,11 @@ class Trainer:
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
             load_full_state(module, init_state, self.model_cfg)
-        o = cfg.optim
         params = list(module.parameters())
         if self.ds_config.get("zero_optimization", {}).get("stage", 0) in (1, 2):
             params = bounded_param_groups(params)  # DeepSpeed's step: one group's fp32 gradient at a time
-        optimizer = build_optimizer(
-            o.optimizer, params, lr=o.lr, weight_decay=o.weight_decay,
-            betas=tuple(json.loads(o.adam_betas.replace("(", "[").replace(")", "]"))), eps=o.adam_eps,
-            momentum=o.momentum,
-        )  # fmt: skip
-        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg))
+        optimizer = build_optimizer(cfg.optim, params)
+        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg.optim, run.max_update))
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
             mpu=None if layout.pp > 1 else DeepSpeedMPU, dist_init_required=False,
@@ -156,7 +147,7 @@ class Trainer:
         self.consecutive_bad = 0
         self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
-        self.history: list[dict] = []  # per applied update: loss_sum (nats) and ntokens, all DP ranks
+        self.on_update: list[Callable[[UpdateRecord], None]] = []  # called after each applied update, after the logger
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
         self.peak_flops = peak_flops(run.peak_tflops)
 
@@ -217,6 +208,25 @@ class Trainer:
         return tag
 
     # ------------------------------------------------------------------ loop
+    def _update_record(self, result, step_time: float) -> UpdateRecord:
+        per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
+        extra = {
+            "bsz": self.ds_config["train_batch_size"],
+            "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
+            "loss_scale": result.loss_scale,
+        }  # fmt: skip
+        if self.peak_flops:
+            extra["mfu"] = per_rank_flops / self.peak_flops
+        if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
+            extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
+        return UpdateRecord(
+            update=self.num_updates, loss_sum=result.loss_sum, ntokens=result.ntokens, gnorm=result.gnorm,
+            lr=self.scheduler.get_last_lr()[0], epoch=self.batches.epoch + 1, extra=extra,
+        )  # fmt: skip
+
+    def _log_update(self, r: UpdateRecord) -> None:
+        self.logger.update(r.update, r.loss_sum, r.ntokens, lr=r.lr, gnorm=r.gnorm, epoch=r.epoch, **r.extra)
+
     def validate(self) -> float:
         """Loss (base 2) over the validation split (or its first --max-valid-steps batches), logged."""
         self.valid_batches.set_epoch(0)
@@ -271,7 +281,7 @@ class Trainer:
                         ckpt.folders.warn(
                             f"took over {lock.path} from a run that is gone ({lock.took_over.describe()})"
                         )
-            except (preflight.StartupError, ckpt.CheckpointError) as e:
+            except UserError as e:  # any user error on rank 0 must reach every rank, or they wait forever
                 error = e
         if self.stepper.any_rank(error is not None):
             raise error if error is not None else preflight.StartupError("a start-up check failed on rank 0")
@@ -316,28 +326,9 @@ class Trainer:
                 continue
             self.consecutive_bad = 0
             self.num_updates += 1
-            self.history.append(
-                {
-                    "update": self.num_updates,
-                    "loss_sum": result.loss_sum,
-                    "ntokens": result.ntokens,
-                    "gnorm": result.gnorm,
-                }
-            )
-            per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
-            extra = {
-                "bsz": self.micro * self.ctx.layout.dp * gas,
-                "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
-                "loss_scale": result.loss_scale,
-            }  # fmt: skip
-            if self.peak_flops:
-                extra["mfu"] = per_rank_flops / self.peak_flops
-            if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
-                extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
-            self.logger.update(
-                self.num_updates, result.loss_sum, result.ntokens, lr=self.scheduler.get_last_lr()[0],
-                gnorm=result.gnorm, epoch=self.batches.epoch + 1, **extra,
-            )  # fmt: skip
+            record = self._update_record(result, step_time)
+            for subscriber in (self._log_update, *self.on_update):
+                subscriber(record)
             if run.validate_interval_updates and self.num_updates % run.validate_interval_updates == 0:
                 valid_loss = self.validate()
             if not run.no_save and run.save_interval_updates and self.num_updates % run.save_interval_updates == 0:

@@ -1,11 +1,14 @@
-"""Small real training runs for tests: a data-bin, initial weights, and a rank-side train function.
+"""Small real training runs for the tests: a data-bin, initial weights, and a rank-side train function.
 
+Test scaffolding, not product: the ranks of :func:`adaptive_lm_ds.testing.run_on_ranks` import these
+functions as ``tests.training_runs`` (the harness puts the repository root on their PYTHONPATH).
 Every layout test trains from the *same* consolidated weights (``--init-from``) on the same data,
 so a layout's losses can be compared number for number with a single-process run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -50,6 +53,9 @@ def save_initial_weights(data_bin: str, out_dir: str, preset: str = "tiny", seed
 def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tuple[int, ...] = ()) -> dict:
     """Rank-side: run the trainer with launcher flags ``argv``; return its per-update history.
 
+    ``history``: one dict per applied update (:class:`~adaptive_lm_ds.training.trainer.UpdateRecord`'s
+    fields), recorded through the trainer's ``on_update`` hook, the one its logger listens on.
+
     ``report_tied``: also return this rank's tied tensors (pipeline ends) by local name.
     ``poison_updates``: attempts (1-based, counting skipped ones) whose loss is made NaN, to test
     the skip-and-abort path (one-piece model only).
@@ -60,6 +66,8 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
     from adaptive_lm_ds.training.trainer import Trainer
 
     trainer = Trainer(config_from_args(build_parser("test").parse_args(argv)))
+    history: list[dict] = []
+    trainer.on_update.append(lambda record: history.append(dataclasses.asdict(record)))
     if poison_updates:
         _poison(trainer, set(poison_updates))
     error = None
@@ -68,7 +76,7 @@ def train_on_rank(argv: list[str], report_tied: bool = False, poison_updates: tu
     except Exception as e:  # noqa: BLE001 - reported to the test, which decides
         summary, error = None, f"{type(e).__name__}: {e}"
     out = {
-        "history": trainer.history, "summary": summary, "layout": trainer.ctx.layout, "error": error,
+        "history": history, "summary": summary, "layout": trainer.ctx.layout, "error": error,
         "skipped_overflow": trainer.skipped_overflow,
     }  # fmt: skip
     module = trainer.engine.module
