@@ -102,5 +102,5 @@ def test_memory_plan_json_totals_are_the_sum_of_their_parts(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["search"]) == {"1", "8"}
     for row in [result["plan"], *result["search"].values()]:
-        parts = row["params"] + row["grads"] + row["optimizer"] + row["activations"]
+        parts = sum(row[k] for k in ("runtime", "params", "grads", "optimizer", "activations", "transient"))
         assert row["total"] == pytest.approx(parts)

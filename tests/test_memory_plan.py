@@ -5,6 +5,8 @@ training step (plain torch, and DeepSpeed ZeRO on 2 ranks); activations as the b
 storages autograd saves for backward in a forward pass (``saved_tensors_hooks``), parameters excluded.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -67,10 +69,10 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _measure_activations(cfg: ModelConfig, tp: int, packed: bool) -> tuple[int, int]:
+def _measure_activations(cfg: ModelConfig, tp: int, packed: bool, device: str = "gpu") -> tuple[int, int]:
     tokens, targets, segments = batch(packed)
     model = AdaptiveLM(cfg)
-    layout = TrainLayout(tp=tp, micro_batch=BATCH, seq_len=LENGTH, precision="fp32", packed=packed)
+    layout = TrainLayout(tp=tp, micro_batch=BATCH, seq_len=LENGTH, precision="fp32", packed=packed, device=device)
     planned = plan_memory(cfg, layout, target_shares(cfg, targets)).activations
     return saved_activation_bytes(model, tokens, targets, segments), planned
 
@@ -79,6 +81,14 @@ def _measure_activations(cfg: ModelConfig, tp: int, packed: bool) -> tuple[int, 
 def test_activations_match_saved_tensors(packed):
     with parallel.single_process():
         measured, planned = _measure_activations(small_config(), 1, packed)
+    assert planned == pytest.approx(measured, rel=0.10)
+
+
+def test_cpu_activations_with_every_dropout_match_saved_tensors():
+    """On CPU dropout saves float noise and attention dropout takes SDPA's math path (T per token and head)."""
+    cfg = dataclasses.replace(small_config(), dropout=0.3, attention_dropout=0.1, activation_dropout=0.1)
+    with parallel.single_process():
+        measured, planned = _measure_activations(cfg, 1, packed=False, device="cpu")
     assert planned == pytest.approx(measured, rel=0.10)
 
 
@@ -164,8 +174,9 @@ def test_zero_shards_states_over_data_parallel_ranks():
     cfg = small_config()
     base = plan_memory(cfg, TrainLayout(precision="bf16", optimizer="adam"))
     zero3 = plan_memory(cfg, TrainLayout(dp=4, zero_stage=3, precision="bf16", optimizer="adam"))
-    # ZeRO paper: 2 + 2 + 12 bytes per parameter, all divided by the DP size at stage 3.
-    assert base.params + base.grads + base.optimizer == pytest.approx(16 * base.params / 2, rel=1e-6)
+    # ZeRO paper: 2 + 2 + 12 bytes per parameter, all divided by the DP size at stage 3; without ZeRO
+    # DeepSpeed's BF16_Optimizer adds a flat fp32 gradient buffer (bf16_optimizer.py, "create fp32 gradients").
+    assert base.params + base.grads + base.optimizer == pytest.approx((16 + 4) * base.params / 2, rel=1e-6)
     assert zero3.params + zero3.grads + zero3.optimizer == pytest.approx(16 * base.params / 2 / 4, rel=1e-3)
 
 
@@ -184,3 +195,21 @@ def test_bad_layouts_are_rejected_with_a_reason():
         plan_memory(small_config(), TrainLayout(cpu_offload=True))
     with pytest.raises(ConfigError, match="num_heads=4 is not divisible"):
         plan_memory(small_config(), TrainLayout(tp=8))
+
+
+def _memory_plan(*args: str) -> list[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "tools/memory_plan.py", *args], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line.startswith(("TP", "1 GPU", "8 GPU"))]
+
+
+def test_memory_plan_marks_what_does_not_fit_and_prints_each_layout_once():
+    rows = _memory_plan("--preset", "gbw_huge", "--memory-gb", "16", "--search", "1,8", "--device", "gpu")
+    assert rows[0].startswith("TP1 PP1 DP1 ZeRO-0") and rows[0].endswith("NO")  # 24 GB planned > 90% of 16
+    layouts = [row.split("  ")[0].split(": ")[-1] for row in rows]
+    assert len(layouts) == len(set(layouts))  # no layout's row twice
+    assert all(row.endswith(("yes", "NO", "(row above)")) for row in rows)

@@ -117,3 +117,25 @@ def test_build_optimizer_nag_uses_the_given_momentum():
 def test_build_optimizer_rejects_unknown_name():
     with pytest.raises(OptimizerConfigError, match="choose one of nag, adam, adamw"):
         build_optimizer(OptimConfig(optimizer="sgd", lr=1.0), [torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_param_groups_have_a_fixed_count_and_cover_every_tensor_once():
+    """DeepSpeed all-reduces per-group norms over model-parallel ranks: every rank needs the same count."""
+    from adaptive_lm_ds.optim.optimizers import PARAM_GROUPS, group_bounds
+
+    for sizes in ([10] * 40, [1, 500] + [3] * 30, list(range(1, 100))):
+        bounds = group_bounds(sizes)
+        assert len(bounds) == PARAM_GROUPS
+        assert [i for a, b in bounds for i in range(a, b)] == list(range(len(sizes)))
+    assert len(group_bounds([5, 5, 5])) == 3  # fewer tensors than groups: one each
+    assert max(sum(s[a:b]) for s in [[10] * 160] for a, b in group_bounds(s)) == 100  # balanced
+
+
+def test_bounded_param_groups_keep_one_set_of_settings():
+    from adaptive_lm_ds.optim.optimizers import bounded_param_groups
+
+    params = [torch.nn.Parameter(torch.zeros(4)) for _ in range(40)]
+    optimizer = build_optimizer(OptimConfig(optimizer="nag", lr=0.5, momentum=0.9), bounded_param_groups(params))
+    assert len(optimizer.param_groups) > 1
+    assert [p for g in optimizer.param_groups for p in g["params"]] == params
+    assert {(g["lr"], g["momentum"]) for g in optimizer.param_groups} == {(0.5, 0.9)}

@@ -1,13 +1,17 @@
-"""Per-GPU memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
+"""Per-rank memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
 
     python tools/memory_plan.py --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
         --zero-stage 1 --precision bf16
-    python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --gpu-memory-gb 80 [--json FILE]
+    python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --memory-gb 80 [--json FILE]
+    python tools/memory_plan.py --preset gbw_huge --device cpu --tensor-model-parallel-size 2 \
+        --micro-batch 2 --seq-len 128 --zero-stage 1 --packed      # a CPU rank's peak RSS
 
 The model is the planner's (adaptive_lm_ds/memory.py: ZeRO accounting over parameter counts from the
-real modules on the meta device, activations from what this code saves for backward). "Fits" means
-the plan's total stays under ``--reserve`` (default 90%) of the GPU's memory, leaving the rest for the
-allocator's fragmentation, temporary buffers, the CUDA context and communication buckets. The search
+real modules on the meta device, activations from what this code saves for backward, DeepSpeed's
+transient buffers, and on CPU the measured runtime baseline). "Fits" means the plan's total stays under
+``--reserve`` of ``--memory-gb`` (default: 90% of 80 GB on a GPU; 100% of this machine's RAM on CPU,
+whose plan already counts the runtime); on a GPU the rest is left for the CUDA context and the
+allocator's fragmentation, which the plan does not model. Each row says whether it fits. The search
 tries every TP (dividing the heads) x PP x DP of N GPUs, ZeRO 0-3 (0-1 with PP), activation
 checkpointing off/on and CPU offload off/on, and prints the cheapest that fits: no offload first, then
 the least model parallelism (TP x PP), no checkpointing, the lowest ZeRO stage.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from adaptive_lm_ds import cli
@@ -80,18 +85,22 @@ def plan_row(layout: TrainLayout, plan: MemoryPlan) -> dict:
     return {
         "layout": dataclasses.asdict(layout),
         "stage": plan.stage,
-        **{k: getattr(plan, k) for k in ("params", "grads", "optimizer", "activations", "cpu", "total")},
+        **{k: getattr(plan, k) for k in COLUMNS},
     }
 
 
-def format_row(label: str, plan: MemoryPlan) -> str:
-    parts = (plan.params, plan.grads, plan.optimizer, plan.activations, plan.total)
-    return f"{label:<46}" + "".join(f"{b / GB:>10.2f}" for b in parts) + f"{plan.cpu / GB:>10.2f}"
+COLUMNS = ("runtime", "params", "grads", "optimizer", "activations", "transient", "total", "cpu")
+HEADER = f"{'layout (GB per rank)':<46}" + "".join(f"{h[:8]:>9}" for h in COLUMNS) + "  fits"
 
 
-HEADER = f"{'layout (GB per GPU)':<46}" + "".join(
-    f"{h:>10}" for h in ("params", "grads", "optim", "activ", "total", "cpu")
-)
+def format_row(label: str, plan: MemoryPlan, budget: float) -> str:
+    fits = "yes" if plan.total <= budget else "NO"
+    return f"{label:<46}" + "".join(f"{getattr(plan, k) / GB:>9.2f}" for k in COLUMNS) + f"  {fits}"
+
+
+def machine_memory_bytes() -> int:
+    """This machine's RAM (``sysconf``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,15 +119,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-offload", action="store_true")
     parser.add_argument("--packed", action="store_true", help="block-diagonal attention over packed sentences")
     parser.add_argument("--search", default=None, help="comma-separated GPU counts: print the smallest fitting layouts")
-    parser.add_argument("--gpu-memory-gb", type=float, default=80.0)
-    parser.add_argument("--reserve", type=float, default=0.9, help="usable fraction of GPU memory")
+    parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="cpu: plan a rank's peak RSS")
+    parser.add_argument(
+        "--memory-gb", "--gpu-memory-gb", type=float, default=None,
+        help="memory per device (default: 80 on gpu; this machine's RAM on cpu, shared by all ranks)",
+    )  # fmt: skip
+    parser.add_argument("--reserve", type=float, default=None, help="usable fraction (default 0.9 gpu, 1.0 cpu)")
     parser.add_argument("--json", default=None, help="write the plans here as JSON")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    budget = args.gpu_memory_gb * GB * args.reserve
+    cpu = args.device == "cpu"
+    reserve = args.reserve if args.reserve is not None else (1.0 if cpu else 0.9)
+    memory = args.memory_gb * GB if args.memory_gb is not None else (machine_memory_bytes() if cpu else 80 * GB)
     layout = TrainLayout(
         tp=args.tensor_model_parallel_size,
         pp=args.pipeline_model_parallel_size,
@@ -131,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         activation_checkpointing=args.activation_checkpointing,
         cpu_offload=args.cpu_offload,
         packed=args.packed,
+        device=args.device,
     )
+    # On CPU every rank of the layout shares the machine: the budget per rank is the machine's share.
+    ranks_here = layout.world_size if cpu and args.memory_gb is None else 1
+    budget = memory * reserve / ranks_here
     try:
         cfg = get_preset(args.preset, args.vocab_size)
         plan = plan_memory(cfg, layout)
@@ -140,21 +159,31 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"memory_plan: {err}") from None
     tokens = args.micro_batch * args.seq_len
     print(f"{args.preset}: {args.precision}, {args.optimizer}, micro batch {args.micro_batch} x {args.seq_len} tokens")
-    print(f"fits = total <= {args.reserve:.0%} of {args.gpu_memory_gb:g} GB = {budget / GB:.1f} GB\n")
+    share = f" / {ranks_here} ranks on this machine" if ranks_here > 1 else ""
+    print(f"fits = total <= {reserve:.0%} of {memory / GB:.1f} GB{share} = {budget / GB:.2f} GB per rank\n")
     print(HEADER)
-    print(format_row(describe(layout), plan))
+    printed = {layout}  # a layout's row is printed once, whatever else it is (plain, smallest fit)
+
+    def row(label: str, row_layout: TrainLayout, row_plan: MemoryPlan) -> None:
+        if row_layout not in printed:
+            printed.add(row_layout)
+            print(format_row(label, row_plan, budget))
+
+    print(format_row(describe(layout), plan, budget))
     result = {"preset": args.preset, "tokens_per_micro_batch": tokens, "budget_bytes": budget}
     result["plan"] = plan_row(layout, plan)
     result["search"] = {}
     for gpus in search:
         plain = dataclasses.replace(layout, tp=1, pp=1, dp=gpus, zero_stage=0, cpu_offload=False)
-        print(format_row(f"{gpus} GPU(s): {describe(plain)}", plan_memory(cfg, plain)))
+        row(f"{gpus} GPU(s): {describe(plain)}", plain, plan_memory(cfg, plain))
         found = smallest_fit(cfg, gpus, layout, budget)
         if found is None:
             print(f"{gpus} GPU(s): no layout fits")
             result["search"][gpus] = None
             continue
-        print(format_row(f"{gpus} GPU(s) smallest fit: {describe(found[0])}", found[1]))
+        if found[0] in printed:
+            print(f"{gpus} GPU(s) smallest fit: {describe(found[0])} (row above)")
+        row(f"{gpus} GPU(s) smallest fit: {describe(found[0])}", *found)
         result["search"][gpus] = plan_row(*found)
     if args.json:
         atomic_write_json(args.json, result)

@@ -20,19 +20,19 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.data.dictionary import current_umask
 from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.formats.streaming import read_safetensors, write_safetensors
 from adaptive_lm_ds.model.sharding import shard_of
 from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
 
@@ -85,7 +85,7 @@ def check_model_output(
 def save_consolidated(
     path: str | os.PathLike,
     cfg: ModelConfig,
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
     dictionary: Dictionary | None = None,
     extra: dict[str, Any] | None = None,
     *,
@@ -111,8 +111,7 @@ def save_consolidated(
     check_model_output(path, writer=writer, force=force, inputs=inputs, own_entries=own_entries)
     tmp = temp_folder_beside(path)
     try:
-        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        write_safetensors(str(tmp / WEIGHTS), state_dict, metadata={"format": FORMAT})  # one tensor at a time
         (tmp / WEIGHTS).chmod(0o666 & ~current_umask())  # safetensors creates 0600; the umask decides
         meta = {"format": FORMAT, "version": VERSION, "writer": writer}
         meta.update(model=dataclasses.asdict(cfg), tied=tied_names(cfg))
@@ -149,8 +148,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``(ModelConfig, state dict, Dictionary or None)`` of a folder written by :func:`save_consolidated`."""
+def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, Mapping[str, torch.Tensor], Dictionary | None]:
+    """``(ModelConfig, state dict, Dictionary or None)`` of a folder written by :func:`save_consolidated`.
+
+    The state dict is a :class:`~adaptive_lm_ds.formats.streaming.LazyTensors` over the file: each
+    tensor is read when it is asked for, so loading a model never holds a second whole copy.
+    """
     path = Path(path)
     meta = read_config(path)
     try:
@@ -161,8 +164,8 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, t
     if not weights.is_file():
         raise ConsolidatedFormatError(f"{weights} is missing; the folder is incomplete")
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as err:
+        state = read_safetensors(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
         raise ConsolidatedFormatError(f"{weights} is corrupt ({err})") from None
     dictionary = None
     if (path / DICT).is_file():
@@ -174,9 +177,9 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, t
 
 
 @torch.no_grad()
-def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Copy a one-piece state dict (as a consolidated folder stores it) into ``model``'s parameters, sharded for
-    its TP rank.
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Copy a one-piece state dict (as a consolidated folder stores it; a lazy mapping streams) into
+    ``model``'s parameters, sharded for its TP rank.
 
     ``model`` is an :class:`AdaptiveLM` (or a stage of one) built for any TP size; tied parameters the
     model holds under an alias name (a separate pipeline stage) read the owner's tensor. Every
@@ -190,12 +193,12 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         if source not in state_dict:
             missing.append(name)
             continue
-        shard = shard_of(param, state_dict[source], tp_rank)
+        full = state_dict[source]  # a lazy mapping reads it now; dropped after the copy
+        shard = shard_of(param, full, tp_rank)
         if shard.shape != param.shape:
-            raise ConsolidatedFormatError(
-                f"{name}: stored shape {tuple(state_dict[source].shape)} does not fit the model"
-            )
+            raise ConsolidatedFormatError(f"{name}: stored shape {tuple(full.shape)} does not fit the model")
         param.copy_(shard)
+        del full, shard
     unused = sorted(set(state_dict) - set(params) - set(owners.values()))
     if missing or unused:
         raise ConsolidatedFormatError(

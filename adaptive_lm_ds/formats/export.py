@@ -21,6 +21,7 @@ from adaptive_lm_ds.checkpoint import CheckpointError, load_file, open_checkpoin
 from adaptive_lm_ds.checkpoint import names as ckpt_names
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
+from adaptive_lm_ds.formats.streaming import LazyTensors
 from adaptive_lm_ds.model.sharding import one_piece_shapes
 
 
@@ -45,8 +46,13 @@ def _zero3_state(tag_dir: Path) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
-def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
-    """``(ModelConfig, one-piece fp32 state dict, Dictionary or None)`` of a training checkpoint."""
+def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, LazyTensors, Dictionary | None]:
+    """``(ModelConfig, one-piece fp32 state dict, Dictionary or None)`` of a training checkpoint.
+
+    The state dict is lazy (:mod:`adaptive_lm_ds.formats.streaming`): the ranks' saved shards (in their
+    training precision) stay as loaded, and each one-piece fp32 tensor is assembled when asked for,
+    so an export or evaluation never holds the whole model in fp32 beside them.
+    """
     tag_dir, record = open_checkpoint(path)
     cfg = record.model_config()
     tp, pp = record.dims.tp, record.dims.pp
@@ -58,15 +64,18 @@ def consolidate_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, tor
         states = [_zero3_state(tag_dir)]
     else:
         states = [_rank_state(tag_dir, cfg, r, pp) for r in range(tp)]
-    one_piece: dict[str, torch.Tensor] = {}
-    for name, shape in shapes.items():
+    for name in shapes:
         if any(name not in s for s in states):
             raise CheckpointError(f"{tag_dir}: parameter {name} is missing from the saved weights")
+
+    def assemble(name: str) -> torch.Tensor:
+        shape = shapes[name]
         tensor = states[0][name]
         split = [d for d, (a, b) in enumerate(zip(tensor.shape, shape)) if a != b]
         if split:  # a TP-sharded dimension: concatenate the ranks' slices, drop vocabulary padding
             tensor = torch.cat([s[name] for s in states], dim=split[0]).narrow(split[0], 0, shape[split[0]])
         if tensor.shape != shape:
             raise CheckpointError(f"{tag_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        one_piece[name] = tensor.float().contiguous()
-    return cfg, one_piece, dictionary
+        return tensor.float().contiguous()
+
+    return cfg, LazyTensors(shapes, assemble), dictionary

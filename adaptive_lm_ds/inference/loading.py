@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
@@ -29,8 +29,12 @@ from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM
 def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Dictionary | None]:
     """``(ModelConfig, one-piece state dict, Dictionary or None)`` of ``path`` (see the module docstring).
 
-    A fairseq ``.pt`` carries no dictionary: the caller looks for ``dict.txt`` beside it.
+    A fairseq ``.pt`` carries no dictionary: the caller looks for ``dict.txt`` beside it. Consolidated
+    folders and training checkpoints come as lazy state dicts (one tensor made at a time); glibc is set
+    to give freed tensors back (:mod:`adaptive_lm_ds.host_memory`), as the caller builds a whole model
+    next, whose initialisation frees as much as it keeps.
     """
+    host_memory.configure_host_allocator()
     source = Path(path)
     if is_consolidated(source):
         return load_consolidated(source)

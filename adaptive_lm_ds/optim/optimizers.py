@@ -20,6 +20,13 @@ if TYPE_CHECKING:  # the run's optim section (a type only: optim/ never imports 
 
 OPTIMIZER_NAMES = ("nag", "adam", "adamw")  # --optimizer's choices
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Param groups a rank's parameters are cut into. DeepSpeed's ZeRO-1/2 step builds the fp32 gradient of
+# one param group at a time (a flat copy of the group's gradients, cast to fp32) and frees it after that
+# group's update; with all of gbw_huge's 515M parameters per TP rank in one group that transient was
+# 2.06 GB of fp32 plus a 1.03 GB bf16 flat copy (BENCHMARKS.md, "Memory at real shapes"). The count is
+# fixed, not a size: DeepSpeed all-reduces each group's gradient norm over the model-parallel ranks
+# (TP and pipeline stages), which deadlocks unless every rank has the same number of groups.
+PARAM_GROUPS = 16
 
 
 class OptimizerConfigError(UserError, ValueError):
@@ -102,6 +109,32 @@ class NAG(torch.optim.Optimizer):
         return loss
 
 
+def group_bounds(sizes: list[int], groups: int = PARAM_GROUPS) -> list[tuple[int, int]]:
+    """``[start, end)`` index ranges cutting ``sizes`` (tensor element counts, in order) into
+    ``min(groups, len(sizes))`` consecutive groups of about equal elements (each at least one tensor)."""
+    count = min(groups, len(sizes))
+    total = sum(sizes)
+    bounds, start, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        acc += size
+        left = count - len(bounds) - 1  # groups still to open after this one
+        if left and (acc * count >= total * (len(bounds) + 1) or len(sizes) - i - 1 == left):
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, len(sizes)))
+    return [b for b in bounds if b[1] > b[0]]
+
+
+def bounded_param_groups(params: list[torch.Tensor], groups: int = PARAM_GROUPS) -> list[dict]:
+    """The parameters as :func:`group_bounds` param groups (same hyper-parameters in each).
+
+    The update is the one-group update; only what an optimizer wrapper materialises per group
+    (DeepSpeed's flat fp32 gradient) shrinks. For ZeRO-1/2 only: under ZeRO-3 the training run no
+    longer matched one process to 1e-5 with 16 groups (tests/test_train_layouts.py, dp2-zero3).
+    """
+    return [{"params": params[a:b]} for a, b in group_bounds([p.numel() for p in params], groups)]
+
+
 def build_optimizer(
     cfg: OptimConfig, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]
 ) -> torch.optim.Optimizer:
@@ -116,6 +149,8 @@ def build_optimizer(
       which is exactly ``torch.optim.AdamW``; with ``weight_decay=0`` it equals ``torch.optim.Adam``.
       So ``adam`` builds ``torch.optim.AdamW`` to keep fairseq's semantics for ``--weight-decay``.
     * ``adamw``: ``torch.optim.AdamW`` (the same maths; the name is accepted for clarity).
+
+    ``params`` may be param groups, e.g. :func:`bounded_param_groups` under DeepSpeed's ZeRO-1/2.
     """
     key = cfg.optimizer.lower()
     if key not in OPTIMIZER_NAMES:

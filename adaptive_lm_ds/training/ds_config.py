@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.memory import ZERO_BUCKET_ELEMENTS
 from adaptive_lm_ds.training.config import TrainConfig
 
 
@@ -84,6 +85,8 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, pp_size: int) -> dict[str, A
     ds.setdefault("zero_allow_untested_optimizer", True)  # NAG is ours, DeepSpeed does not know it
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
     stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage in (1, 2):  # DeepSpeed's 5e8-element default bucket is a 1-2 GB buffer per rank (issue 15)
+        ds["zero_optimization"].setdefault("reduce_bucket_size", ZERO_BUCKET_ELEMENTS)
     if pp_size > 1 and stage > 1:
         raise TrainConfigError(
             f"ZeRO stage {stage} does not combine with pipeline parallelism in DeepSpeed; "

@@ -92,7 +92,8 @@ def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
         if p.grad is None or getattr(p, "ds_pipe_replicated", False):
             continue
         if dims.tp_rank == 0 or is_model_parallel_parameter(p):
-            total += p.grad.detach().double().square().sum()
+            for chunk in p.grad.detach().reshape(-1).split(1 << 22):  # fp64 copies of 32 MB, not of a table
+                total += chunk.double().square().sum()
     for group in (dims.tp_group, dims.pp_group):
         dist.all_reduce(total, group=group)
     return total.sqrt()

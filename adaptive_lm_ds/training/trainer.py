@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from adaptive_lm_ds import checkpoint as ckpt
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
@@ -32,7 +32,7 @@ from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule, should_stop_for_min_lr
-from adaptive_lm_ds.optim.optimizers import build_optimizer
+from adaptive_lm_ds.optim.optimizers import bounded_param_groups, build_optimizer
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_ds_config, precision
@@ -95,6 +95,7 @@ class Trainer:
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
+        host_memory.configure_host_allocator()  # freed tensors go back to the OS (issue 15)
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
@@ -126,13 +127,19 @@ class Trainer:
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
             load_one_piece_state(module, init_state, self.model_cfg)
-        optimizer = build_optimizer(cfg.optim, module.parameters())
+        params = list(module.parameters())
+        if self.ds_config.get("zero_optimization", {}).get("stage", 0) in (1, 2):
+            params = bounded_param_groups(params)  # DeepSpeed's step: one group's fp32 gradient at a time
+        optimizer = build_optimizer(cfg.optim, params)
         self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg.optim, run.max_update))
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
             mpu=self.dims.deepspeed_mpu, dist_init_required=False,
         )  # fmt: skip
         ckpt.install(self.engine)  # every checkpoint file DeepSpeed opens is unpickled weights-only
+        if layout.dp == 1 and layout.pp == 1 and not self.engine.zero_optimization():
+            # nothing to all-reduce, but DeepSpeed would still copy all gradients into one flat buffer
+            self.engine.enable_backward_allreduce = False
         self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
         self.num_updates = 0
         self.last_saved: str | None = None  # the newest checkpoint this run saved or resumed from
