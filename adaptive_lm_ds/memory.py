@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.distributed as dist
@@ -80,11 +80,10 @@ class MemoryPlanError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class TrainLayout:
-    """Everything besides the model that decides per-GPU memory."""
+    """Everything besides the model that decides per-rank memory: the parallel sizes (``dims``, the one
+    layout object, :class:`~adaptive_lm_ds.parallel.ParallelDims`) and the training settings."""
 
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
+    dims: parallel.ParallelDims = parallel.ParallelDims()
     zero_stage: int = 0
     micro_batch: int = 1
     seq_len: int = 512
@@ -95,9 +94,15 @@ class TrainLayout:
     packed: bool = False  # block-diagonal attention over packed sentences
     device: str = "gpu"  # "cpu": the plan is a rank's peak RSS (runtime baseline included)
 
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+    tp = property(lambda self: self.dims.tp)
+    pp = property(lambda self: self.dims.pp)
+    dp = property(lambda self: self.dims.dp)
+    world_size = property(lambda self: self.dims.world_size)
+
+    def as_dict(self) -> dict:
+        """Flat JSON form: the sizes, then the settings."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dims"}
+        return {**self.dims.to_record(), **settings}
 
     def validate(self, cfg: ModelConfig) -> TrainLayout:
         if self.precision not in PRECISION_BYTES:

@@ -16,6 +16,7 @@ from adaptive_lm_ds.flops import band_fractions
 from adaptive_lm_ds.memory import MemoryPlanError, TrainLayout, plan_memory, plan_stages
 from adaptive_lm_ds.model import AdaptiveLM
 from adaptive_lm_ds.optim.optimizers import build_optimizer
+from adaptive_lm_ds.parallel import ParallelDims
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.config import OptimConfig
 
@@ -72,7 +73,14 @@ def tensor_bytes(tensors) -> int:
 def _measure_activations(cfg: ModelConfig, tp: int, packed: bool, device: str = "gpu") -> tuple[int, int]:
     tokens, targets, segments = batch(packed)
     model = AdaptiveLM(cfg)
-    layout = TrainLayout(tp=tp, micro_batch=BATCH, seq_len=LENGTH, precision="fp32", packed=packed, device=device)
+    layout = TrainLayout(
+        dims=ParallelDims(tp=tp),
+        micro_batch=BATCH,
+        seq_len=LENGTH,
+        precision="fp32",
+        packed=packed,
+        device=device,
+    )
     planned = plan_memory(cfg, layout, target_shares(cfg, targets)).activations
     return saved_activation_bytes(model, tokens, targets, segments), planned
 
@@ -117,14 +125,14 @@ def _two_ranks(zero_stages):
 
     cfg = small_config()
     out = {}
-    parallel.initialize_parallel(parallel.ParallelDims(tp=2))
+    parallel.initialize_parallel(ParallelDims(tp=2))
     try:
         out["tp2_activations"] = _measure_activations(cfg, 2, packed=False)
         out["tp2_params"] = tensor_bytes(AdaptiveLM(cfg).parameters())
     finally:
         parallel.destroy_parallel()
     for stage in zero_stages:
-        parallel.initialize_parallel(parallel.ParallelDims(dp=2))
+        parallel.initialize_parallel(ParallelDims(dp=2))
         try:
             model = AdaptiveLM(cfg)
             ds_config = {
@@ -160,20 +168,22 @@ def dist_rank() -> int:
 def test_two_rank_layouts_match_measurements():
     results = run_on_ranks(_two_ranks, nprocs=2, timeout=240, zero_stages=(1, 2))
     cfg = small_config()
-    tp2 = plan_memory(cfg, TrainLayout(tp=2, precision="fp32"))
+    tp2 = plan_memory(cfg, TrainLayout(dims=ParallelDims(tp=2), precision="fp32"))
     for rank in results:
         measured, planned = rank["tp2_activations"]
         assert planned == pytest.approx(measured, rel=0.10)
         assert tp2.params == pytest.approx(rank["tp2_params"], rel=0.10)
         for stage in (1, 2):
-            plan = plan_memory(cfg, TrainLayout(dp=2, zero_stage=stage, precision="fp32", optimizer="nag"))
+            plan = plan_memory(
+                cfg, TrainLayout(dims=ParallelDims(dp=2), zero_stage=stage, precision="fp32", optimizer="nag")
+            )
             assert plan.optimizer == pytest.approx(rank[f"zero{stage}_optimizer"], rel=0.10)
 
 
 def test_zero_shards_states_over_data_parallel_ranks():
     cfg = small_config()
     base = plan_memory(cfg, TrainLayout(precision="bf16", optimizer="adam"))
-    zero3 = plan_memory(cfg, TrainLayout(dp=4, zero_stage=3, precision="bf16", optimizer="adam"))
+    zero3 = plan_memory(cfg, TrainLayout(dims=ParallelDims(dp=4), zero_stage=3, precision="bf16", optimizer="adam"))
     # ZeRO paper: 2 + 2 + 12 bytes per parameter, all divided by the DP size at stage 3; without ZeRO
     # DeepSpeed's BF16_Optimizer adds a flat fp32 gradient buffer (bf16_optimizer.py, "create fp32 gradients").
     assert base.params + base.grads + base.optimizer == pytest.approx((16 + 4) * base.params / 2, rel=1e-6)
@@ -182,7 +192,7 @@ def test_zero_shards_states_over_data_parallel_ranks():
 
 def test_pipeline_first_stage_holds_most_micro_batches():
     cfg = small_config().replace(num_layers=4)
-    stages = plan_stages(cfg, TrainLayout(pp=2, micro_batch=BATCH, seq_len=LENGTH, precision="fp32"))
+    stages = plan_stages(cfg, TrainLayout(dims=ParallelDims(pp=2), micro_batch=BATCH, seq_len=LENGTH, precision="fp32"))
     single = plan_memory(cfg, TrainLayout(micro_batch=BATCH, seq_len=LENGTH, precision="fp32"))
     assert stages[0].activations > stages[1].activations
     assert sum(s.params for s in stages) > single.params  # the last stage's own copy of the tied tables
@@ -190,11 +200,11 @@ def test_pipeline_first_stage_holds_most_micro_batches():
 
 def test_bad_layouts_are_rejected_with_a_reason():
     with pytest.raises(MemoryPlanError, match="ZeRO stage 0 or 1"):
-        plan_memory(small_config().replace(num_layers=4), TrainLayout(pp=2, zero_stage=2))
+        plan_memory(small_config().replace(num_layers=4), TrainLayout(dims=ParallelDims(pp=2), zero_stage=2))
     with pytest.raises(MemoryPlanError, match="CPU offload needs ZeRO"):
         plan_memory(small_config(), TrainLayout(cpu_offload=True))
     with pytest.raises(ConfigError, match="num_heads=4 is not divisible"):
-        plan_memory(small_config(), TrainLayout(tp=8))
+        plan_memory(small_config(), TrainLayout(dims=ParallelDims(tp=8)))
 
 
 def _memory_plan(*args: str) -> list[str]:

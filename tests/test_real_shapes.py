@@ -85,7 +85,7 @@ def _rank_body(seed: int) -> dict:
             .item()
         )
 
-    layout = memory.TrainLayout(tp=2, micro_batch=BATCH, seq_len=LENGTH, precision="fp32")
+    layout = memory.TrainLayout(dims=parallel.ParallelDims(tp=2), micro_batch=BATCH, seq_len=LENGTH, precision="fp32")
     shares = band_fractions(cfg.output_bands(), torch.bincount(targets.flatten(), minlength=cfg.vocab_size))
     tokens_n = BATCH * LENGTH
     out["planned_saved"] = tokens_n * (

@@ -35,6 +35,7 @@ from adaptive_lm_ds.memory import (
     TrainLayout,
     plan_memory,
 )
+from adaptive_lm_ds.parallel import ParallelDims
 
 GB = 1e9
 
@@ -49,9 +50,7 @@ def candidate_layouts(cfg: ModelConfig, gpus: int, base: TrainLayout) -> list[Tr
                         layouts.append(
                             dataclasses.replace(
                                 base,
-                                tp=tp,
-                                pp=pp,
-                                dp=gpus // (tp * pp),
+                                dims=ParallelDims(tp, pp, gpus // (tp * pp)),
                                 zero_stage=zero,
                                 activation_checkpointing=ckpt,
                                 cpu_offload=offload,
@@ -83,7 +82,7 @@ def describe(layout: TrainLayout) -> str:
 
 def plan_row(layout: TrainLayout, plan: MemoryPlan) -> dict:
     return {
-        "layout": dataclasses.asdict(layout),
+        "layout": layout.as_dict(),
         "stage": plan.stage,
         **{k: getattr(plan, k) for k in COLUMNS},
     }
@@ -135,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     reserve = args.reserve if args.reserve is not None else (1.0 if cpu else 0.9)
     memory = args.memory_gb * GB if args.memory_gb is not None else (machine_memory_bytes() if cpu else 80 * GB)
     layout = TrainLayout(
-        tp=args.tensor_model_parallel_size,
-        pp=args.pipeline_model_parallel_size,
-        dp=args.data_parallel_size,
+        dims=ParallelDims(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.data_parallel_size),
         zero_stage=args.zero_stage,
         micro_batch=args.micro_batch,
         seq_len=args.seq_len,
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     result["plan"] = plan_row(layout, plan)
     result["search"] = {}
     for gpus in search:
-        plain = dataclasses.replace(layout, tp=1, pp=1, dp=gpus, zero_stage=0, cpu_offload=False)
+        plain = dataclasses.replace(layout, dims=ParallelDims(dp=gpus), zero_stage=0, cpu_offload=False)
         row(f"{gpus} GPU(s): {describe(plain)}", plain, plan_memory(cfg, plain))
         found = smallest_fit(cfg, gpus, layout, budget)
         if found is None:
