@@ -25,13 +25,13 @@ import os
 import sys
 
 from adaptive_lm_ds import cli
-from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset
+from adaptive_lm_ds.config import PRESETS, ModelConfig, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import (
     OPTIMIZER_STATES,
     PRECISION_BYTES,
     MemoryPlan,
-    MemoryPlanError,
     TrainLayout,
     plan_memory,
 )
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_preset(args.preset, args.vocab_size)
         plan = plan_memory(cfg, layout)
         search = [int(n) for n in args.search.split(",")] if args.search else []
-    except (ConfigError, MemoryPlanError, ValueError) as err:
+    except (UserError, ValueError) as err:  # ValueError: a malformed --search list
         raise SystemExit(f"memory_plan: {err}") from None
     tokens = args.micro_batch * args.seq_len
     print(f"{args.preset}: {args.precision}, {args.optimizer}, micro batch {args.micro_batch} x {args.seq_len} tokens")

@@ -24,7 +24,8 @@ from adaptive_lm_ds import (
     cli,
     parallel,
 )
-from adaptive_lm_ds.config import PRESETS, ConfigError, ModelConfig, get_preset
+from adaptive_lm_ds.config import PRESETS, ModelConfig, get_preset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import stage_parameter_counts
 from adaptive_lm_ds.model import AdaptiveLM
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_preset(args.preset, args.vocab_size).validate(tp)
         with _stdout_to_stderr(), parallel.single_process():  # DeepSpeed prints while it starts
             summary = summarize(cfg, tp, pp)
-    except ConfigError as err:
+    except UserError as err:
         raise SystemExit(f"model_summary: {err}") from None
     summary = {"preset": args.preset, **summary}
     if args.json:

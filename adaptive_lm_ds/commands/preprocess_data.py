@@ -21,6 +21,7 @@ from adaptive_lm_ds.data.dictionary import Dictionary
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.indexed import LAYOUTS
 from adaptive_lm_ds.data.preprocess import CHUNK_BYTES, binarize_file, build_dictionary, has_words
+from adaptive_lm_ds.errors import UserError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,5 +101,5 @@ def run(argv: list[str] | None = None) -> None:
     """``adaptive-lm-preprocess``: :func:`main`, with a data error as one ``error:`` line (exit 1)."""
     try:
         main(argv)
-    except DataError as err:
+    except UserError as err:
         raise SystemExit(f"error: {err}") from None
