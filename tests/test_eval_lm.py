@@ -144,6 +144,19 @@ def test_eval_lm_cli_tp2_pp2_matches_tp1_on_a_prefix_of_mode_ii(tp1_results, fix
     assert got["loss_base2"] == pytest.approx(want.loss_base2, rel=1e-6)
 
 
+def test_eval_lm_cli_pp2_under_deepspeed_launcher_matches_tp1(tp1_results, fixture_dir, tmp_path):
+    out = tmp_path / "ii.json"
+    args = [
+        "--path", fixture_dir / "checkpoint.pt", "--data", fixture_dir / "data-bin", "--gen-subset", "test",
+        "--tokens-per-sample", "128", "--context-window", "64", "--max-samples", PREFIX,
+        "--pipeline-model-parallel-size", "2", "--json", out,
+    ]  # fmt: skip
+    run_script(REPO / "tools" / "eval_lm.py", args, nprocs=2, launcher="deepspeed", timeout=300)
+    got, want = json.loads(out.read_text()), tp1_results[1]["ii"]
+    assert got["tokens"] == want.tokens == PREFIX * 64
+    assert got["loss_base2"] == pytest.approx(want.loss_base2, rel=1e-6)
+
+
 def _eval_lm_main():
     from adaptive_lm_ds.commands.eval_lm import main
 
