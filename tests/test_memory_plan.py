@@ -20,6 +20,8 @@ from adaptive_lm_ds.parallel import ParallelDims
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.config import OptimConfig
 
+from .saved_tensors import saved_tensor_bytes
+
 VOCAB, BATCH, LENGTH = 4000, 4, 64
 
 
@@ -48,18 +50,8 @@ def batch(packed: bool, seed: int = 0):
 def saved_activation_bytes(model: AdaptiveLM, tokens, targets, segments) -> int:
     """Bytes of the distinct non-parameter storages saved for backward by one forward + loss."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = model(tokens, targets, segments)
-    del loss
-    return sum(storages.values())
+    _, saved = saved_tensor_bytes(lambda: model(tokens, targets, segments), params)
+    return saved
 
 
 def target_shares(cfg: ModelConfig, targets: torch.Tensor) -> list[float]:

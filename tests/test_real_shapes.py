@@ -16,22 +16,9 @@ import torch
 
 from adaptive_lm_ds.testing import run_on_ranks
 
+from .saved_tensors import saved_tensor_bytes
+
 BATCH, LENGTH, SEED = 2, 128, 5
-
-
-def _saved_bytes(fn, exclude: set[int]) -> tuple[object, int]:
-    """``fn()`` and the bytes of the distinct storages autograd saved meanwhile (``exclude``: parameters)."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in exclude:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return out, sum(storages.values())
 
 
 def _vocab_layers(cfg, group):
@@ -62,7 +49,7 @@ def _rank_body(seed: int) -> dict:
     tp = parallel.tensor_parallel_group()
     embed, softmax = _vocab_layers(cfg, tp)
     params = list({id(p): p for m in (embed, softmax) for p in m.parameters()}.values())
-    loss, saved = _saved_bytes(
+    loss, saved = saved_tensor_bytes(
         lambda: _loss(embed, softmax, tokens, targets), {p.untyped_storage().data_ptr() for p in params}
     )
     loss.backward()
