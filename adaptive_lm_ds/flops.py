@@ -127,3 +127,30 @@ def peak_bf16_flops(device_name: str) -> float:
         if key in device_name.upper():
             return peak
     raise ValueError(f"no bf16 peak known for GPU {device_name!r}; pass --peak-tflops explicitly")
+
+
+def training_flops_per_token(cfg: ModelConfig, dictionary, data) -> float:
+    """Model FLOPs per trained token of a run, the adaptive bands weighted by ``dictionary``'s real word
+    frequencies (``counts``), attention by ``data``'s blocks (an LM dataset: packed or fixed-length)."""
+    counts = np.asarray(dictionary.counts, dtype=np.float64)
+    in_fractions = band_fractions(cfg.input_bands(), counts)
+    out_fractions = band_fractions(cfg.output_bands(), counts)
+    if data.break_mode == "packed":
+        context = packed_attention_context(np.asarray(data.data.sizes[:100_000]))
+    else:
+        context = (data.tokens_per_sample + 1) / 2
+    return flops_per_token(cfg, context, in_fractions, out_fractions).training
+
+
+def peak_flops(peak_tflops: float) -> float:
+    """The device's dense peak FLOP/s for MFU: the flag, else a known GPU's bf16 peak, else 0 (no MFU)."""
+    if peak_tflops > 0:
+        return peak_tflops * 1e12
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            return peak_bf16_flops(torch.cuda.get_device_name())
+        except ValueError:
+            return 0.0
+    return 0.0

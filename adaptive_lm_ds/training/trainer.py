@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -26,7 +25,7 @@ from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkp
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
 from adaptive_lm_ds.errors import UserError
-from adaptive_lm_ds.flops import band_fractions, flops_per_token, packed_attention_context, peak_bf16_flops
+from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
@@ -381,30 +380,6 @@ class Trainer:
         if self.cfg.run.init_from:
             return f"| starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
         return f"| starting from scratch (seed {self.cfg.run.seed})"
-
-
-def training_flops_per_token(cfg: ModelConfig, dictionary: Dictionary, data) -> float:
-    """Model FLOPs per trained token, the adaptive bands weighted by the dictionary's real frequencies."""
-    counts = np.asarray(dictionary.counts, dtype=np.float64)
-    in_fractions = band_fractions(cfg.input_bands(), counts)
-    out_fractions = band_fractions(cfg.output_bands(), counts)
-    if data.break_mode == "packed":
-        context = packed_attention_context(np.asarray(data.data.sizes[:100_000]))
-    else:
-        context = (data.tokens_per_sample + 1) / 2
-    return flops_per_token(cfg, context, in_fractions, out_fractions).training
-
-
-def peak_flops(peak_tflops: float) -> float:
-    """The device's dense peak FLOP/s for MFU: the flag, else a known GPU's bf16 peak, else 0 (no MFU)."""
-    if peak_tflops > 0:
-        return peak_tflops * 1e12
-    if torch.cuda.is_available():
-        try:
-            return peak_bf16_flops(torch.cuda.get_device_name())
-        except ValueError:
-            return 0.0
-    return 0.0
 
 
 def _memory_gb() -> float:
