@@ -1,4 +1,4 @@
-"""Host (CPU) memory of this process: glibc's allocator set to give freed tensors back, and RSS readings.
+"""Host (CPU) memory of this process: glibc's allocator set to give freed tensors back, and its peak RSS.
 
 Why the allocator matters: torch's CPU tensors come from glibc ``malloc``. glibc serves a request of at
 least ``M_MMAP_THRESHOLD`` bytes with its own ``mmap`` and unmaps it on ``free``; smaller ones come from
@@ -27,7 +27,7 @@ def _glibc():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+        return libc if libc is not None and hasattr(libc, "mallopt") else None
     except OSError:
         return None
 
@@ -38,22 +38,8 @@ def configure_host_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
     return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
-def release_free_heap() -> bool:
-    """Give the heap's free pages back to the OS (``malloc_trim(0)``); False where unavailable."""
-    libc = _glibc()
-    return bool(libc is not None and libc.malloc_trim(0))
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
 
-
-def process_memory(pid: int | str = "self") -> dict[str, int]:
-    """``{"rss": bytes, "peak_rss": bytes}`` of a process (``VmRSS``/``VmHWM``); empty off Linux."""
-    fields = {"VmRSS": "rss", "VmHWM": "peak_rss"}
-    out: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in fields:
-                    out[fields[key]] = int(value.split()[0]) * 1024
-    except OSError:
-        return {}
-    return out
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -14,7 +14,6 @@ reports its own wall time and peak RSS (that process imports torch, counted in t
 from __future__ import annotations
 
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_lm_ds import cli
+from adaptive_lm_ds import cli, host_memory
 from adaptive_lm_ds.data.blocks import BREAK_MODES, LMBlockDataset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
 from adaptive_lm_ds.data.indexed import IndexedTokens, write_fairseq_index
@@ -69,7 +68,7 @@ def _build_blocks(prefix: str, mode: str, tokens_per_sample: int, queue) -> None
     t_open = time.perf_counter() - t0
     ds = LMBlockDataset(data, tokens_per_sample, mode)
     elapsed = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    rss = host_memory.peak_rss_bytes() / 2**30
     queue.put((t_open, elapsed, rss, len(ds)))
 
 

@@ -386,6 +386,4 @@ def _memory_gb() -> float:
     """Peak accelerator memory, or the process's peak RSS on CPU."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return host_memory.peak_rss_bytes() / 2**30
