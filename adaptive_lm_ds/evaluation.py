@@ -12,7 +12,10 @@ eos), with fairseq's rules:
   Positions start at the window's first token, as in fairseq (context and block share one row).
 * **Accumulation**: each sample's ``log p`` are summed in float32 and added to a float32 running
   total, as eval-lm does; ``loss_base2 = -total / count / ln 2`` and ``perplexity = 2 ** loss_base2``.
-  Scores that are +-inf are dropped and not counted (eval-lm's rule).
+  Scores that are +-inf are dropped and not counted (eval-lm's rule). With ``--remove-bpe`` subword
+  pieces pass their score on to the next token first and are not counted (:mod:`adaptive_lm_ds.word_scores`).
+* **Softmax batch** ``S`` (``--softmax-batch``): when a batch has ``B x L >= S`` positions, the output
+  layer runs over ``S`` positions at a time (fairseq's ``SequenceScorer``), bounding its memory.
 
 Batching packs windows (right-padded with ``<pad>``) up to ``max_tokens`` per batch; with a causal
 model, right padding changes nothing. ``model.target_log_probs`` gives exact per-target log-probs under
@@ -23,12 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from adaptive_lm_ds.data import DataError, Dictionary, LMBlockDataset
+from adaptive_lm_ds.data import DataError, LMBlockDataset
+from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
 
 
 @dataclass(frozen=True)
@@ -49,20 +53,23 @@ class EvalResult:
     perplexity: float
     skipped_samples: int = 0
     skipped_inf_scores: int = 0
-    word_log_probs: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
 
     def as_json(self) -> dict:
         keys = ("tokens", "loss_base2", "loss_nats", "perplexity", "skipped_samples", "skipped_inf_scores")
         return {k: getattr(self, k) for k in keys}
 
-    def summary(self, seconds: float) -> str:
-        """fairseq's closing lines, with the loss in nats added."""
+    def evaluated_line(self, seconds: float) -> str:
+        """fairseq's line after the last batch (word stats, if any, follow it)."""
         rate = self.tokens / seconds if seconds > 0 else float("inf")
-        return (
-            f"Evaluated {self.tokens:,} tokens in {seconds:.1f}s ({rate:.2f} tokens/s)\n"
-            f"Loss (base 2): {self.loss_base2:.4f}, Perplexity: {self.perplexity:.2f} "
-            f"(loss {self.loss_nats:.4f} nats)"
-        )
+        return f"Evaluated {self.tokens:,} tokens in {seconds:.1f}s ({rate:.2f} tokens/s)"
+
+    def loss_line(self) -> str:
+        """fairseq's closing line, with the loss in nats added."""
+        loss = f"Loss (base 2): {self.loss_base2:.4f}, Perplexity: {self.perplexity:.2f}"
+        return f"{loss} (loss {self.loss_nats:.4f} nats)"
+
+    def summary(self, seconds: float) -> str:
+        return f"{self.evaluated_line(seconds)}\n{self.loss_line()}"
 
 
 def eval_block_size(tokens_per_sample: int, context_window: int) -> int:
@@ -150,15 +157,17 @@ def evaluate_lm(
     max_tokens: int = 36000,
     batch_size: int | None = None,
     max_samples: int | None = None,
-    dictionary: Dictionary | None = None,
     seed: int = 1,
+    softmax_batch: int | None = None,
+    subwords: SubwordMerge | None = None,
+    words: WordScores | None = None,
 ) -> EvalResult:
     """Score every target of ``dataset`` once (see the module docstring); ``model`` is an ``AdaptiveLM``.
 
     ``dataset`` must already use the lowered block size (:func:`eval_block_size`). ``max_samples``
     evaluates a prefix (the first samples of the dataset, visited in eval-lm's order); ``seed`` is
-    eval-lm's ``--seed``. With ``dictionary``, per-token natural-log probabilities are collected in
-    ``word_log_probs`` (``--output-word-probs``).
+    eval-lm's ``--seed``; ``softmax_batch`` its ``--softmax-batch``; ``subwords`` its ``--remove-bpe``.
+    ``words`` collects every sample's words and scores (``--output-word-probs`` / ``--output-word-stats``).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -168,23 +177,24 @@ def evaluate_lm(
     indices, skipped = kept_samples(dataset, sample_order(sizes, context_window, seed), max_positions)
     total = torch.zeros((), dtype=torch.float32)
     count = skipped_inf = 0
-    word_log_probs = []
     for group in batches(windows(dataset, indices, context_window), max_tokens, batch_size):
         tokens, targets = collate_windows(group, pad)
-        lp = model.target_log_probs(tokens.to(device), targets.to(device)).float().cpu()
+        lp = model.target_log_probs(tokens.to(device), targets.to(device), softmax_batch=softmax_batch)
+        lp = lp.float().cpu()
         for row, w in enumerate(group):
-            scores = lp[row, w.score_from : len(w.targets)]
+            scores = lp[row, w.score_from : len(w.targets)].clone()
+            scored_targets = torch.from_numpy(w.targets[w.score_from :])
+            pieces = subwords.merge(scored_targets, scores) if subwords is not None else 0
+            if words is not None:
+                words.add(w.sample_id, scored_targets, scores)
             finite = torch.isfinite(scores)
             if not bool(finite.all()):
                 skipped_inf += int((~finite).sum())
                 scores = scores[finite]
             total += scores.sum()
-            count += scores.numel()
-            if dictionary is not None:
-                words = [dictionary[int(t)] for t in w.targets[w.score_from :]]
-                word_log_probs.append((w.sample_id, list(zip(words, lp[row, w.score_from : len(w.targets)].tolist()))))
+            count += scores.numel() - pieces
     if count == 0:
         raise DataError("nothing to evaluate: every sample was skipped or the split is empty")
     loss_base2 = float(-total / count / math.log(2))  # float32 arithmetic, as eval-lm
     loss_nats = float(-total.double() / count)
-    return EvalResult(count, loss_base2, loss_nats, 2.0**loss_base2, int(skipped), skipped_inf, word_log_probs)
+    return EvalResult(count, loss_base2, loss_nats, 2.0**loss_base2, int(skipped), skipped_inf)

@@ -14,6 +14,7 @@ from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.testing import run_on_ranks, run_script
+from adaptive_lm_ds.word_scores import WordScores
 from tests.conftest import SHARED
 from tests.oracle import REPO
 
@@ -27,7 +28,7 @@ def _expected(fixture, mode):
     return next(r for r in runs if r["name"].startswith(f"({mode})"))
 
 
-def _evaluate(fixture, mode, max_samples=None, dictionary=False):
+def _evaluate(fixture, mode, max_samples=None, words=False):
     cfg, state = load_fairseq_checkpoint(fixture / "checkpoint.pt")
     model = AdaptiveLM(cfg).eval()
     load_into(model, state)
@@ -35,10 +36,11 @@ def _evaluate(fixture, mode, max_samples=None, dictionary=False):
     dataset = build_lm_dataset(
         fixture / "data-bin", "test", eval_block_size(128, window), break_mode, drop_oversize=False
     )
-    return evaluate_lm(
-        model, dataset, context_window=window, max_tokens=8192, max_samples=max_samples,
-        dictionary=dataset.dictionary if dictionary else None,
-    )  # fmt: skip
+    collected = WordScores(dataset.dictionary) if words else None
+    result = evaluate_lm(
+        model, dataset, context_window=window, max_tokens=8192, max_samples=max_samples, words=collected
+    )
+    return (result, collected) if words else result
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,8 @@ def test_context_window_scores_each_token_once_after_its_preceding_inputs(fixtur
 def test_word_probs_are_the_model_log_probs_of_each_target(fixture_dir):
     ref = torch.load(fixture_dir / "logprobs.pt", weights_only=True)
     with parallel.single_process():
-        result = _evaluate(fixture_dir, "i", max_samples=5, dictionary=True)
-    by_id = dict(result.word_log_probs)
+        _, words = _evaluate(fixture_dir, "i", max_samples=5, words=True)
+    by_id = dict(words.samples)
     dictionary = build_lm_dataset(fixture_dir / "data-bin", "test", 128, check_ids=False).dictionary
     for block in range(4):
         words, values = zip(*by_id[block])

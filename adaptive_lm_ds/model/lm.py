@@ -146,10 +146,30 @@ class AdaptiveLM(nn.Module):
         return self.output.gather_log_probs(shard)
 
     def target_log_probs(
-        self, tokens: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        softmax_batch: int | None = None,
     ) -> torch.Tensor:
-        """``[B, T]`` fp32 exact ``log p(target)`` without gathering any table."""
-        return self.output.target_log_probs(self.hidden_states(tokens, segment_ids), targets)
+        """``[B, T]`` fp32 exact ``log p(target)`` without gathering any table (see :func:`output_log_probs`)."""
+        return output_log_probs(self.output, self.hidden_states(tokens, segment_ids), targets, softmax_batch)
+
+
+def output_log_probs(
+    output: VocabParallelAdaptiveSoftmax, h: torch.Tensor, targets: torch.Tensor, softmax_batch: int | None = None
+) -> torch.Tensor:
+    """``log p(targets)`` ``[B, T]`` from hidden states ``[B, T, d]``; with ``softmax_batch`` S and
+    ``B x T >= S``, the output layer runs over S positions at a time (fairseq's ``--softmax-batch``: its
+    logits then never exceed S rows, whatever the batch)."""
+    if not softmax_batch or targets.numel() < softmax_batch:
+        return output.target_log_probs(h, targets)
+    flat_h, flat_t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
+    parts = [
+        output.target_log_probs(flat_h[s : s + softmax_batch], flat_t[s : s + softmax_batch])
+        for s in range(0, flat_t.numel(), softmax_batch)
+    ]
+    return torch.cat(parts).view(targets.shape)
 
 
 def pipeline_stage_layers(num_layers: int, pp: int) -> list[range]:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
-from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.lm import AdaptiveLM, output_log_probs
 from adaptive_lm_ds.model.transformer import attention_mask
 
 
@@ -39,7 +39,11 @@ class PipelineStageLM(AdaptiveLM):
 
     @torch.no_grad()
     def target_log_probs(
-        self, tokens: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        softmax_batch: int | None = None,
     ) -> torch.Tensor:
         """``[B, T]`` fp32 exact ``log p(target)``, equal on every rank of the pipeline."""
         mask = attention_mask(segment_ids)
@@ -51,7 +55,7 @@ class PipelineStageLM(AdaptiveLM):
         if last:
             if self.final_norm is not None:
                 x = self.final_norm(x)
-            result = self.output.target_log_probs(x, targets).float()
+            result = output_log_probs(self.output, x, targets, softmax_batch).float()
         else:
             self._exchange(x, tuple(tokens.shape))
         dist.broadcast(result, src=self.dims.pp_last_rank, group=self.dims.pp_group)
