@@ -223,7 +223,7 @@ def test_generate_cli_tp2_under_deepspeed_launcher_equals_tp1(lm, fixture_dir, t
     [
         ["--prefix", "the", "--sampling-topk", "5"],
         ["--input", "/nonexistent/prompts.txt"],
-        ["--prefix", "a", "--beam", "4"],
+        ["--prefix", "a", "--beam", "0"],
     ],
 )
 def test_generate_cli_bad_input_is_one_line(argv, fixture_dir):

@@ -1,14 +1,17 @@
 """Generate text from a language model, like fairseq's hub ``sample`` (adaptive_lm_ds/inference).
 
     python tools/generate.py --path MODEL --prefix "the game was" [--max-len-b 50]
+    python tools/generate.py --path model_dir/model.pt --tokenizer moses --prefix "Barack Obama" --beam 5
     python tools/generate.py --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
     torchrun --nproc_per_node 2 tools/generate.py --path MODEL --input prompts.txt --tensor-model-parallel-size 2
 
 ``--path``: a consolidated model folder, a training checkpoint of any layout, or a fairseq ``.pt`` (with
 ``dict.txt`` beside it, or ``--dictionary``). One prompt per input line, batched (``--batch-size``);
 prints one line per prompt: the prompt followed by its continuation (fairseq's ``hub.sample`` output).
-Greedy by default; ``--sampling`` draws (reproducibly with ``--seed``). On the accelerator when there is
-one. At TP > 1 launch TP ranks (torchrun or the deepspeed launcher); rank 0 prints, tokens equal TP 1's.
+Greedy by default; ``--beam N`` is fairseq's beam search (``--lenpen``, ``--no-repeat-ngram-size``);
+``--sampling`` draws (reproducibly with ``--seed``). ``--tokenizer moses`` reads raw text and writes
+detokenised text, as fairseq's hub with ``tokenizer='moses'``. On the accelerator when there is one.
+At TP > 1 launch TP ranks (torchrun or the deepspeed launcher); rank 0 prints, tokens equal TP 1's.
 """
 
 from __future__ import annotations
@@ -35,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--prefix", help="one prompt")
     source.add_argument("--input", help="a file of prompts, one per line")
     p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
-    p.add_argument("--beam", type=int, default=defaults.beam, help="1 (beam search is not implemented)")
+    p.add_argument("--tokenizer", choices=("moses",), help="raw text in and out (fairseq's moses tokenizer)")
+    p.add_argument("--beam", type=int, default=defaults.beam, help="beam size (1: greedy)")
+    p.add_argument("--lenpen", type=float, default=defaults.lenpen, help="hypothesis score / length ** lenpen")
+    p.add_argument("--unnormalized", action="store_true", help="score hypotheses by their summed log p")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    p.add_argument("--max-len-a", type=float, default=defaults.max_len_a, help="output length a * (prompt + 1) + b")
     p.add_argument("--max-len-b", type=int, default=defaults.max_len_b, help="most output tokens, prompt included")
     p.add_argument("--min-len", type=int, default=defaults.min_len, help="no </s> before this many output tokens")
     p.add_argument("--unkpen", type=float, default=defaults.unkpen, help="subtracted from <unk>'s log-probability")
@@ -57,9 +65,13 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
         sampling_topk=args.sampling_topk,
         sampling_topp=args.sampling_topp,
         temperature=args.temperature,
+        max_len_a=args.max_len_a,
         max_len_b=args.max_len_b,
         min_len=args.min_len,
+        lenpen=args.lenpen,
+        unnormalized=args.unnormalized,
         unkpen=args.unkpen,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
         seed=args.seed,
         use_cache=not args.no_cache,
     ).validate()
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         raise SystemExit(f"error: {err}") from None
     try:
-        lm = LanguageModel.load(args.path, dictionary=args.dictionary)
+        lm = LanguageModel.load(args.path, dictionary=args.dictionary, tokenizer=args.tokenizer)
         lead = not dist.is_initialized() or dist.get_rank() == 0
         bar = tqdm(total=len(prompts), unit="prompt", disable=not lead or args.input is None, file=sys.stderr)
         for start in range(0, len(prompts), args.batch_size):

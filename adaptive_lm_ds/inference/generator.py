@@ -1,5 +1,8 @@
 """The decoding loop of fairseq's ``SequenceGenerator`` for language models (``beam=1``), KV-cached.
 
+(``beam > 1`` or ``no_repeat_ngram_size``: :func:`generate` hands the batch to fairseq's beam loop,
+inference/beam_search.py, which scores the whole vocabulary each step.)
+
 Every hypothesis starts with ``</s>`` (fairseq's beginning of sentence for LMs); step ``s`` chooses
 output token ``s + 1`` from the hidden state of position ``s``. The prompt's tokens are forced (and
 scored) at their steps; ``max_len = min(max_len_b, max_positions - 1)`` output tokens at most, then
@@ -22,22 +25,20 @@ from dataclasses import dataclass
 
 import torch
 
-from adaptive_lm_ds.inference.search import GenerationConfig, GenerationError, Specials, TokenChooser
+from adaptive_lm_ds.inference.beam_search import beam_search, max_output_len
+from adaptive_lm_ds.inference.search import GenerationConfig, Specials, TokenChooser
 from adaptive_lm_ds.model.lm import AdaptiveLM
 
 
 @dataclass
 class Hypothesis:
-    """fairseq's hypothesis dict: ``tokens`` (prompt + continuation + ``</s>``) and their log-probs."""
+    """fairseq's hypothesis dict: ``tokens`` (prompt + continuation + ``</s>``), their log-probs, and
+    ``score``, the summed log-probs over ``len(tokens) ** lenpen`` (fairseq's normalised score)."""
 
     tokens: torch.Tensor
     positional_scores: torch.Tensor
     prompt_length: int
-
-    @property
-    def score(self) -> float:
-        """fairseq's length-normalised score: the mean positional score."""
-        return float(self.positional_scores.sum() / len(self.positional_scores))
+    score: float
 
     @property
     def continuation(self) -> torch.Tensor:
@@ -45,26 +46,20 @@ class Hypothesis:
         return self.tokens[self.prompt_length : -1]
 
 
-def max_output_len(cfg: GenerationConfig, max_positions: int) -> int:
-    max_len = min(cfg.max_len_b, max_positions - 1)
-    if cfg.min_len > max_len:
-        raise GenerationError(
-            f"min_len={cfg.min_len} is larger than the longest output {max_len} "
-            f"(min(max_len_b, max_positions - 1)); lower min_len"
-        )
-    return max_len
-
-
 @torch.no_grad()
 def generate(
     model: AdaptiveLM, prompts: list[list[int]], cfg: GenerationConfig, specials: Specials
 ) -> list[Hypothesis]:
-    """One batch: a :class:`Hypothesis` per prompt (token ids without ``</s>``), in prompt order."""
+    """One batch: the best :class:`Hypothesis` per prompt (token ids without ``</s>``), in prompt order."""
     cfg.validate()
+    if cfg.needs_beam_search:
+        max_len = max_output_len(cfg, max((len(p) for p in prompts), default=0) + 1, model.cfg.max_positions)
+        best = [hypos[0] for hypos in beam_search(model, prompts, cfg, specials)]
+        return [_hypothesis(h, min(len(p), max_len)) for p, h in zip(prompts, best)]
     model.eval()
     device = next(model.parameters()).device
-    max_len = max_output_len(cfg, model.cfg.max_positions)
     batch, longest = len(prompts), max((len(p) for p in prompts), default=0)
+    max_len = max_output_len(cfg, longest + 1, model.cfg.max_positions)
     prefix = torch.full((batch, max(longest, 1)), -1, dtype=torch.long)
     for row, prompt in enumerate(prompts):
         prefix[row, : len(prompt)] = torch.as_tensor(prompt, dtype=torch.long)
@@ -97,9 +92,11 @@ def generate(
         finished = chosen == specials.eos
         for r in finished.nonzero().squeeze(1).tolist():
             original = int(rows[r])
-            done[original] = Hypothesis(
-                tokens[r, 1 : step + 2].cpu(), scores[r, : step + 1].cpu(), min(len(prompts[original]), max_len)
-            )
+            positional = scores[r, : step + 1].cpu()
+            total = float(positional.sum())
+            score = total if cfg.unnormalized else total / (step + 1) ** cfg.lenpen
+            prompt_length = min(len(prompts[original]), max_len)
+            done[original] = Hypothesis(tokens[r, 1 : step + 2].cpu(), positional, prompt_length, score)
         if bool(finished.all()):
             break
         keep = (~finished).nonzero().squeeze(1)
@@ -113,3 +110,7 @@ def generate(
             h = model.hidden_states(tokens[:, : step + 2])
         h_last = h[:, -1].div(cfg.temperature)
     return [done[i] for i in range(batch)]
+
+
+def _hypothesis(hypo: dict, prompt_length: int) -> Hypothesis:
+    return Hypothesis(hypo["tokens"].cpu(), hypo["positional"].cpu(), prompt_length, float(hypo["score"]))

@@ -1,5 +1,7 @@
 """Choosing the next token from the adaptive softmax: fairseq's greedy and sampling rules, tails on demand.
 
+(``beam > 1`` and ``no_repeat_ngram_size`` run fairseq's beam loop instead: inference/beam_search.py.)
+
 fairseq's ``SequenceGenerator`` (``beam=1``) turns the model's log-probabilities over the whole vocabulary
 into the next token: ``<pad>`` is never chosen, ``unkpen`` is subtracted from ``<unk>``, ``</s>`` is
 forbidden before ``min_len`` and forced at ``max_len``, prefix tokens are forced (and scored). Greedy
@@ -45,23 +47,36 @@ class GenerationConfig:
     sampling_topk: int = -1
     sampling_topp: float = -1.0
     temperature: float = 1.0
+    max_len_a: float = 0.0
     max_len_b: int = 200
     min_len: int = 1
+    lenpen: float = 1.0
+    unnormalized: bool = False
     unkpen: float = 0.0
+    no_repeat_ngram_size: int = 0
     seed: int | None = None
     use_cache: bool = True
 
+    @property
+    def needs_beam_search(self) -> bool:
+        """Whether the beam loop (inference/beam_search.py) runs; else the beam-1 decoder (generator.py)."""
+        return self.beam > 1 or self.no_repeat_ngram_size > 0
+
     def validate(self) -> GenerationConfig:
-        if self.beam != 1:
-            raise GenerationError(f"beam={self.beam}: beam search is not implemented; use beam=1 (greedy or sampling)")
+        if self.beam < 1:
+            raise GenerationError(f"beam={self.beam} must be >= 1")
+        if self.no_repeat_ngram_size < 0:
+            raise GenerationError(f"no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0")
         if self.temperature <= 0:
             raise GenerationError(f"temperature={self.temperature} must be > 0")
         if (self.sampling_topk > 0 or self.sampling_topp > 0) and not self.sampling:
             raise GenerationError("sampling_topk / sampling_topp need sampling=True (--sampling), as in fairseq")
         if self.sampling_topp > 1:
             raise GenerationError(f"sampling_topp={self.sampling_topp} must be in (0, 1]")
-        if self.min_len < 0 or self.max_len_b < 0:
-            raise GenerationError(f"min_len={self.min_len} and max_len_b={self.max_len_b} must be >= 0")
+        if self.min_len < 0 or self.max_len_b < 0 or self.max_len_a < 0:
+            raise GenerationError(
+                f"min_len={self.min_len}, max_len_a={self.max_len_a} and max_len_b={self.max_len_b} must be >= 0"
+            )
         return self
 
 
