@@ -10,6 +10,7 @@ from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM, output_log_probs
 from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
+from tests.oracle import FIXTURE_A, shared_or_skip
 
 
 def test_positional_data_is_the_data_flag():
@@ -49,19 +50,12 @@ def test_what_is_refused_is_one_line_naming_the_flag(parse, argv, named, capsys)
 
 
 @pytest.fixture(scope="module")
-def fixture_model(wiki103_tiny_fixture_module):
+def fixture_model():
     with parallel.single_process():
-        cfg, state = load_fairseq_checkpoint(wiki103_tiny_fixture_module / "checkpoint.pt")
+        cfg, state = load_fairseq_checkpoint(shared_or_skip(FIXTURE_A) / "checkpoint.pt")
         model = AdaptiveLM(cfg).eval()
         load_into(model, state)
         yield model
-
-
-@pytest.fixture(scope="module")
-def wiki103_tiny_fixture_module():
-    from tests.oracle import FIXTURE_A, shared_or_skip
-
-    return shared_or_skip(FIXTURE_A)
 
 
 def test_softmax_batch_bounds_the_output_layer_rows_and_changes_no_score(fixture_model):

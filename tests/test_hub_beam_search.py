@@ -15,6 +15,7 @@ from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.inference.beam_search import ban_repeated_ngrams, beam_search
 from adaptive_lm_ds.inference.search import GenerationConfig
 from adaptive_lm_ds.testing import run_on_ranks
+from tests.oracle import FIXTURE_A, shared_or_skip
 
 SENTENCES = [
     'The game, released in 2004, was a well-known "hit" in Japan!',
@@ -32,25 +33,26 @@ REQUESTS = [{"prefix": p, **o} for o in BEAMS + OPTIONS for p in PROMPTS]
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(wiki103_tiny_fixture) -> Path:
-    return wiki103_tiny_fixture
+def release_folder() -> Path:
+    """Fixture A laid out as a fairseq release folder: checkpoint.pt with dict.txt beside it."""
+    return shared_or_skip(FIXTURE_A)
 
 
 @pytest.fixture(scope="module")
-def lm(fixture_dir):
-    """Fixture A's fairseq folder loaded as fairseq's hub loads it (checkpoint.pt + dict.txt), with moses."""
+def lm(release_folder):
+    """The folder loaded as fairseq's hub loads it, with moses."""
     with parallel.single_process():
-        yield LanguageModel.from_pretrained(fixture_dir, "checkpoint.pt", ".", tokenizer="moses")
+        yield LanguageModel.from_pretrained(release_folder, "checkpoint.pt", ".", tokenizer="moses")
 
 
 @pytest.fixture(scope="module")
-def hub(fairseq_oracle, fixture_dir, tmp_path_factory) -> dict:
+def hub(fairseq_oracle, release_folder, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("hub-moses")
     batches = [{"prompts": PROMPTS, **options} for options in (BEAMS[3], OPTIONS[0], OPTIONS[1])]
     requests = {"tokenizer": "moses", "score": SENTENCES, "sample": REQUESTS, "batch": batches}
     (tmp / "requests.json").write_text(json.dumps(requests))
     script = Path(__file__).with_name("fairseq_hub_script.py")
-    fairseq_oracle.run("python", script, fixture_dir, "checkpoint.pt", tmp / "requests.json", tmp / "out.json")
+    fairseq_oracle.run("python", script, release_folder, "checkpoint.pt", tmp / "requests.json", tmp / "out.json")
     return json.loads((tmp / "out.json").read_text())
 
 
@@ -122,13 +124,13 @@ def test_beam_sampling_is_reproducible_for_a_seed(lm):
     assert lm.sample(PROMPTS, **{**options, "seed": 5}) != lm.sample(PROMPTS, **options)
 
 
-def test_unimplemented_hub_options_are_one_clear_error(fixture_dir):
+def test_unimplemented_hub_options_are_one_clear_error(release_folder):
     with pytest.raises(UserError, match="bpe='fastbpe' is not implemented"):
-        LanguageModel.from_pretrained(fixture_dir, "checkpoint.pt", bpe="fastbpe")
+        LanguageModel.from_pretrained(release_folder, "checkpoint.pt", bpe="fastbpe")
     with pytest.raises(UserError, match="tokenizer='space'"):
-        LanguageModel.from_pretrained(fixture_dir, "checkpoint.pt", tokenizer="space")
+        LanguageModel.from_pretrained(release_folder, "checkpoint.pt", tokenizer="space")
     with pytest.raises(UserError, match="dict.txt does not exist"):
-        LanguageModel.from_pretrained(fixture_dir, "checkpoint.pt", data_name_or_path="./data-bin-missing")
+        LanguageModel.from_pretrained(release_folder, "checkpoint.pt", data_name_or_path="./data-bin-missing")
 
 
 def _tp2_beams(fixture: str) -> list[str]:
@@ -140,6 +142,6 @@ def _tp2_beams(fixture: str) -> list[str]:
         parallel.destroy_parallel()
 
 
-def test_tp2_beam_search_equals_tp1(lm, fixture_dir):
-    per_rank = run_on_ranks(_tp2_beams, nprocs=2, timeout=300, fixture=str(fixture_dir))
+def test_tp2_beam_search_equals_tp1(lm, release_folder):
+    per_rank = run_on_ranks(_tp2_beams, nprocs=2, timeout=300, fixture=str(release_folder))
     assert per_rank[0] == per_rank[1] == [lm.sample(PROMPTS, **options) for options in (BEAMS[4], OPTIONS[1])]
