@@ -90,6 +90,15 @@ def test_a_batch_of_prompts_equals_fairseqs_batch(options, lm, hub):
     assert lm.sample(PROMPTS, batch_size=len(PROMPTS), **options) == theirs
 
 
+def test_generate_cli_with_moses_and_beam_prints_fairseqs_text(release_folder, hub, capsys):
+    from adaptive_lm_ds.commands.generate import main
+
+    index = REQUESTS.index({"prefix": PROMPTS[1], **BEAMS[4]})
+    main(["--path", str(release_folder / "checkpoint.pt"), "--tokenizer", "moses", "--prefix", PROMPTS[1],
+          "--beam", "5", "--max-len-b", "30"])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-1] == hub["sample"][index]["text"]
+
+
 def test_cached_beam_search_equals_recomputing_every_step(lm):
     cached = lm.generate(PROMPTS, beam=4, max_len_b=20)
     uncached = lm.generate(PROMPTS, beam=4, max_len_b=20, use_cache=False)

@@ -205,7 +205,7 @@ class LanguageModel:
             out += generate(self.model, group, replace(cfg, seed=seed), self.specials)
         return out
 
-    def sample(self, prefix: str | list[str], beam: int = 1, **options) -> str | list[str]:
+    def sample(self, prefix: str | list[str], beam: int | None = None, **options) -> str | list[str]:
         """fairseq's ``hub.sample``: the prompt and its continuation as text (``options``: see :meth:`generate`).
 
         ``beam=1`` (greedy) or ``beam=N`` (fairseq's beam search: ``lenpen``, ``no_repeat_ngram_size``,
@@ -215,7 +215,9 @@ class LanguageModel:
         """
         if isinstance(prefix, str):
             return self.sample([prefix], beam, **options)[0]
-        return [self.decode(h.tokens) for h in self.generate(prefix, beam=beam, **options)]
+        if beam is not None:  # else the config's (default 1, as fairseq's hub)
+            options["beam"] = beam
+        return [self.decode(h.tokens) for h in self.generate(prefix, **options)]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
