@@ -14,8 +14,8 @@ from adaptive_lm_ds import LanguageModel, parallel
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.inference.beam_search import ban_repeated_ngrams, beam_search
 from adaptive_lm_ds.inference.search import GenerationConfig
-from adaptive_lm_ds.testing import run_on_ranks
-from tests.oracle import FIXTURE_A, shared_or_skip
+from adaptive_lm_ds.testing import run_on_ranks, run_script
+from tests.oracle import FIXTURE_A, REPO, shared_or_skip
 
 SENTENCES = [
     'The game, released in 2004, was a well-known "hit" in Japan!',
@@ -90,13 +90,12 @@ def test_a_batch_of_prompts_equals_fairseqs_batch(options, lm, hub):
     assert lm.sample(PROMPTS, batch_size=len(PROMPTS), **options) == theirs
 
 
-def test_generate_cli_with_moses_and_beam_prints_fairseqs_text(release_folder, hub, capsys):
-    from adaptive_lm_ds.commands.generate import main
-
+def test_generate_cli_at_tp2_with_moses_and_beam_prints_fairseqs_text(release_folder, hub):
     index = REQUESTS.index({"prefix": PROMPTS[1], **BEAMS[4]})
-    main(["--path", str(release_folder / "checkpoint.pt"), "--tokenizer", "moses", "--prefix", PROMPTS[1],
-          "--beam", "5", "--max-len-b", "30"])  # fmt: skip
-    assert capsys.readouterr().out.splitlines()[-1] == hub["sample"][index]["text"]
+    args = ["--path", release_folder / "checkpoint.pt", "--tokenizer", "moses", "--prefix", PROMPTS[1],
+            "--beam", "5", "--max-len-b", "30", "--tensor-model-parallel-size", "2"]  # fmt: skip
+    out = run_script(REPO / "tools" / "generate.py", args, nprocs=2, timeout=300).output
+    assert hub["sample"][index]["text"] in out.splitlines()
 
 
 def test_cached_beam_search_equals_recomputing_every_step(lm):
