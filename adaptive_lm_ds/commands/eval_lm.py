@@ -51,7 +51,16 @@ UNSUPPORTED = {
 }
 TAKEN_WITHOUT_EFFECT = (
     ("--no-progress-bar", "--skip-invalid-size-inputs-valid-test", "--quiet"),
-    ("--num-workers", "--log-format", "--log-interval", "--dataset-impl", "--data-buffer-size", "--tokenizer", "--bpe"),
+    (
+        "--num-workers",
+        "--log-format",
+        "--log-interval",
+        "--dataset-impl",
+        "--data-buffer-size",
+        "--tokenizer",
+        "--bpe",
+        "--required-batch-size-multiple",
+    ),  # fmt: skip
 )
 
 
