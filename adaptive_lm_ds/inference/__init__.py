@@ -1,4 +1,4 @@
-"""Inference like fairseq's hub: score sentences and generate text (greedy or sampled), KV-cached, at any TP."""
+"""Inference like fairseq's hub: score raw text and generate (greedy, sampled or beam search), KV-cached, at any TP."""
 
 from adaptive_lm_ds.inference.generator import Hypothesis, generate
 from adaptive_lm_ds.inference.hub import LanguageModel
