@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The stamp's name carries a hash of pyproject.toml: re-install only when the pins change.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The stamp's name carries a hash of pyproject.toml and constraints.txt: re-install only when the pins change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 # DeepSpeed's JIT op, built into the venv (adaptive_lm_ds/ds_runtime.py), never ~/.cache.
 BUILD_OPS := $(PY) -m adaptive_lm_ds build-ops
 export DS_ACCELERATOR ?= cpu
@@ -13,12 +13,12 @@ export PYTHONPATH := $(CURDIR)
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing pinned dependencies into $(VENV) (torch first, so nothing pulls a second one)"
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@echo ">> building DeepSpeed's shared-memory op into $(VENV)/torch_extensions (once; not ~/.cache)"
 	$(BUILD_OPS)
 	@rm -f $(VENV)/.installed-*
