@@ -223,6 +223,14 @@ def is_pipe_replicated(p) -> bool:
     return getattr(p, PIPE_REPLICATED, False)
 
 
+def comm_backend():
+    """DeepSpeed's communication backend object (``deepspeed.comm.comm.cdb``), or None before
+    ``init_distributed``: it holds ``torch.distributed`` functions it looked up once (the ledger wraps them)."""
+    from deepspeed.comm import comm
+
+    return getattr(comm, "cdb", None)
+
+
 # ---------------------------------------------------------------- shm buffers
 def shm_buffer_name(rank: int, addr: str, port: str | int) -> str:
     """The ``/dev/shm`` name DeepSpeed's ``shm_initialize`` gives ``rank``'s buffer of the job at addr:port."""

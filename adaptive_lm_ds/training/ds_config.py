@@ -88,6 +88,9 @@ def complete_ds_config(ds: dict[str, Any], micro: int, gas: int, dp_size: int, p
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage in (1, 2):  # DeepSpeed's 5e8-element default bucket is a 1-2 GB buffer per rank
         ds["zero_optimization"].setdefault("reduce_bucket_size", ZERO_BUCKET_ELEMENTS)
+        # each rank receives only its partition's sum (a reduce-scatter's bytes), not every rank all of
+        # them (DeepSpeed's default all-reduce of each bucket sends twice the bytes; comm_model.py)
+        ds["zero_optimization"].setdefault("use_multi_rank_bucket_allreduce", False)
     if pp_size > 1 and stage > 1:
         raise TrainConfigError(
             f"ZeRO stage {stage} does not combine with pipeline parallelism in DeepSpeed; "
@@ -136,6 +139,8 @@ class DeepSpeedPlan:
     contiguous_gradients: bool
     offload_optimizer: bool
     offload_param: bool
+    zero3_max_live_parameters: int  # ZeRO-3: gathered parameters kept between forward and backward
+    pipe_partitioned: bool  # pipeline with TP: each TP rank sends its slice of the activation (and gradient)
 
     @classmethod
     def resolve(cls, ds: dict[str, Any]) -> DeepSpeedPlan:
@@ -152,6 +157,8 @@ class DeepSpeedPlan:
             allgather_bucket_elements=int(zero.allgather_bucket_size),
             overlap_comm=bool(zero.overlap_comm), contiguous_gradients=bool(zero.contiguous_gradients),
             offload_optimizer=_offloads(offload[0]), offload_param=_offloads(offload[1]),
+            zero3_max_live_parameters=int(zero.max_live_parameters),
+            pipe_partitioned=bool(ds.get("pipeline", {}).get("pipe_partitioned", True)),
         )  # fmt: skip
 
 
