@@ -76,9 +76,11 @@ def _require(owner, names: tuple[str, ...], where: str) -> None:
 
 
 def check_version(version: str | None = None) -> None:
+    """The installed (or the given) DeepSpeed version is :data:`SUPPORTED_VERSION`."""
     import deepspeed
 
-    if (version or deepspeed.__version__) != SUPPORTED_VERSION:
+    release = (version or deepspeed.__version__).split("+")[0]  # a local build label (+hash) is the same release
+    if release != SUPPORTED_VERSION:
         raise _unsupported("is installed")
 
 

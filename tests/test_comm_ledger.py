@@ -13,19 +13,14 @@ import pytest
 from adaptive_lm_ds.comm_model import WIRE_FACTOR, CommSetting, Term, update_terms, update_wire_bytes, wire_bytes
 from adaptive_lm_ds.testing import run_on_ranks
 
+from .test_train_layouts import LAYOUTS as TRAIN_LAYOUTS
+
 SEQ, MICRO, GAS = 32, 2, 2
 SCALAR_CALLS = 40  # tolerance: scalar collectives per update (DeepSpeed's ZeRO-1 makes 18: overflow and norm checks)
 
-# name: (world size, tp, pp, DeepSpeed JSON or None for the plain fp32 engine)
-LAYOUTS = {
-    "dp2-zero1": (2, 1, 1, "zero1"),
-    "dp2-zero2": (2, 1, 1, "zero2"),
-    "dp2-zero3": (2, 1, 1, "zero3"),
-    "tp2": (2, 2, 1, "zero1"),
-    "pp2": (2, 1, 2, "pipeline_zero1"),
-    "tp2-pp2": (4, 2, 2, "pipeline_zero1"),
-    "tp2-dp2": (4, 2, 1, None),
-}
+# name: (world size, tp, pp, DeepSpeed JSON or None for the plain fp32 engine), as the layout tests run them
+LAYOUTS = {name: TRAIN_LAYOUTS[name] for name in ("dp2-zero1", "dp2-zero2", "dp2-zero3", "tp2", "pp2", "tp2-pp2",
+                                                  "tp2-dp2")}  # fmt: skip
 
 
 def ledger_on_rank(argvs: list[list[str]]) -> list[dict]:

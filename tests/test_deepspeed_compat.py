@@ -36,6 +36,10 @@ def test_another_deepspeed_version_is_refused_naming_the_supported_one():
     assert "\n" not in str(err.value)
 
 
+def test_a_local_build_of_the_supported_release_passes():
+    deepspeed_compat.check_version(f"{deepspeed_compat.SUPPORTED_VERSION}+a1b2c3d")
+
+
 def _patched_classes():
     import deepspeed
     from deepspeed.pipe import PipelineModule

@@ -17,7 +17,8 @@ import sys
 
 from adaptive_lm_ds import cli
 from adaptive_lm_ds.comm_model import CommSetting, wire_bytes
-from adaptive_lm_ds.config import PRESETS, get_preset
+from adaptive_lm_ds.commands.memory_plan import add_model_and_layout_arguments
+from adaptive_lm_ds.config import get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import PRECISION_BYTES
@@ -28,11 +29,7 @@ MB = 1e6
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = cli.parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+    add_model_and_layout_arguments(parser)
     parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=1)
     parser.add_argument("--overlap-comm", action="store_true", help="DeepSpeed's zero_optimization.overlap_comm")
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per micro batch")
