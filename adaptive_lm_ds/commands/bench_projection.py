@@ -5,15 +5,17 @@
 Each layout runs the product's update (``bench_train.build_stepper``: ``build_engine``, ZeRO-1, fp32,
 --clip-norm 0.1, NAG) on the bench model in its own launch (gloo ranks on this machine's cores). Each
 launch also measures this machine's link: a 16 MB all-reduce (bandwidth) and a one-element one
-(latency, per call). The projection (:mod:`adaptive_lm_ds.projection`) takes the machine's compute rate
-from the TP1 step (the one calibration: ``device.peak_flops`` = the FLOPs of a TP1 update / its
-measured time; the ranks of a layout share the cores) and the measured link, and predicts TP2 and
-DP2 from the FLOPs and the communication model alone; it prints measured, projected and their ratio.
+(latency, per call). Every layout uses all cores (one thread per core, split over its ranks, as torchrun
+does). The projection (:mod:`adaptive_lm_ds.projection`) takes one calibration, a separate TP1 update
+on one thread (achieved FLOP/s per core = its FLOPs / its time; the machine = that x cores, shared by a
+layout's ranks), and the measured link, and predicts TP1, TP2 and DP2 from the FLOPs and the
+communication model alone; it prints measured, projected and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -27,8 +29,9 @@ from adaptive_lm_ds.data.dictionary import atomic_write_json
 from adaptive_lm_ds.projection import Device, project
 from adaptive_lm_ds.testing import run_on_ranks
 
-LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "dp2": (1, 2)}  # name: (tp, dp)
+LAYOUTS = {"tp1": (1, 1), "tp2": (2, 1), "dp2": (1, 2)}  # name: (tp, dp); each layout uses every core
 PROBE_ELEMENTS = 1 << 22  # 16 MB of fp32
+CALIBRATION = "tp1-one-thread"
 
 
 def _probe_link() -> tuple[float, float]:
@@ -49,7 +52,8 @@ def _probe_link() -> tuple[float, float]:
     return 2 * (n - 1) / n * big.numel() * 4 / max(seconds - latency, 1e-9), latency
 
 
-def _layout_body(options: dict, tp: int, dp: int) -> dict:
+def _layout_body(options: dict, tp: int, dp: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
     args = argparse.Namespace(**{**options, "packed": False, "dtype": "fp32", "compile": False,
                                  "deepspeed_config": None})  # fmt: skip
     cfg = small_config(args.vocab, args.d, args.layers)
@@ -80,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     cfg = small_config(args.vocab, args.d, args.layers)
+    cores = os.cpu_count() or 1
     measured = {}
-    for name, (tp, dp) in LAYOUTS.items():
-        ranks = run_on_ranks(_layout_body, nprocs=tp * dp, timeout=1200, options=vars(args), tp=tp, dp=dp)
+    for name, (tp, dp) in {CALIBRATION: (1, 1), **LAYOUTS}.items():
+        threads = 1 if name == CALIBRATION else max(1, cores // (tp * dp))
+        ranks = run_on_ranks(_layout_body, nprocs=tp * dp, timeout=1200, options=vars(args), tp=tp, dp=dp,
+                             threads=threads)  # fmt: skip
         measured[name] = {
             "step_s": max(statistics.median(r["step_s"]) for r in ranks),
             "bandwidth": ranks[0]["bandwidth"], "latency": ranks[0]["latency"], "raw": ranks,
@@ -95,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         return project(cfg, setting, device, efficiency=1.0, gpus_per_node=tp * dp,
                        zipf_exponent=ZIPF_EXPONENT).step_s  # fmt: skip
 
-    rate = projected(1, 1, unit) / measured["tp1"]["step_s"]  # FLOPs of a TP1 update / its measured time
-    machine = Device("this CPU", rate, link["bandwidth"], link["bandwidth"], link["latency"], shares_cores=True)
+    per_core = projected(1, 1, unit) / measured[CALIBRATION]["step_s"]  # FLOPs of a TP1 update / its time
+    machine = Device("this CPU", per_core * cores, link["bandwidth"], link["bandwidth"], link["latency"],
+                     shares_cores=True)  # fmt: skip
     print(f"bench model: vocab {args.vocab}, d {args.d}, {args.layers} layers, micro batch {args.batch} x {args.seq}")
-    print(f"machine: {rate / 1e9:.1f} GFLOP/s achieved at TP1 (the calibration); link {link['bandwidth'] / 1e9:.2f} "
-          f"GB/s, {link['latency'] * 1e6:.0f} us per collective")  # fmt: skip
-    result = {"rate_flops": rate, "link_bytes_per_s": link["bandwidth"], "latency_s": link["latency"], "layouts": {}}
+    print(f"machine: {per_core / 1e9:.1f} GFLOP/s per core achieved by a TP1 update on one thread (the calibration, "
+          f"{measured[CALIBRATION]['step_s'] * 1e3:.1f} ms), {cores} cores; link {link['bandwidth'] / 1e9:.2f} GB/s, "
+          f"{link['latency'] * 1e6:.0f} us per collective")  # fmt: skip
+    result = {
+        "per_core_flops": per_core, "calibration_step_s": measured[CALIBRATION]["step_s"],
+        "link_bytes_per_s": link["bandwidth"], "latency_s": link["latency"], "layouts": {},
+    }  # fmt: skip
     for name, (tp, dp) in LAYOUTS.items():
         want = projected(tp, dp, machine)
         got = measured[name]["step_s"]
