@@ -41,12 +41,14 @@ PROGRAMS = {
     "adaptive-lm-write-layout": "formats.layout_checkpoint:main",
     "adaptive-lm-export": "commands.export_checkpoint:main",
     "adaptive-lm-memory-plan": "commands.memory_plan:main",
+    "adaptive-lm-step-plan": "commands.step_plan:main",
     "adaptive-lm-model-summary": "commands.model_summary:main",
     "adaptive-lm-synthetic-corpus": "commands.make_synthetic_corpus:main",
     "adaptive-lm-bench-train": "commands.bench_train:main",
     "adaptive-lm-bench-data": "commands.bench_data:main",
     "adaptive-lm-bench-generate": "commands.bench_generate:main",
     "adaptive-lm-bench-softmax": "commands.bench_adaptive_softmax:main",
+    "adaptive-lm-bench-projection": "commands.bench_projection:main",
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
 QUIET = (
@@ -108,10 +110,12 @@ convert = _program("adaptive-lm-convert")
 write_layout = _program("adaptive-lm-write-layout")
 export = _program("adaptive-lm-export")
 memory_plan = _program("adaptive-lm-memory-plan")
+step_plan = _program("adaptive-lm-step-plan")
 model_summary = _program("adaptive-lm-model-summary")
 synthetic_corpus = _program("adaptive-lm-synthetic-corpus")
 bench_train = _program("adaptive-lm-bench-train")
 bench_data = _program("adaptive-lm-bench-data")
 bench_generate = _program("adaptive-lm-bench-generate")
 bench_softmax = _program("adaptive-lm-bench-softmax")
+bench_projection = _program("adaptive-lm-bench-projection")
 build_ops = _program("adaptive-lm-build-ops")

@@ -33,11 +33,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from adaptive_lm_ds import deepspeed_compat
 from adaptive_lm_ds.errors import UserError
 
 SHM_OP = "deepspeed_shm_comm"
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "deepspeed_allreduce_buffer"
 ENV = "TORCH_EXTENSIONS_DIR"
 OVERRIDE = "ADAPTIVE_LM_TORCH_EXTENSIONS_DIR"
 GRACE_S = 5.0  # how long a torch lock may be held by a process that is only loading the built op
@@ -134,20 +134,14 @@ def shm_buffer_path(rank: int, addr: str | None = None, port: str | int | None =
     """The ``/dev/shm`` file DeepSpeed's ``shm_initialize`` creates for ``rank`` of the job at addr:port."""
     addr = os.environ.get("MASTER_ADDR", "") if addr is None else addr
     port = os.environ.get("MASTER_PORT", "") if port is None else port
-    return SHM_DIR / f"{SHM_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
-
-
-def _made_shm_buffer(world_size: int) -> bool:
-    """DeepSpeed's own condition (``shm_interface.cpp:initialize``): every rank on this machine."""
-    local = os.environ.get("LOCAL_SIZE", "")
-    return local.isdigit() and int(local) == world_size >= 1
+    return SHM_DIR / deepspeed_compat.shm_buffer_name(rank, addr, port)
 
 
 def release_shm_buffer() -> None:
     """After ``deepspeed.init_distributed`` on every rank: unlink this rank's buffer name (mappings stay)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or not _made_shm_buffer(dist.get_world_size()):
+    if not dist.is_initialized() or not deepspeed_compat.makes_shm_buffer(dist.get_world_size()):
         return
     dist.barrier()  # every peer has opened and mapped every buffer by now
     shm_buffer_path(dist.get_rank()).unlink(missing_ok=True)

@@ -79,6 +79,6 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
 
 def install(engine) -> SafeCheckpointEngine:
     """Give a DeepSpeed engine (plain or pipeline) our checkpoint engine; returns it."""
-    safe = SafeCheckpointEngine(getattr(engine, "_config", None))
-    engine.checkpoint_engine = safe
-    return safe
+    from adaptive_lm_ds import deepspeed_compat
+
+    return deepspeed_compat.install_checkpoint_engine(engine, SafeCheckpointEngine(getattr(engine, "_config", None)))

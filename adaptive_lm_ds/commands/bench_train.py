@@ -20,11 +20,11 @@ out-of-memory is reported as such. ``--compile`` compiles every transformer bloc
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
 
-import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -34,11 +34,11 @@ from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
 from adaptive_lm_ds.flops import flops_per_token, mfu, packed_attention_context, peak_bf16_flops, zipf_band_fractions
 from adaptive_lm_ds.launch import free_port
-from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.config import build_parser, config_from_args
-from adaptive_lm_ds.training.ds_config import build_ds_config
+from adaptive_lm_ds.training.ds_config import build_plan, load_ds_json
 from adaptive_lm_ds.training.engine import Stepper, build_module
+from adaptive_lm_ds.training.engine_build import build_engine
 
 ZIPF_EXPONENT = 1.1
 GBW_MEAN_SENTENCE = 27  # GBW's mean sentence length in tokens (with </s>)
@@ -92,30 +92,23 @@ def make_batch(cfg: ModelConfig, batch: int, seq: int, packed: bool, seed: int) 
     return data, lengths
 
 
-DS_CONFIG = {"zero_optimization": {"stage": 1}}  # the recipes' ds_configs/zero1*.json; --deepspeed_config overrides
+DEFAULT_DS_JSON = {"zero_optimization": {"stage": 1}}  # as ds_configs/zero1*.json; --deepspeed_config overrides
 
 
 def build_stepper(cfg: ModelConfig, args) -> Stepper:
-    """The product's step for ``cfg`` in the current layout: ``build_module``, fairseq's NAG, the DeepSpeed
-    engine (batch geometry and --clip-norm 0.1 completed by ``build_ds_config``, as training does) and the
-    ``Stepper`` that runs an update on it."""
+    """The product's step for ``cfg`` in the current layout: ``build_module`` and ``build_engine`` as training
+    calls them (fairseq's NAG, --clip-norm 0.1, the batch geometry completed by ``build_ds_config``, the lr
+    schedule) and the ``Stepper`` that runs an update on it."""
     flags = ["--batch-size", args.batch, "--tokens-per-sample", args.seq, "--update-freq", 1, "--clip-norm", 0.1,
              "--optimizer", "nag", "--lr", 0.01, "--momentum", 0.99]  # fmt: skip
-    if args.deepspeed_config:
-        flags += ["--deepspeed_config", args.deepspeed_config]
     train_cfg = config_from_args(build_parser("bench").parse_args([str(f) for f in flags]))
-    layout = parallel.current()
-    ds_config = build_ds_config(train_cfg, layout.dp, layout.pp)
-    if not args.deepspeed_config:
-        ds_config.update(DS_CONFIG)
+    user_json = load_ds_json(args.deepspeed_config) if args.deepspeed_config else copy.deepcopy(DEFAULT_DS_JSON)
     if args.dtype == "bf16":
-        ds_config["bf16"] = {"enabled": True}
+        user_json.setdefault("bf16", {})["enabled"] = True
+    layout = parallel.current()
+    plan = build_plan(train_cfg, layout.dp, layout.pp, user_json)
     module = build_module(cfg, checkpoint_activations=False, seed=1, compile=args.compile)
-    optimizer = build_optimizer(train_cfg.optim, module.parameters())
-    engine, *_ = deepspeed.initialize(
-        model=module, optimizer=optimizer, config=ds_config, mpu=layout.deepspeed_mpu, dist_init_required=False
-    )
-    return Stepper(engine, packed=args.packed)
+    return build_engine(module, train_cfg.optim, plan, packed=args.packed, max_update=10**9).stepper
 
 
 def timed_step(stepper: Stepper, batch: dict) -> float:

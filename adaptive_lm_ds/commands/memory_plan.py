@@ -102,13 +102,18 @@ def machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = cli.parser(description=__doc__.splitlines()[0])
+def add_model_and_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every planner takes: the model preset and the layout's sizes, as in training."""
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
     parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
     parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
     parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = cli.parser(description=__doc__.splitlines()[0])
+    add_model_and_layout_arguments(parser)
     parser.add_argument("--zero-stage", type=int, default=0)
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per micro batch")
     parser.add_argument("--seq-len", type=int, default=512)

@@ -15,16 +15,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import deepspeed
 import torch.distributed as dist
 
 from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
-from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.training.config import OptimConfig
+from adaptive_lm_ds.training.ds_config import DeepSpeedPlan, complete_ds_config
 from adaptive_lm_ds.training.engine import build_module
+from adaptive_lm_ds.training.engine_build import build_engine
+
+LAYOUT_DS_JSON = {"zero_optimization": {"stage": 1}}  # fp32 weights, as ds_configs/zero1.json
 
 
 def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, seed: int = 1) -> str:
@@ -35,20 +37,13 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
     try:
         module = build_module(cfg, checkpoint_activations=False, seed=seed)
         load_one_piece_state(module, state, cfg)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "zero_optimization": {"stage": 1},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-        }
-        optimizer = build_optimizer(OptimConfig(lr=1.0), module.parameters())  # a placeholder: state is never loaded
-        engine, *_ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=ds_config, mpu=dims.deepspeed_mpu,
-            dist_init_required=False,
-        )  # fmt: skip
+        plan = DeepSpeedPlan.resolve(
+            complete_ds_config(LAYOUT_DS_JSON, micro=1, gas=1, dp_size=dims.dp, pp_size=dims.pp, clip_norm=0.0)
+        )
+        # a placeholder optimizer: the trainer starts the optimizer anew from this checkpoint
+        engine = build_engine(module, OptimConfig(lr=1.0), plan, packed=False).engine
         record = CheckpointRecord.build(
-            cfg, dims, num_updates=0, data=None, precision="fp32", zero_stage=1,
+            cfg, dims, num_updates=0, data=None, precision=plan.precision, zero_stage=plan.zero_stage,
             optimizer_fresh=True, converted_from=str(consolidated),
         )  # fmt: skip
         tag = save_checkpoint(engine, save_dir, record, dictionary=dictionary, keep_last_n=-1)

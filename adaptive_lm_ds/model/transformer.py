@@ -7,7 +7,10 @@ fairseq's ``TransformerDecoderLayer`` with ``decoder_normalize_before``::
 
 ``q/k/v_proj`` and ``fc1`` are ``ColumnParallelLinear`` (each TP rank: ``num_heads / tp`` heads, ``ffn / tp``
 hidden units); ``out_proj`` and ``fc2`` are ``RowParallelLinear`` (one all-reduce each). q, k, v are three
-layers, not one fused matrix, so fairseq's ``self_attn.{q,k,v}_proj`` map one to one.
+layers, not one fused matrix, so fairseq's ``self_attn.{q,k,v}_proj`` map one to one; their input enters
+through one ``copy_to_tensor_model_parallel_region`` (identity forward, one all-reduce of the summed input
+gradient backward), not one all-reduce each: Megatron's minimum of two all-reduces of ``[B, T, d]`` per
+block forward and two backward.
 
 Dropout on sharded activations (attention probabilities, FFN hidden) runs on the TP rank's own RNG
 stream; dropout on the replicated residual stream on the default generator, equal on every TP rank.
@@ -22,7 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    copy_to_tensor_model_parallel_region,
+)
 from torch import nn
 
 from adaptive_lm_ds import parallel
@@ -56,11 +63,14 @@ def _sharded_rng(active: bool):
     return parallel.model_parallel_rng() if active else contextlib.nullcontext()
 
 
-def column_linear(size_in: int, size_out: int, mp_config, tp_group, key: str, init_method) -> ColumnParallelLinear:
+def column_linear(
+    size_in: int, size_out: int, mp_config, tp_group, key: str, init_method, reduce_input_grad: bool = True
+) -> ColumnParallelLinear:
     """Output features split over TP, bias included, output left sharded.
 
     Weight by ``init_method`` (a ``seeded_init`` full-matrix init); bias ``nn.Linear``'s default
     U(+-1/sqrt(size_in)) from stream ``{key}.bias``, this rank's slice (fairseq's q/k/v and fc1 keep it).
+    ``reduce_input_grad=False``: the caller all-reduces the input's gradient itself (once for q, k and v).
     """
     linear = ColumnParallelLinear(
         size_in,
@@ -70,6 +80,7 @@ def column_linear(size_in: int, size_out: int, mp_config, tp_group, key: str, in
         bias=True,
         gather_output=False,
         tp_group=tp_group,
+        disable_grad_reduce=not reduce_input_grad,
     )
     start = tp_group.rank() * (size_out // tp_group.size())
     seeded_init.linear_bias(linear.bias, size_in, start, size_out, f"{key}.bias")
@@ -152,15 +163,18 @@ class SelfAttention(nn.Module):
         gain = 1 / math.sqrt(2)  # fairseq's init when q, k, v have the same dim
 
         def qkv(name: str) -> ColumnParallelLinear:
-            return column_linear(d, d, mp_config, tp_group, name, seeded_init.xavier_uniform(name, gain))
+            init = seeded_init.xavier_uniform(name, gain)
+            return column_linear(d, d, mp_config, tp_group, name, init, reduce_input_grad=False)
 
         self.q_proj, self.k_proj, self.v_proj = (qkv(f"{key}.{n}_proj") for n in "qkv")
         out = f"{key}.out_proj"
         self.out_proj = row_linear(d, d, mp_config, tp_group, out, seeded_init.xavier_uniform(out), zero_bias=True)
+        self.tp_group = tp_group
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         """``x [B, t, d]``; with ``cache`` the ``t`` positions follow the cached ones (causal over all)."""
         batch, length, _ = x.shape
+        x = copy_to_tensor_model_parallel_region(x, group=self.tp_group)  # one all-reduce of dx for q, k and v
 
         def heads(proj: ColumnParallelLinear) -> torch.Tensor:
             return proj(x)[0].view(batch, length, self.local_heads, self.head_dim).transpose(1, 2)

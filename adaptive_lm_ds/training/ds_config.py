@@ -8,7 +8,9 @@ a different value we stop with a message naming both, instead of silently prefer
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +70,27 @@ def _set(ds: dict[str, Any], key: str, value: Any, flag: str) -> None:
     ds[key] = value
 
 
-def build_ds_config(cfg: TrainConfig, dp_size: int, pp_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for this run (user JSON + batch geometry + clipping)."""
-    ds = load_ds_json(cfg.run.deepspeed_config)
-    micro = micro_batch_sequences(cfg)
-    if cfg.data.update_freq < 1:
-        raise TrainConfigError(f"--update-freq must be >= 1 (got {cfg.data.update_freq})")
+def complete_ds_config(ds: dict[str, Any], micro: int, gas: int, dp_size: int, pp_size: int, clip_norm: float) -> dict:
+    """``ds`` (a user's DeepSpeed JSON) completed with the batch geometry and clipping our flags decide."""
+    ds = copy.deepcopy(ds)
+    if gas < 1:
+        raise TrainConfigError(f"--update-freq must be >= 1 (got {gas})")
     if "train_batch_size" in ds and "train_micro_batch_size_per_gpu" not in ds:
         raise TrainConfigError(
             "DeepSpeed config sets train_batch_size alone; set the batch with --max-tokens/--batch-size"
         )
     _set(ds, "train_micro_batch_size_per_gpu", micro, "--max-tokens/--batch-size")
-    _set(ds, "gradient_accumulation_steps", cfg.data.update_freq, "--update-freq")
-    _set(ds, "train_batch_size", micro * cfg.data.update_freq * dp_size, "micro batch x --update-freq x DP size")
-    _set(ds, "gradient_clipping", float(cfg.optim.clip_norm), "--clip-norm")
+    _set(ds, "gradient_accumulation_steps", gas, "--update-freq")
+    _set(ds, "train_batch_size", micro * gas * dp_size, "micro batch x --update-freq x DP size")
+    _set(ds, "gradient_clipping", float(clip_norm), "--clip-norm")
     ds.setdefault("zero_allow_untested_optimizer", True)  # NAG is ours, DeepSpeed does not know it
     ds.setdefault("steps_per_print", 10**9)  # we log ourselves
     stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage in (1, 2):  # DeepSpeed's 5e8-element default bucket is a 1-2 GB buffer per rank (issue 15)
+    if stage in (1, 2):  # DeepSpeed's 5e8-element default bucket is a 1-2 GB buffer per rank
         ds["zero_optimization"].setdefault("reduce_bucket_size", ZERO_BUCKET_ELEMENTS)
+        # each rank receives only its partition's sum (a reduce-scatter's bytes), not every rank all of
+        # them (DeepSpeed's default all-reduce of each bucket sends twice the bytes; comm_model.py)
+        ds["zero_optimization"].setdefault("use_multi_rank_bucket_allreduce", False)
     if pp_size > 1 and stage > 1:
         raise TrainConfigError(
             f"ZeRO stage {stage} does not combine with pipeline parallelism in DeepSpeed; "
@@ -97,6 +101,14 @@ def build_ds_config(cfg: TrainConfig, dp_size: int, pp_size: int) -> dict[str, A
     return ds
 
 
+def build_ds_config(cfg: TrainConfig, dp_size: int, pp_size: int, user_json: dict | None = None) -> dict[str, Any]:
+    """The DeepSpeed config dict for this run: ``user_json`` (default: the ``--deepspeed_config`` file)
+    completed with the batch geometry and clipping."""
+    ds = load_ds_json(cfg.run.deepspeed_config) if user_json is None else user_json
+    micro = micro_batch_sequences(cfg)
+    return complete_ds_config(ds, micro, cfg.data.update_freq, dp_size, pp_size, cfg.optim.clip_norm)
+
+
 def precision(ds: dict[str, Any]) -> str:
     """'bf16', 'fp16' or 'fp32' as the DeepSpeed config asks."""
     if ds.get("bf16", {}).get("enabled"):
@@ -104,3 +116,56 @@ def precision(ds: dict[str, Any]) -> str:
     if ds.get("fp16", {}).get("enabled"):
         return "fp16"
     return "fp32"
+
+
+@dataclass(frozen=True)
+class DeepSpeedPlan:
+    """What the DeepSpeed engine will do, resolved once from the completed JSON; read these, never the dict.
+
+    ZeRO's fields are DeepSpeed's own resolution (``DeepSpeedZeroConfig``: its defaults where the JSON is
+    silent), so a bucket size or an overlap setting here is the one the engine uses.
+    """
+
+    config: dict[str, Any]  # the complete JSON handed to deepspeed.initialize
+    precision: str  # 'fp32', 'bf16' or 'fp16'
+    zero_stage: int
+    micro_batch: int  # sequences per micro batch per rank
+    gradient_accumulation: int  # micro batches per update per rank
+    train_batch: int  # sequences per update, all data-parallel ranks
+    clip_norm: float  # 0: no clipping
+    reduce_bucket_elements: int  # ZeRO: gradient reduction bucket
+    allgather_bucket_elements: int  # ZeRO-1/2: parameter all-gather bucket after the step
+    overlap_comm: bool  # ZeRO: gradient reduction overlaps backward
+    contiguous_gradients: bool
+    offload_optimizer: bool
+    offload_param: bool
+    zero3_max_live_parameters: int  # ZeRO-3: gathered parameters kept between forward and backward
+    pipe_partitioned: bool  # pipeline with TP: each TP rank sends its slice of the activation (and gradient)
+
+    @classmethod
+    def resolve(cls, ds: dict[str, Any]) -> DeepSpeedPlan:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        zero = DeepSpeedZeroConfig(**ds.get("zero_optimization", {}))
+        offload = (zero.offload_optimizer, zero.offload_param)
+        return cls(
+            config=ds, precision=precision(ds), zero_stage=int(zero.stage),
+            micro_batch=int(ds["train_micro_batch_size_per_gpu"]),
+            gradient_accumulation=int(ds["gradient_accumulation_steps"]), train_batch=int(ds["train_batch_size"]),
+            clip_norm=float(ds.get("gradient_clipping", 0.0)),
+            reduce_bucket_elements=int(zero.reduce_bucket_size),
+            allgather_bucket_elements=int(zero.allgather_bucket_size),
+            overlap_comm=bool(zero.overlap_comm), contiguous_gradients=bool(zero.contiguous_gradients),
+            offload_optimizer=_offloads(offload[0]), offload_param=_offloads(offload[1]),
+            zero3_max_live_parameters=int(zero.max_live_parameters),
+            pipe_partitioned=bool(ds.get("pipeline", {}).get("pipe_partitioned", True)),
+        )  # fmt: skip
+
+
+def _offloads(offload) -> bool:
+    return offload is not None and str(getattr(offload.device, "value", offload.device)) not in ("none", "None")
+
+
+def build_plan(cfg: TrainConfig, dp_size: int, pp_size: int, user_json: dict | None = None) -> DeepSpeedPlan:
+    """:func:`build_ds_config`, resolved."""
+    return DeepSpeedPlan.resolve(build_ds_config(cfg, dp_size, pp_size, user_json))

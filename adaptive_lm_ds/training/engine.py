@@ -10,7 +10,7 @@ a single process that sees the whole global batch.
 **Gradient norm.** The logged ``gnorm`` is the pre-clip L2 norm of the update's full gradient, each
 tensor counted once over the TP x PP x DP grid (the quantity ``--clip-norm`` compares against). DeepSpeed's
 ZeRO, fp16 and bf16 optimizers compute and keep it; a plain fp32 engine clips with a norm it throws
-away, so :func:`keep_fp32_grad_norm` computes it (:func:`grad_norm`) and clips with it instead.
+away, so :func:`clip_fp32_grad_norm` computes it (:func:`grad_norm`) and clips with it instead.
 
 Non-finite losses need no special path: their gradients are non-finite, DeepSpeed's ZeRO / fp16
 optimizers detect that and skip the step (``engine.was_step_applied()``), and the caller counts it.
@@ -28,7 +28,7 @@ import torch.distributed as dist
 from deepspeed.runtime.activation_checkpointing import checkpointing as ds_checkpointing
 from deepspeed.runtime.utils import is_model_parallel_parameter
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import deepspeed_compat, parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.model.transformer import TransformerBlock
@@ -89,7 +89,7 @@ def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     dims = parallel.current()
     total = torch.zeros((), dtype=torch.float64, device=parameters[0].device)
     for p in parameters:
-        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+        if p.grad is None or deepspeed_compat.is_pipe_replicated(p):
             continue
         if dims.tp_rank == 0 or is_model_parallel_parameter(p):
             for chunk in p.grad.detach().reshape(-1).split(1 << 22):  # fp64 copies of 32 MB, not of a table
@@ -99,32 +99,23 @@ def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     return total.sqrt()
 
 
-def keep_fp32_grad_norm(engine) -> None:
-    """Make a plain fp32 engine (no ZeRO, no fp16/bf16 optimizer) keep its pre-clip global grad norm.
+def clip_fp32_grad_norm(engine, parameters: list[torch.nn.Parameter]) -> float:
+    """Pre-clip global grad norm of a plain fp32 engine (no ZeRO, no fp16/bf16 optimizer), after clipping with it.
 
     DeepSpeed's ``clip_fp32_gradients`` discards the norm it clips with, computes nothing when
-    ``gradient_clipping`` is 0, and under a pipeline counts tied tensors twice. Here the norm is
-    :func:`grad_norm` before every optimizer step, stored where ``get_global_grad_norm`` reads it, and the
-    gradients are clipped with it (fairseq's and DeepSpeed's coefficient ``max / (norm + 1e-6)``).
+    ``gradient_clipping`` is 0, and under a pipeline counts tied tensors twice. This is :func:`grad_norm`,
+    run before every optimizer step in its place (:func:`deepspeed_compat.keep_fp32_grad_norm` installs it;
+    what it returns is what ``get_global_grad_norm`` reads), and the gradients are clipped with it
+    (fairseq's and DeepSpeed's coefficient ``max / (norm + 1e-6)``).
     """
-    if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
-        return
-    take_model_step = engine._take_model_step
-    parameters = [p for p in engine.module.parameters() if p.requires_grad]
-
-    def step_with_norm(lr_kwargs=None):
-        norm = grad_norm(parameters)
-        engine._global_grad_norm = float(norm)
-        max_norm = engine.gradient_clipping()
-        if max_norm > 0 and math.isfinite(engine._global_grad_norm):
-            coef = min(1.0, max_norm / (engine._global_grad_norm + 1e-6))
-            for p in parameters:
-                if p.grad is not None:
-                    p.grad.mul_(coef)
-        take_model_step(lr_kwargs)
-
-    engine.clip_fp32_gradients = lambda: None  # clipped above with the right norm
-    engine._take_model_step = step_with_norm
+    norm = float(grad_norm(parameters))
+    max_norm = engine.gradient_clipping()
+    if max_norm > 0 and math.isfinite(norm):
+        coef = min(1.0, max_norm / (norm + 1e-6))
+        for p in parameters:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return norm
 
 
 @dataclass
@@ -155,7 +146,6 @@ class Stepper:
         self.device = engine.device
         dims = parallel.current()
         self.dp_group, self.dp_size = dims.dp_group, dims.dp
-        keep_fp32_grad_norm(engine)
 
     def _global_tokens(self, batches: list[dict]) -> int:
         n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64, device=self.device)

@@ -28,9 +28,9 @@ and the output's ``tied_weight_attrs`` list the same tensors in the same order).
 **Gradient norm.** DeepSpeed keeps a tied tensor out of the norm on every stage but the owner (the
 first) by flagging it ``ds_pipe_replicated``; it flags *every* parameter of the non-owner's tied module,
 which here would also drop the output's own tensors (``cluster_proj``, untied tail projections).
-:class:`AdaptiveLMPipeline` clears the flag on all but the tied tensors, so each tensor enters the norm
-exactly once over the TP x PP x DP grid (TP shards once per rank, replicated tensors on TP rank 0, ZeRO
-partitions once per DP rank) and clipping sees the single-process norm.
+The stage base (:func:`deepspeed_compat.stage_pipeline_module`) clears the flag on all but the tied
+tensors, so each tensor enters the norm exactly once over the TP x PP x DP grid (TP shards once per rank,
+replicated tensors on TP rank 0, ZeRO partitions once per DP rank) and clipping sees the single-process norm.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from deepspeed.pipe import PipelineModule, TiedLayerSpec
 
+from adaptive_lm_ds import deepspeed_compat
 from adaptive_lm_ds.checkpoint import names
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
@@ -101,12 +102,12 @@ class OutputPipe(_PipeLayer):
         return loss_sum
 
 
-class AdaptiveLMPipeline(PipelineModule):
-    """``PipelineModule`` over one stage of ``AdaptiveLM`` (see the module docstring)."""
+class AdaptiveLMPipeline(deepspeed_compat.stage_pipeline_module()):
+    """``PipelineModule`` over one stage of ``AdaptiveLM`` (see the module docstring; DeepSpeed's side of
+    building it is :func:`deepspeed_compat.stage_pipeline_module`)."""
 
-    def _build(self) -> None:
-        own = self._layer_specs[self._local_start : self._local_stop]
-        layers = [spec.module_args[0] if isinstance(spec, TiedLayerSpec) else spec for spec in own]
+    def stage_children(self, layers: list) -> list[tuple[str, torch.nn.Module]]:
+        """The stage's parts by name, in registration order; checks DeepSpeed's split against the model's."""
         stage = layers[0].stage
         blocks = [layer.layer - 1 for layer in layers if isinstance(layer, TransformerBlockPipe)]
         if blocks != stage.layers.indices:
@@ -114,30 +115,15 @@ class AdaptiveLMPipeline(PipelineModule):
                 f"DeepSpeed gave this pipeline stage blocks {blocks}, the model's split says "
                 f"{stage.layers.indices}; the two partitioners disagree"
             )
-        self.forward_funcs.extend(layers)
-        del self.tied_modules  # the tied ends are the stage's own parts, registered below under their names
-        self.tied_modules = {}
-        for spec in own:
-            if isinstance(spec, TiedLayerSpec):
-                self.tied_modules[spec.key] = stage.embed if spec.module_args[0].layer == 0 else stage.output
-                self.tied_weight_attrs[spec.key] = spec.tied_weight_attr
         children = dict(stage.named_children())
         order = list(children)  # embed, layers, final_norm, output: the one-piece order
         if TIED_KEY in self.tied_modules and stage.output is not None:  # DeepSpeed's order: the tied end first
             order = [n for n in ("final_norm", "output") if n in children] + ["layers"]
-        for name in order:
-            self.add_module(name, children[name])
-        for p in self.parameters():
-            p.ds_pipe_replicated = False
+        return [(name, children[name]) for name in order]
 
-    def _index_tied_modules(self) -> dict:
-        comms = super()._index_tied_modules()
-        for comm in comms.values():
-            tied = {id(self._recursive_getattr(comm["module"], attr)) for attr in comm["weight_attr"]}
-            for p in comm["module"].parameters():
-                if id(p) not in tied:
-                    p.ds_pipe_replicated = False
-        return comms
+    def tied_module(self, layer: _PipeLayer) -> torch.nn.Module:
+        """The stage part holding the tied tables: the embedding at the first end, the output at the last."""
+        return layer.stage.embed if layer.layer == 0 else layer.stage.output
 
 
 def scaled_loss(loss_sum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -167,6 +153,7 @@ def build_pipeline_module(
     cfg, dims: ParallelDims, checkpoint_activations: bool = False, seed: int = 1
 ) -> PipelineModule:
     """The pipeline-parallel model for this rank's stage (``dims`` from :func:`parallel.current`)."""
+    deepspeed_compat.check_supported()
     if dims.pp < 2:
         raise LayoutError("a pipeline needs >= 2 stages; with one stage use AdaptiveLM itself")
     if cfg.num_layers < dims.pp:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -30,12 +29,12 @@ from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
-from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule, should_stop_for_min_lr
-from adaptive_lm_ds.optim.optimizers import bounded_param_groups, build_optimizer
+from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
-from adaptive_lm_ds.training.ds_config import build_ds_config, precision
-from adaptive_lm_ds.training.engine import Stepper, build_module
+from adaptive_lm_ds.training.ds_config import build_plan
+from adaptive_lm_ds.training.engine import build_module
+from adaptive_lm_ds.training.engine_build import build_engine
 from adaptive_lm_ds.training.signals import StopRequests
 
 
@@ -101,9 +100,9 @@ class Trainer:
         layout = parallel.ParallelDims.for_world(
             world, run.tensor_model_parallel_size, run.pipeline_model_parallel_size
         )
-        self.ds_config = build_ds_config(cfg, layout.dp, layout.pp)
-        preflight.check_precision(precision(self.ds_config))
-        self.micro = self.ds_config["train_micro_batch_size_per_gpu"]  # sequences, decided once in build_ds_config
+        self.plan = build_plan(cfg, layout.dp, layout.pp)
+        preflight.check_precision(self.plan.precision)
+        self.micro = self.plan.micro_batch  # sequences, decided once in build_ds_config
         self.dictionary = Dictionary.load(Path(data.data) / "dict.txt")
         self.model_cfg, init_state = model_config_for(cfg, len(self.dictionary))
         self.model_cfg.validate(layout.tp)
@@ -126,20 +125,9 @@ class Trainer:
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
             load_one_piece_state(module, init_state, self.model_cfg)
-        params = list(module.parameters())
-        if self.ds_config.get("zero_optimization", {}).get("stage", 0) in (1, 2):
-            params = bounded_param_groups(params)  # DeepSpeed's step: one group's fp32 gradient at a time
-        optimizer = build_optimizer(cfg.optim, params)
-        self.scheduler = UpdateLRScheduler(optimizer, build_schedule(cfg.optim, run.max_update))
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.ds_config,
-            mpu=self.dims.deepspeed_mpu, dist_init_required=False,
-        )  # fmt: skip
-        ckpt.install(self.engine)  # every checkpoint file DeepSpeed opens is unpickled weights-only
-        if layout.dp == 1 and layout.pp == 1 and not self.engine.zero_optimization():
-            # nothing to all-reduce, but DeepSpeed would still copy all gradients into one flat buffer
-            self.engine.enable_backward_allreduce = False
-        self.stepper = Stepper(self.engine, packed=data.sample_break_mode == "packed")
+        built = build_engine(module, cfg.optim, self.plan, packed=data.sample_break_mode == "packed",
+                             max_update=run.max_update)  # fmt: skip
+        self.engine, self.stepper, self.scheduler = built.engine, built.stepper, built.scheduler
         self.num_updates = 0
         self.last_saved: str | None = None  # the newest checkpoint this run saved or resumed from
         self.stop_requests = StopRequests(verbose=False)  # replaced by the installed one in run()
@@ -155,7 +143,7 @@ class Trainer:
     def _record(self) -> CheckpointRecord:
         return CheckpointRecord.build(
             self.model_cfg, self.dims, num_updates=self.num_updates, data=self.batches.state_dict(),
-            precision=precision(self.ds_config), zero_stage=self.ds_config.get("zero_optimization", {}).get("stage", 0),
+            precision=self.plan.precision, zero_stage=self.plan.zero_stage,
             run_config=dataclasses.asdict(self.cfg),
         )  # fmt: skip
 
@@ -211,7 +199,7 @@ class Trainer:
     def _update_record(self, result, step_time: float) -> UpdateRecord:
         per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
         extra = {
-            "bsz": self.ds_config["train_batch_size"],
+            "bsz": self.plan.train_batch,
             "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
             "loss_scale": result.loss_scale,
         }  # fmt: skip
@@ -273,8 +261,8 @@ class Trainer:
                 if not run.no_save:
                     preflight.check_writable(run.save_dir, "--save-dir")
                     optimizer = self.cfg.optim.optimizer
-                    zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
-                    needed = preflight.checkpoint_bytes(self.model_cfg, precision(self.ds_config), optimizer, zero)
+                    needed = preflight.checkpoint_bytes(self.model_cfg, self.plan.precision, optimizer,
+                                                        self.plan.zero_stage)  # fmt: skip
                     preflight.check_free_space(run.save_dir, needed)
                     lock = SaveDirLock(run.save_dir).acquire()
                     if lock.took_over is not None:
@@ -367,8 +355,7 @@ class Trainer:
             f"{n_local:,} parameters on rank 0\n"
             f"| layout {self.dims.describe()}; micro batch {self.micro} x "
             f"{self.cfg.data.tokens_per_sample} tokens, update-freq {self.cfg.data.update_freq}; "
-            f"{precision(self.ds_config)}; criterion {self.cfg.optim.criterion}; "
-            f"ZeRO stage {self.ds_config.get('zero_optimization', {}).get('stage', 0)}\n"
+            f"{self.plan.precision}; criterion {self.cfg.optim.criterion}; ZeRO stage {self.plan.zero_stage}\n"
             f"| train: {len(self.train_data):,} samples, {len(self.batches) // self.cfg.data.update_freq:,} updates "
             f"per epoch ({len(self.batches):,} micro batches per rank / update-freq {self.cfg.data.update_freq}); "
             f"valid: {len(self.valid_data):,} samples\n" + self._start_point(resumed)
