@@ -200,8 +200,27 @@ def init_process_group(world_of_one: bool = False) -> None:
         os.environ.setdefault("MASTER_PORT", "29511")
     ds_runtime.load_shm_op()
     accelerator_device()
-    deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+    try:
+        deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+    except dist.DistNetworkError as e:
+        raise port_in_use_error(e) from None
     ds_runtime.release_shm_buffer()
+
+
+class PortInUseError(UserError, RuntimeError):
+    """The rendezvous port is taken (another run on this machine): the line names it and the flag."""
+
+
+def port_in_use_error(error: Exception) -> Exception:
+    """:class:`PortInUseError` when ``error`` is torch's EADDRINUSE at rendezvous, else ``error`` itself."""
+    text = str(error)
+    if "EADDRINUSE" not in text and "address already in use" not in text.lower():
+        return error
+    port, addr = os.environ.get("MASTER_PORT", "?"), os.environ.get("MASTER_ADDR", "?")
+    return PortInUseError(
+        f"port {port} on {addr} is already in use (another run on this machine?); pass another free port with "
+        f"--master_port (or set MASTER_PORT)"
+    )
 
 
 def initialize_parallel(dims: ParallelDims = ParallelDims(), seed: int = 1234) -> ParallelDims:

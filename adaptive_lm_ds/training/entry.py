@@ -26,7 +26,7 @@ def main(argv=None, recipe: str | None = None) -> int:
         return 2
     try:
         parallel.init_process_group(world_of_one=True)  # a plain launcher run is a world of one
-    except ds_runtime.StaleBuildLock as e:
+    except (ds_runtime.StaleBuildLock, parallel.PortInUseError) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
