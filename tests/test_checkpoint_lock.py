@@ -14,6 +14,7 @@ from adaptive_lm_ds.checkpoint import CheckpointError, SaveDirLock, commit_check
 from adaptive_lm_ds.checkpoint.lock import LOCK, LockOwner, boot_id, pid_namespace, process_start, read_owner
 
 from .checkpoint_runs import run_single, train_args
+from .test_checkpoint_files import _record
 
 
 def _dead_pid() -> int:
@@ -115,17 +116,7 @@ def test_a_run_whose_lock_was_taken_over_neither_saves_nor_prunes(tmp_path):
         commit_checkpoint(tmp_path, tag.name, keep_last_n=0, still_owner=lock.check_owned)
     assert sorted(p.name for p in tag.iterdir()) == ["mp_rank_00_model_states.pt"]  # no manifest, no marker
     with pytest.raises(CheckpointError, match="no longer holds"):
-        save_checkpoint(object(), tmp_path, _any_record(), still_owner=lock.check_owned)  # before the engine
-
-
-def _any_record():
-    from adaptive_lm_ds.checkpoint import CheckpointRecord
-    from adaptive_lm_ds.config import get_preset
-    from adaptive_lm_ds.parallel import ParallelDims
-
-    return CheckpointRecord.build(
-        get_preset("tiny", vocab_size=100), ParallelDims(), num_updates=4, data=None, precision="fp32", zero_stage=1
-    )
+        save_checkpoint(object(), tmp_path, _record(num_updates=4), still_owner=lock.check_owned)  # before the engine
 
 
 @pytest.mark.slow
