@@ -38,6 +38,7 @@ from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from adaptive_lm_ds import ds_runtime
 from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.launch import port_in_use
 
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
 
@@ -207,20 +208,12 @@ def init_process_group(world_of_one: bool = False) -> None:
     ds_runtime.release_shm_buffer()
 
 
-class PortInUseError(UserError, RuntimeError):
-    """The rendezvous port is taken (another run on this machine): the line names it and the flag."""
-
-
 def port_in_use_error(error: Exception) -> Exception:
     """:class:`PortInUseError` when ``error`` is torch's EADDRINUSE at rendezvous, else ``error`` itself."""
     text = str(error)
     if "EADDRINUSE" not in text and "address already in use" not in text.lower():
         return error
-    port, addr = os.environ.get("MASTER_PORT", "?"), os.environ.get("MASTER_ADDR", "?")
-    return PortInUseError(
-        f"port {port} on {addr} is already in use (another run on this machine?); pass another free port with "
-        f"--master_port (or set MASTER_PORT)"
-    )
+    return port_in_use(os.environ.get("MASTER_PORT", "?"), os.environ.get("MASTER_ADDR", "?"))
 
 
 def initialize_parallel(dims: ParallelDims = ParallelDims(), seed: int = 1234) -> ParallelDims:
