@@ -16,7 +16,29 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from adaptive_lm_ds.errors import UserError
+
 LOOPBACK = "127.0.0.1"
+
+
+class PortInUseError(UserError, RuntimeError):
+    """The rendezvous port is taken (another run on this machine): the line names it and the flag."""
+
+
+def port_in_use(port: int | str, addr: str) -> PortInUseError:
+    return PortInUseError(
+        f"port {port} on {addr} is already in use (another run on this machine?); pass another free port with "
+        "--master_port (or set MASTER_PORT)"
+    )
+
+
+def is_free(port: int, addr: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -37,9 +59,12 @@ def program_on_ranks_argv(program: str, args: Sequence[str], nprocs: int, port: 
 def run_program_on_ranks(program: str, args: Sequence[str], nprocs: int, port: int | None = None) -> int:
     """Run ``program`` on ``nprocs`` ranks of this machine (output goes to ours) and return its exit code.
 
-    ``port``: the rendezvous port (default: a free one). Each rank uses one thread unless
-    ``OMP_NUM_THREADS`` says otherwise.
+    ``port``: the rendezvous port (default: a free one; a taken one is one ``error:`` line and exit code 2).
+    Each rank uses one thread unless ``OMP_NUM_THREADS`` says otherwise.
     """
+    if port and not is_free(port):  # torchrun would end in a DistNetworkError traceback
+        print(f"error: {port_in_use(port, LOOPBACK)}", file=sys.stderr, flush=True)
+        return 2
     argv = program_on_ranks_argv(program, args, nprocs, port or free_port())
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(argv, env=env).returncode

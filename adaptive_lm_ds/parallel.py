@@ -38,6 +38,7 @@ from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from adaptive_lm_ds import ds_runtime
 from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.launch import port_in_use
 
 _MODEL_PARALLEL_RNG = "model-parallel-rng"  # the name DeepSpeed's tracker uses for its TP stream
 
@@ -200,8 +201,19 @@ def init_process_group(world_of_one: bool = False) -> None:
         os.environ.setdefault("MASTER_PORT", "29511")
     ds_runtime.load_shm_op()
     accelerator_device()
-    deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+    try:
+        deepspeed.init_distributed(dist_backend=accelerator_backend(), auto_mpi_discovery=False)
+    except dist.DistNetworkError as e:
+        raise port_in_use_error(e) from None
     ds_runtime.release_shm_buffer()
+
+
+def port_in_use_error(error: Exception) -> Exception:
+    """:class:`PortInUseError` when ``error`` is torch's EADDRINUSE at rendezvous, else ``error`` itself."""
+    text = str(error)
+    if "EADDRINUSE" not in text and "address already in use" not in text.lower():
+        return error
+    return port_in_use(os.environ.get("MASTER_PORT", "?"), os.environ.get("MASTER_ADDR", "?"))
 
 
 def initialize_parallel(dims: ParallelDims = ParallelDims(), seed: int = 1234) -> ParallelDims:

@@ -132,3 +132,28 @@ def test_eval_of_flipped_bytes_is_one_line_not_a_traceback(tiny_run_setup, save)
     assert result.returncode != 0
     assert f"{MODEL} is damaged" in result.output
     assert "Traceback" not in result.output and "OverflowError" not in result.output
+
+
+def test_a_flipped_byte_with_an_emptied_manifest_is_refused(save):
+    flip_bytes(save / "checkpoint_2" / MODEL)
+    (save / "checkpoint_2" / integrity.MANIFEST).write_text("")
+    with pytest.raises(CheckpointError, match="lists no files"):
+        resolve_restore(save, "checkpoint_2")
+    with pytest.raises(CheckpointError, match="lists no files"):
+        consolidate_checkpoint(save / "checkpoint_2")
+
+
+@pytest.mark.slow
+def test_a_rollback_keeps_the_abandoned_checkpoints_byte_for_byte(tiny_run_setup, save):
+    """--restore-file checkpoint_1 in a save dir holding checkpoint_2: the new run saves its own checkpoint_2."""
+    old = {p.relative_to(save).as_posix(): p.read_bytes() for p in (save / "checkpoint_2").rglob("*") if p.is_file()}
+    data, init = tiny_run_setup
+    result = run_single(train_args(data, init, save, 2, "--restore-file", save / "checkpoint_1", "--lr", "0.5"))
+    assert result.returncode == 0, result.output[-3000:]
+    (moved,) = (save / "abandoned").iterdir()
+    warning = [line for line in result.output.splitlines() if "newer than update 1 (checkpoint_2)" in line]
+    assert len(warning) == 1 and str(moved) in warning[0]
+    kept = {p.relative_to(moved).as_posix(): p.read_bytes() for p in moved.rglob("*") if p.is_file()}
+    assert kept == old  # the abandoned run's checkpoint_2, untouched
+    assert (save / "latest").read_text().strip() == "checkpoint_2" and resolve_restore(save, "checkpoint_2")
+    assert (save / "checkpoint_2" / MODEL).read_bytes() != old[f"checkpoint_2/{MODEL}"]  # lr 0.5: other weights

@@ -62,7 +62,7 @@ def test_export_replaces_its_own_previous_output_and_force_replaces_a_foreign_fo
     assert _export(save_dir, out) == 2  # now it holds a file the tool did not write
     assert (out / "notes.txt").read_text() == "mine"
     assert _export(save_dir, out, "--force") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "dict.txt", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.sha256", "config.json", "dict.txt", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or old folder left behind
 
 

@@ -6,12 +6,18 @@ we add:
 * ``latest`` is updated only after **every** rank finished writing, the checksum manifest is written
   and a ``.complete`` marker is in the tag folder, by an atomic rename: a save killed half-way never
   becomes the resume point;
-* on resume from ``latest`` every file is checked against the manifest; a damaged newest checkpoint
-  is skipped with a one-line warning for the newest intact one (an explicit ``--restore-file`` that
-  is damaged is an error: the user asked for that one);
+* on resume from ``latest`` every file is checked against the manifest (rank 0 checks and decides,
+  every rank learns its answer); a damaged newest checkpoint is skipped with a one-line warning for
+  the newest intact one (an explicit ``--restore-file`` that is damaged is an error: the user asked
+  for that one);
+* a rollback (resuming from a checkpoint older than the save dir's newest) moves the newer
+  checkpoints, which belong to the abandoned run, into ``abandoned/`` (:func:`move_newer_aside`): the
+  new run never overwrites, prunes or falls back to them, and nothing is deleted;
 * the RNG states of every rank (torch CPU/CUDA and the model-parallel tracker) in
   ``TAG/rng_rank{R}.pt``, so a resumed run draws the same dropout masks as an uninterrupted one;
-* ``--keep-last-n`` pruning of older update checkpoints (only folders named ``checkpoint_N``).
+* ``--keep-last-n`` pruning of older update checkpoints (only folders named ``checkpoint_N``, only
+  older than the one just saved, so only this run's line of checkpoints);
+* every file, marker and ``latest`` is fsynced before the rename that publishes it (:mod:`durable`).
 """
 
 from __future__ import annotations
@@ -20,17 +26,21 @@ import os
 import re
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from adaptive_lm_ds.checkpoint import integrity
+from adaptive_lm_ds.checkpoint import durable, integrity
+from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.checkpoint.safe_files import load_file
 
 LATEST = "latest"
 COMPLETE = ".complete"
+ABANDONED = "abandoned"
 TAG_RE = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -73,9 +83,8 @@ def warn(message: str) -> None:
 
 
 def verify_tag(tag_dir: Path) -> None:
-    """Checksums of one tag folder (a CheckpointError names the damaged file); warns when it has none."""
-    if not integrity.verify(tag_dir):
-        warn(f"{tag_dir} has no {integrity.MANIFEST} (saved by an older version): its files are not verified")
+    """Checksums of one tag folder; a CheckpointError names the damaged file (or the missing manifest)."""
+    integrity.verify(tag_dir)
 
 
 def newest_intact(save_dir: str | Path) -> str | None:
@@ -99,7 +108,13 @@ def newest_intact(save_dir: str | Path) -> str | None:
 
 
 def resolve_restore(save_dir: str | Path, restore_file: str) -> tuple[Path, str] | None:
-    """(folder, tag) to load, verified; or None to start fresh (fairseq's rule for checkpoint_last)."""
+    """(folder, tag) to load, verified on rank 0 and the same on every rank; or None to start fresh
+    (fairseq's rule for checkpoint_last)."""
+    return decided_on_rank0(lambda: find_restore(save_dir, restore_file))
+
+
+def find_restore(save_dir: str | Path, restore_file: str) -> tuple[Path, str] | None:
+    """:func:`resolve_restore` on this rank alone (inside a decision already made on rank 0)."""
     if restore_file in ("", "checkpoint_last"):
         tag = newest_intact(save_dir)
         return (Path(save_dir), tag) if tag else None
@@ -120,49 +135,108 @@ def resolve_restore(save_dir: str | Path, restore_file: str) -> tuple[Path, str]
     return found
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def commit_checkpoint(
+    save_dir: str | Path,
+    tag: str,
+    keep_last_n: int,
+    *,
+    still_owner: Callable[[], None] | None = None,
+    describe_os_error: Callable[[OSError], str] | None = None,
+) -> None:
+    """After every rank saved: checksum (and fsync) the files, mark ``tag`` complete, point ``latest`` at
+    it, prune -- on rank 0; any failure there (a write, the save-dir lock lost, pruning) is raised as the
+    same CheckpointError on every rank.
 
-
-def commit_checkpoint(save_dir: str | Path, tag: str, keep_last_n: int, any_rank=None) -> None:
-    """After every rank saved: checksum the files, mark ``tag`` complete, point ``latest`` at it, prune.
-
-    ``any_rank(flag)`` (an all-reduce) lets every rank learn that rank 0's writes failed, so none waits
-    for it; a failure raises :class:`OSError` on every rank.
+    ``still_owner()`` raises unless this run still holds the save-dir lock (checked before the commit
+    and again before pruning); ``describe_os_error`` words a write failure.
     """
     if dist.is_initialized():
         dist.barrier()
-    error = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
+
+    def commit() -> None:
         root = Path(save_dir)
-        try:
-            integrity.write_manifest(root / tag)
-            _atomic_write(root / tag / COMPLETE, "ok\n")
-            _atomic_write(root / LATEST, tag + "\n")
-        except OSError as e:
-            error = e
-        if error is None and keep_last_n >= 0:
-            prune(root, keep_last_n, protect=tag)
-    if any_rank is not None:
-        if any_rank(error is not None):
-            raise error or OSError(f"rank 0 could not commit checkpoint {tag}")
-    elif dist.is_initialized():
-        dist.barrier()
-    if error is not None:
-        raise error
+        if still_owner is not None:
+            still_owner()
+        integrity.write_manifest(root / tag)
+        durable.atomic_write(root / tag / COMPLETE, "ok\n")
+        durable.atomic_write(root / LATEST, tag + "\n")
+        if keep_last_n >= 0:
+            if still_owner is not None:
+                still_owner()
+            try:
+                prune(root, keep_last_n, newest=tag)
+            except OSError as e:
+                raise CheckpointError(
+                    f"saved {root / tag}, but pruning older checkpoints failed ({type(e).__name__}: {e}); "
+                    f"free or fix {root}, then rerun to resume"
+                ) from None
+
+    decided_on_rank0(commit, describe_os_error)
 
 
-def prune(save_dir: Path, keep_last_n: int, protect: str) -> list[str]:
-    """Delete update checkpoints beyond the newest ``keep_last_n`` (never ``protect``)."""
+def prune(save_dir: Path, keep_last_n: int, newest: str) -> list[str]:
+    """Delete update checkpoints older than ``newest`` beyond the newest ``keep_last_n`` (never ``newest``).
+
+    Only numbers below ``newest``'s: a later folder is not this run's (a rollback moves those aside
+    first, :func:`move_newer_aside`), so pruning never deletes it. A failure raises :class:`OSError`.
+    """
+    limit = int(TAG_RE.match(newest).group(1))
     numbered = sorted(
-        (int(m.group(1)), p.name) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name))
+        (n, p.name)
+        for p in save_dir.iterdir()
+        if p.is_dir() and (m := TAG_RE.match(p.name)) and (n := int(m.group(1))) <= limit
     )
-    doomed = [name for _, name in numbered[: max(0, len(numbered) - max(keep_last_n, 1))] if name != protect]
+    doomed = [name for _, name in numbered[: max(0, len(numbered) - max(keep_last_n, 1))] if name != newest]
     for name in doomed:
-        shutil.rmtree(save_dir / name, ignore_errors=True)
+        shutil.rmtree(save_dir / name)
+    if doomed:
+        durable.fsync_dir(save_dir)
     return doomed
+
+
+def move_newer_aside(save_dir: str | Path, resumed_at: int) -> Path | None:
+    """Move every ``checkpoint_N`` with N > ``resumed_at`` (complete or not) into
+    ``SAVE_DIR/abandoned/after_checkpoint_{resumed_at}_{UTC time}/``; returns that folder (None: nothing
+    newer). ``latest`` is pointed back at the newest complete checkpoint left (removed when none is).
+
+    Called on rank 0 after a resume (or a fresh start) and before the first save: a rollback
+    (``--restore-file checkpoint_4`` in a save dir holding checkpoint_6) would otherwise overwrite the
+    abandoned run's checkpoint_5, prune the one resumed from and leave checkpoint_6 for a later
+    fallback to pick up as if this run had written it.
+    """
+    root = Path(save_dir)
+    if not root.is_dir():
+        return None
+    tags = ((int(m.group(1)), p.name) for p in root.iterdir() if (m := TAG_RE.match(p.name)))
+    newer = sorted(tag for tag in tags if tag[0] > resumed_at)
+    if not newer:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = root / ABANDONED / f"after_{tag_for(resumed_at)}_{stamp}"
+    target.mkdir(parents=True, exist_ok=False)
+    for _, name in newer:
+        os.replace(root / name, target / name)
+    durable.fsync_dir(target)
+    durable.fsync_dir(root)
+    left = complete_tags(root)
+    if left:
+        durable.atomic_write(root / LATEST, left[0] + "\n")
+    elif (root / LATEST).exists():
+        (root / LATEST).unlink()
+        durable.fsync_dir(root)
+    return target
+
+
+def set_aside_newer(save_dir: str | Path, resumed_at: int) -> Path | None:
+    """:func:`move_newer_aside` on rank 0 (every rank learns the outcome), with one warning naming what moved."""
+    moved = decided_on_rank0(lambda: move_newer_aside(save_dir, resumed_at))
+    if moved is not None:
+        names = ", ".join(sorted((p.name for p in moved.iterdir()), key=lambda n: int(TAG_RE.match(n).group(1))))
+        warn(
+            f"{save_dir} held checkpoints newer than update {resumed_at} ({names}), from the run being rolled "
+            f"back: moved them to {moved} (nothing deleted; move them back to continue that run)"
+        )
+    return moved
 
 
 def _tracker():
@@ -183,6 +257,7 @@ def save_rng(save_dir: str | Path, tag: str, rank: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".rng_rank{rank}.pt.tmp"
     torch.save(rng_state(), tmp)
+    durable.fsync_file(tmp)
     os.replace(tmp, folder / f"rng_rank{rank}.pt")
 
 

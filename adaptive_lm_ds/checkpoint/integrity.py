@@ -1,67 +1,109 @@
-"""Checksums: every file of a checkpoint is hashed at save and checked before anything reads it.
+"""Checksums: every file of a checkpoint or model folder is hashed at save and checked before anything reads it.
 
-``TAG/checksums.sha256`` lists ``sha256  name`` for every file of the tag folder (the format of
-``sha256sum``, so ``cd TAG && sha256sum -c checksums.sha256`` checks it by hand). Rank 0 writes it
-after every rank finished writing and before the ``.complete`` marker; a flipped byte or a truncated
-shard is then named before DeepSpeed, export or eval opens the file.
+``FOLDER/checksums.sha256`` lists ``sha256  name`` for every file (the format of ``sha256sum``, so
+``cd FOLDER && sha256sum -c checksums.sha256`` checks it by hand). A training checkpoint's manifest is
+written by rank 0 after every rank finished writing and before the ``.complete`` marker; a model
+folder's (export, convert) before the folder is renamed into place.
+
+Verification cannot be switched off by the files it verifies: a folder whose manifest is missing,
+empty or malformed, lists a name outside the folder (``../x``, an absolute path) or a symlink, or that
+holds a file the manifest does not list, is damaged, exactly like a flipped byte or a truncated shard.
+Hashing a file also flushes it to the disk (:func:`durable.fsync_file`), so the manifest, written
+afterwards, never names bytes that a node crash could still lose.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+import os
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
+from adaptive_lm_ds.checkpoint import durable
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 
 MANIFEST = "checksums.sha256"
-_SKIP = {MANIFEST, ".complete"}
+_NOT_LISTED = {MANIFEST, ".complete"}  # the manifest itself and the marker written after it
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_of(path: Path, chunk: int = 1 << 20, *, flush: bool = False) -> str:
+    """Hex sha256 of a file; ``flush``: fsync it too (the writer's side), on the same open file."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+        if flush:
+            os.fsync(f.fileno())
     return digest.hexdigest()
 
 
-def _files(tag_dir: Path) -> list[Path]:
-    return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name not in _SKIP and not p.name.startswith("."))
+def folder_files(folder: Path) -> list[str]:
+    """Names (POSIX, relative) of every file below ``folder`` that its manifest must list."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.name not in _NOT_LISTED
+    )
 
 
-def write_manifest(tag_dir: str | Path) -> Path:
-    """Hash every file of ``tag_dir`` into its manifest (temp file + rename)."""
-    tag_dir = Path(tag_dir)
-    lines = "".join(f"{sha256_of(p)}  {p.relative_to(tag_dir).as_posix()}\n" for p in _files(tag_dir))
-    tmp = tag_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(lines)
-    tmp.replace(tag_dir / MANIFEST)
-    return tag_dir / MANIFEST
+def write_manifest(folder: str | Path, names: Iterable[str] | None = None) -> Path:
+    """Hash ``names`` (default: every file below ``folder``) into its manifest; files and manifest are
+    fsynced and the manifest is published by a rename (its folder fsynced too)."""
+    folder = Path(folder)
+    names = folder_files(folder) if names is None else sorted(names)
+    lines = "".join(f"{sha256_of(folder / name, flush=True)}  {name}\n" for name in names)
+    durable.fsync_dir(folder)  # the files' names (DeepSpeed's renames) before the manifest that lists them
+    durable.atomic_write(folder / MANIFEST, lines)
+    return folder / MANIFEST
 
 
-def read_manifest(tag_dir: Path) -> dict[str, str] | None:
-    path = tag_dir / MANIFEST
+def _safe_name(name: str) -> bool:
+    """A plain relative path inside the folder: no ``..``, no absolute path, no empty or ``.`` part."""
+    pure = PurePosixPath(name)
+    return (
+        not pure.is_absolute()
+        and "\\" not in name
+        and pure.as_posix() == name
+        and all(part not in ("", ".", "..") for part in pure.parts)
+    )
+
+
+def read_manifest(folder: Path) -> dict[str, str]:
+    """``{name: sha256}``; a missing, empty or malformed manifest, or an unsafe name, is a CheckpointError."""
+    path = folder / MANIFEST
     if not path.is_file():
-        return None
+        raise CheckpointError(f"{path} is missing: the files of {folder} cannot be verified, so it counts as damaged")
     entries = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
-            raise CheckpointError(f"{path} is malformed at {line[:60]!r}; the checkpoint is damaged")
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest):
+            raise CheckpointError(f"{path} is malformed at {line[:60]!r}; the folder is damaged")
+        if not _safe_name(name):
+            raise CheckpointError(f"{path} lists {name[:60]!r}, a name outside {folder}; the folder is damaged")
         entries[name] = digest
+    if not entries:
+        raise CheckpointError(f"{path} lists no files; the folder is damaged")
     return entries
 
 
-def verify(tag_dir: str | Path) -> bool:
-    """Raise CheckpointError naming the first missing or damaged file; False when there is no manifest."""
-    tag_dir = Path(tag_dir)
-    entries = read_manifest(tag_dir)
-    if entries is None:
-        return False
+def verify(folder: str | Path, names: Iterable[str] | None = None) -> None:
+    """Raise CheckpointError naming the first problem: manifest (see :func:`read_manifest`), a listed file
+    missing, a symlink or with another sha256, or a file the manifest does not list.
+
+    ``names``: the files a reader of the folder opens (a model folder's); every one present must be
+    listed. Default: every file below ``folder`` (a training checkpoint).
+    """
+    folder = Path(folder)
+    entries = read_manifest(folder)
+    present = folder_files(folder) if names is None else [n for n in names if (folder / n).exists()]
+    unlisted = [name for name in present if name not in entries]
+    if unlisted:
+        raise CheckpointError(f"{folder / unlisted[0]} is not listed in {MANIFEST}; the folder is damaged")
     for name, digest in entries.items():
-        path = tag_dir / name
+        path = folder / name
+        if path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
+            raise CheckpointError(f"{path} is a symlink (listed in {MANIFEST}); the folder is damaged")
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing (listed in {MANIFEST}); the checkpoint is incomplete")
+            raise CheckpointError(f"{path} is missing (listed in {MANIFEST}); the folder is incomplete")
         if sha256_of(path) != digest:
             raise CheckpointError(f"{path} is damaged: its sha256 differs from the one recorded at save ({MANIFEST})")
-    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adaptive_lm_ds.checkpoint import folders
+from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.checkpoint.record import STATE_FILE, CheckpointRecord, read_record
 
@@ -42,3 +43,14 @@ def open_checkpoint(path: str | Path) -> tuple[Path, CheckpointRecord]:
     except CheckpointError as e:
         raise CheckpointError(f"cannot load checkpoint {tag_dir}: {e}") from None
     return tag_dir, read_record(tag_dir)
+
+
+def resume_point(save_dir: str | Path, restore_file: str) -> tuple[Path, str, CheckpointRecord] | None:
+    """``(folder, tag, record)`` to resume from, or None to start fresh: decided and verified on rank 0
+    (:func:`folders.resolve_restore`'s rules, the record's fields checked), the same on every rank."""
+
+    def decide():
+        found = folders.find_restore(save_dir, restore_file)
+        return None if found is None else (*found, read_record(found[0] / found[1]))
+
+    return decided_on_rank0(decide)

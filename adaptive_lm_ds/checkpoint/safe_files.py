@@ -77,6 +77,29 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
             self.failure = self.failure or e
 
 
+# DeepSpeed JSON keys with which DeepSpeed opens checkpoint files itself, past SafeCheckpointEngine, with
+# weights-only loading off: (path of keys, what it does)
+SELF_LOADING_KEYS = [
+    (("checkpoint", "load_universal"), "loads universal-checkpoint files with weights-only loading off"),
+    (("datastates_ckpt",), "replaces the checkpoint engine that loads every file weights-only"),
+]
+
+
+def refuse_self_loading_keys(ds_config: dict, source: str) -> None:
+    """One CheckpointError line naming the first key of ``ds_config`` (from ``source``) that would make
+    DeepSpeed load checkpoint files itself; a key set to false / absent is fine."""
+    for keys, what in SELF_LOADING_KEYS:
+        value = ds_config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value not in (None, False):
+            name = ".".join(keys)
+            raise CheckpointError(
+                f"DeepSpeed config {source} sets {name!r}, which {what}; remove it (this program loads "
+                "checkpoints itself, verified and weights-only)"
+            )
+
+
 def install(engine) -> SafeCheckpointEngine:
     """Give a DeepSpeed engine (plain or pipeline) our checkpoint engine; returns it."""
     from adaptive_lm_ds import deepspeed_compat

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import errno
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from adaptive_lm_ds.checkpoint import folders
+from adaptive_lm_ds.checkpoint import durable, folders
+from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.checkpoint.record import STATE_FILE, CheckpointRecord
 from adaptive_lm_ds.checkpoint.safe_files import SafeCheckpointEngine, install
@@ -65,13 +67,34 @@ def _any_rank(flag: bool, device) -> bool:
 
 
 def save_checkpoint(
-    engine, save_dir: str | Path, record: CheckpointRecord, *, dictionary=None, keep_last_n: int = -1
+    engine,
+    save_dir: str | Path,
+    record: CheckpointRecord,
+    *,
+    dictionary=None,
+    keep_last_n: int = -1,
+    still_owner: Callable[[], None] | None = None,
 ) -> str:
-    """Save ``record``'s checkpoint as ``SAVE_DIR/checkpoint_N`` on every rank; returns the tag."""
+    """Save ``record``'s checkpoint as ``SAVE_DIR/checkpoint_N`` on every rank; returns the tag.
+
+    A complete ``checkpoint_N`` already there is never overwritten (every rank raises the same
+    CheckpointError); ``still_owner()`` (rank 0) raises unless this run still holds the save-dir lock.
+    """
     save_dir = Path(save_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     tag = folders.tag_for(record.num_updates)
-    existed = (save_dir / tag).exists()
+
+    def may_write() -> bool:  # rank 0 decides; whether the tag folder existed (ours to remove on failure)
+        if still_owner is not None:
+            still_owner()
+        if folders.is_complete(save_dir, tag):
+            raise CheckpointError(
+                f"{save_dir / tag} is a complete checkpoint this run did not write; refusing to overwrite it "
+                f"(move it out of {save_dir} or use another --save-dir)"
+            )
+        return (save_dir / tag).exists()
+
+    existed = decided_on_rank0(may_write)
     safe = engine.checkpoint_engine if isinstance(engine.checkpoint_engine, SafeCheckpointEngine) else install(engine)
     safe.failure = None
     error: BaseException | None = None
@@ -81,7 +104,7 @@ def save_checkpoint(
         if error is None:
             folders.save_rng(save_dir, tag, rank)
             if rank == 0:  # everything an offline export needs, beside DeepSpeed's files
-                folders._atomic_write(save_dir / tag / STATE_FILE, record.to_json())
+                durable.atomic_write(save_dir / tag / STATE_FILE, record.to_json())
                 if dictionary is not None:
                     dictionary.save(save_dir / tag / "dict.txt")
     except (OSError, RuntimeError) as e:
@@ -97,8 +120,8 @@ def save_checkpoint(
         if rank == 0 and not existed:
             shutil.rmtree(save_dir / tag, ignore_errors=True)
         raise CheckpointError(message)
-    try:
-        folders.commit_checkpoint(save_dir, tag, keep_last_n, any_rank=lambda flag: _any_rank(flag, engine.device))
-    except OSError as e:
-        raise CheckpointError(describe_write_failure(save_dir, tag, what_failed(e))) from None
+    folders.commit_checkpoint(
+        save_dir, tag, keep_last_n, still_owner=still_owner,
+        describe_os_error=lambda e: describe_write_failure(save_dir, tag, what_failed(e)),
+    )  # fmt: skip
     return tag

@@ -7,10 +7,14 @@ Layout of ``DIR``::
     config.json         {"format": "adaptive-lm-ds/consolidated", "version": 1, "writer": TOOL,
                          "model": dataclasses.asdict(ModelConfig), "tied": {alias: owner, ...}}
     dict.txt            the fairseq dictionary, when one was given
+    checksums.sha256    sha256 of each of the files above (``sha256sum -c`` format), checked on every read
 
 ``tied`` is :func:`tied_names`, the ``{alias: owner}`` map of tied tensors (docs/model.md, "Tying").
-:func:`save_consolidated` writes a temp folder and renames it, so a reader never sees a half-written
-model; whether an existing folder may be replaced is decided by :mod:`adaptive_lm_ds.outputs`
+:func:`save_consolidated` writes a temp folder, fsyncs it and renames it, so a reader never sees a
+half-written model, even after a crash; :func:`load_consolidated` (the one reader: eval, generate,
+``--init-from``, ``--to-fairseq``, the layout writer) verifies the checksums before it reads a byte, so a
+flipped byte is one line naming the file (:mod:`adaptive_lm_ds.checkpoint.integrity`). Whether an
+existing folder may be replaced is decided by :mod:`adaptive_lm_ds.outputs`
 (``writer`` names the tool, for that check).
 """
 
@@ -28,6 +32,8 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from adaptive_lm_ds.checkpoint import durable, integrity
+from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.data.dictionary import current_umask
@@ -79,7 +85,9 @@ def check_model_output(
 ) -> None:
     """Raise :class:`~adaptive_lm_ds.outputs.OutputError` unless :func:`save_consolidated` may write ``path``
     (tools call it before their slow part, so a refused ``--output`` fails fast)."""
-    check_output_folder(path, writer, {WEIGHTS, CONFIG, DICT, *own_entries}, force=force, inputs=inputs)
+    check_output_folder(
+        path, writer, {WEIGHTS, CONFIG, DICT, integrity.MANIFEST, *own_entries}, force=force, inputs=inputs
+    )
 
 
 def save_consolidated(
@@ -120,7 +128,10 @@ def save_consolidated(
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         if dictionary is not None:
             dictionary.save(tmp / DICT)
+        integrity.write_manifest(tmp, [name for name in (WEIGHTS, CONFIG, DICT) if (tmp / name).is_file()])
+        durable.fsync_tree(tmp)
         replace_folder(tmp, path)
+        durable.fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -155,6 +166,12 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, Mapping[str
     tensor is read when it is asked for, so loading a model never holds a second whole copy.
     """
     path = Path(path)
+    if not is_consolidated(path):
+        read_config(path)  # one line naming the missing config.json
+    try:
+        integrity.verify(path, names=(WEIGHTS, CONFIG, DICT))
+    except CheckpointError as err:
+        raise ConsolidatedFormatError(f"{err}; export or convert the model again") from None
     meta = read_config(path)
     try:
         cfg = model_config_from_dict(meta["model"]).validate()

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from adaptive_lm_ds import cli, parallel
-from adaptive_lm_ds.checkpoint import CheckpointRecord, save_checkpoint
+from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
+from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
 from adaptive_lm_ds.training.config import OptimConfig
@@ -46,8 +47,15 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
             cfg, dims, num_updates=0, data=None, precision=plan.precision, zero_stage=plan.zero_stage,
             optimizer_fresh=True, converted_from=str(consolidated),
         )  # fmt: skip
-        tag = save_checkpoint(engine, save_dir, record, dictionary=dictionary, keep_last_n=-1)
-        return tag
+        locks = []  # rank 0's hold on the save dir (one writer per save dir); a refusal reaches every rank
+        decided_on_rank0(lambda: locks.append(SaveDirLock(save_dir).acquire()))
+        lock = locks[0] if locks else None
+        try:
+            still_owner = lock.check_owned if lock is not None else None
+            return save_checkpoint(engine, save_dir, record, dictionary=dictionary, still_owner=still_owner)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         parallel.destroy_parallel()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptive_lm_ds.checkpoint.safe_files import refuse_self_loading_keys
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import ZERO_BUCKET_ELEMENTS
 from adaptive_lm_ds.training.config import TrainConfig
@@ -56,9 +57,11 @@ def load_ds_json(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise TrainConfigError(f"DeepSpeed config {path} does not exist; pass one of ds_configs/*.json")
     try:
-        return json.loads(p.read_text())
+        ds = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise TrainConfigError(f"DeepSpeed config {path} is not valid JSON ({e}); fix the file") from None
+    refuse_self_loading_keys(ds, path)
+    return ds
 
 
 def _set(ds: dict[str, Any], key: str, value: Any, flag: str) -> None:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import ds_runtime, parallel
 from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.launch import PortInUseError
 from adaptive_lm_ds.training.config import config_from_args, parse_args
 from adaptive_lm_ds.training.trainer import Trainer
 
@@ -26,7 +27,7 @@ def main(argv=None, recipe: str | None = None) -> int:
         return 2
     try:
         parallel.init_process_group(world_of_one=True)  # a plain launcher run is a world of one
-    except ds_runtime.StaleBuildLock as e:
+    except (ds_runtime.StaleBuildLock, PortInUseError) as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -4,9 +4,12 @@ The handler only records the request; the update loop polls it once per update a
 (any-rank all-reduce) to stop after the *same* update, so the checkpoint is consistent. Launchers
 deliver one signal per rank: ``torchrun`` runs ranks in their own sessions and forwards SIGTERM (then
 SIGKILL after 30 s); the ``deepspeed`` launcher forwards SIGTERM while a Ctrl-C also reaches the
-ranks. Signals within :data:`SAME_REQUEST_S` of the first are therefore one request; a signal after
-that stops the process at once, without saving (``SystemExit(128 + signal number)``: one line, no
-traceback, ``finally`` blocks such as the save-dir lock's release still run).
+ranks. Signals within :data:`SAME_REQUEST_S` of the first are therefore one request.
+
+A later signal never interrupts the rank it reaches: stopping one rank alone would leave the others
+waiting in a collective (or in the middle of a save) until a timeout. It sets :attr:`urgent` instead,
+which every rank agrees on at the same point as the first request, so all of them skip the final save
+together and exit (one line each, no traceback). SIGKILL is the way to stop at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class StopRequests:
 
     def __init__(self, verbose: bool = True):
         self.received: signal.Signals | None = None
+        self.urgent = False  # a later signal: stop without saving, on every rank together
         self.first_at = 0.0
         self.verbose = verbose
         self._previous: dict[int, object] = {}
@@ -39,14 +43,15 @@ class StopRequests:
             self.received, self.first_at = sig, time.monotonic()
             if self.verbose:
                 _say(
-                    f"| received {sig.name}: finishing this update, saving, then exiting (signal again to stop at once)"
+                    f"| received {sig.name}: finishing this update, saving, then exiting "
+                    "(signal again to skip the save; SIGKILL stops at once)"
                 )
             return
-        if time.monotonic() - self.first_at < SAME_REQUEST_S:
-            return  # the launcher forwarding the same request
+        if time.monotonic() - self.first_at < SAME_REQUEST_S or self.urgent:
+            return  # the launcher forwarding the same request, or one already taken
+        self.urgent = True
         if self.verbose:
-            _say(f"| received {sig.name} again: stopping now without saving")
-        raise SystemExit(128 + signum)  # unwinds: the save-dir lock is released, no traceback
+            _say(f"| received {sig.name} again: every rank stops after this update without saving")
 
     def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():

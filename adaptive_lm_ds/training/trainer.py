@@ -132,6 +132,7 @@ class Trainer:
         self.last_saved: str | None = None  # the newest checkpoint this run saved or resumed from
         self.stop_requests = StopRequests(verbose=False)  # replaced by the installed one in run()
         self.stopped_by = None  # the signal all ranks agreed to stop on
+        self.lock: SaveDirLock | None = None  # rank 0's hold on --save-dir (run())
         self.consecutive_bad = 0
         self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
@@ -149,18 +150,18 @@ class Trainer:
 
     def save(self) -> str:
         run = self.cfg.run
+        still_owner = self.lock.check_owned if self.lock is not None else None
         tag = save_checkpoint(self.engine, run.save_dir, self._record(), dictionary=self.dictionary,
-                              keep_last_n=run.keep_last_n)  # fmt: skip
+                              keep_last_n=run.keep_last_n, still_owner=still_owner)  # fmt: skip
         self.last_saved = tag
         return tag
 
     def try_resume(self) -> str | None:
         run = self.cfg.run
-        found = ckpt.resolve_restore(run.save_dir, run.restore_file)
+        found = ckpt.resume_point(run.save_dir, run.restore_file)  # rank 0 decides and verifies
         if found is None:
             return None
-        load_dir, tag = found
-        record = ckpt.read_record(load_dir / tag)
+        load_dir, tag, record = found
         saved_model = record.model_config()
         saved_model = saved_model.replace(**{name: getattr(self.model_cfg, name) for name in DROPOUT_FIELDS})
         if saved_model != self.model_cfg:
@@ -267,7 +268,8 @@ class Trainer:
                     lock = SaveDirLock(run.save_dir).acquire()
                     if lock.took_over is not None:
                         ckpt.folders.warn(
-                            f"took over {lock.path} from a run that is gone ({lock.took_over.describe()})"
+                            f"took over {lock.path} from a run that is gone ({lock.took_over.describe()}; "
+                            f"{lock.took_over_because})"
                         )
             except UserError as e:  # any user error on rank 0 must reach every rank, or they wait forever
                 error = e
@@ -276,7 +278,7 @@ class Trainer:
         return lock
 
     def run(self) -> dict:
-        lock = self._startup_checks()
+        lock = self.lock = self._startup_checks()
         try:
             with StopRequests(verbose=self.rank == 0) as self.stop_requests:
                 return self._run()
@@ -287,6 +289,8 @@ class Trainer:
     def _run(self) -> dict:
         run = self.cfg.run
         resumed = self.try_resume()
+        if not run.no_save:
+            ckpt.set_aside_newer(run.save_dir, self.num_updates)
         self.logger = TrainLogger(
             log_interval=run.log_interval, log_format=run.log_format, max_update=run.max_update,
             tensorboard_logdir=run.tensorboard_logdir or None, rank=self.rank, start_update=self.num_updates,
@@ -334,13 +338,14 @@ class Trainer:
 
     def _stop_for_signal(self, last_saved: int | None) -> dict:
         run = self.cfg.run
-        if not run.no_save and last_saved != self.num_updates:
+        urgent = self.stepper.any_rank(self.stop_requests.urgent)  # a second signal on any rank: no rank saves
+        if not run.no_save and not urgent and last_saved != self.num_updates:
             self.save()
         self.logger.close()
         name = getattr(self.stopped_by, "name", str(self.stopped_by))
-        saved = (
-            "nothing saved (--no-save)" if run.no_save else f"checkpoint {Path(run.save_dir) / str(self.last_saved)}"
-        )
+        saved = f"checkpoint {Path(run.save_dir) / str(self.last_saved)}"
+        if run.no_save or urgent:
+            saved = "nothing saved (--no-save)" if run.no_save else f"nothing saved (signalled again); last {saved}"
         return {
             "num_updates": self.num_updates, "valid_loss_base2": None, "valid_ppl": None,
             "stopped_by": name, "exit_code": 128 + getattr(self.stopped_by, "value", 15),
