@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from adaptive_lm_ds.inference.search import GenerationConfig, GenerationError, Specials
+from adaptive_lm_ds.inference.search import GenerationConfig, GenerationError, Specials, nucleus
 from adaptive_lm_ds.model.lm import AdaptiveLM
 
 
@@ -116,7 +116,7 @@ class _Search:
             lprobs = lprobs[:, ::beam, :].contiguous()
         top_indices = None
         if cfg.sampling_topp > 0:
-            probs, top_indices = _nucleus(lprobs.exp(), cfg.sampling_topp)
+            probs, top_indices = nucleus(lprobs.exp(), cfg.sampling_topp)
         elif cfg.sampling_topk > 0:
             lprobs, top_indices = lprobs.topk(cfg.sampling_topk)
             probs = lprobs.exp()
@@ -136,16 +136,6 @@ class _Search:
             beams = torch.arange(beam, device=picks.device).repeat(bsz, 1)
             cand_scores = cand_scores + torch.gather(scores[:, :, step - 1], 1, beams)
         return cand_scores, picks, beams
-
-
-def _nucleus(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fairseq's ``Sampling._sample_topp`` over ``[bsz, beam, V]``."""
-    sorted_probs, sorted_indices = probs.sort(descending=True)
-    mask = sorted_probs.cumsum(dim=2).lt(p)
-    last_included = mask.cumsum(dim=2)[:, :, -1:].clamp(0, mask.size(2) - 1)
-    mask = mask.scatter(2, last_included, True)
-    width = int(last_included.max()) + 1
-    return sorted_probs[:, :, :width].masked_fill(~mask[:, :, :width], 0.0), sorted_indices[:, :, :width]
 
 
 class _StepScorer:

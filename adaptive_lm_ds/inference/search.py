@@ -179,7 +179,7 @@ class TokenChooser:
         """fairseq's top-k / top-p sampling over the whole vocabulary (every tail computed)."""
         full = torch.cat([words] + [self._tail(i, h, clusters) for i in range(clusters.shape[1])], dim=1)
         if self.cfg.sampling_topp > 0:
-            probs, indices = _nucleus(full.exp(), self.cfg.sampling_topp)
+            probs, indices = nucleus(full.exp(), self.cfg.sampling_topp)
         else:
             top, indices = full.topk(self.cfg.sampling_topk)
             probs = top.exp()
@@ -193,11 +193,17 @@ class TokenChooser:
         return indices.gather(1, pick.unsqueeze(1)).squeeze(1), score
 
 
-def _nucleus(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fairseq's ``Sampling._sample_topp``: the smallest set of best words whose mass exceeds ``p``."""
-    sorted_probs, sorted_indices = probs.sort(descending=True)
-    mask = sorted_probs.cumsum(dim=1).lt(p)
-    last_included = mask.cumsum(dim=1)[:, -1:].clamp(0, mask.shape[1] - 1)
-    mask = mask.scatter(1, last_included, True)
+def nucleus(probs: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fairseq's ``Sampling._sample_topp`` over the last dim of ``[..., V]``: the smallest set of best words
+    whose mass exceeds ``p``, as ``(probs, indices)`` ``[..., width]`` (words past a row's cut-off get 0).
+
+    The running mass is summed in float64: in float32 its rounding (~1e-6 over ~1e4 near-equal words) moves
+    the cut-off by a word between two computations of the same distribution (cached vs uncached decoding,
+    TP 2 vs TP 1), and with it the draw.
+    """
+    sorted_probs, sorted_indices = probs.sort(dim=-1, descending=True)
+    mask = sorted_probs.double().cumsum(dim=-1).lt(p)
+    last_included = mask.cumsum(dim=-1)[..., -1:].clamp(0, mask.shape[-1] - 1)
+    mask = mask.scatter(-1, last_included, True)
     width = int(last_included.max()) + 1
-    return sorted_probs[:, :width].masked_fill(~mask[:, :width], 0.0), sorted_indices[:, :width]
+    return sorted_probs[..., :width].masked_fill(~mask[..., :width], 0.0), sorted_indices[..., :width]
