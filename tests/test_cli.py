@@ -1,4 +1,4 @@
-"""Command lines: no abbreviations, fairseq-train's flags (and refusals), both launchers, the seed's command."""
+"""Command lines: no abbreviations, fairseq-train's flags (and refusals), both launchers, the paper's command."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from tests.oracle import FIXTURE_A, REPO, shared_or_skip
 
 from .training_runs import make_data_bin
 
-# The seed's fairseq-train command line, verbatim after the program name.
+# The paper's fairseq-train command line, verbatim after the program name.
 SEED_COMMAND = (
     "--task language_modeling data-bin/wikitext-103 --save-dir checkpoints/transformer_wikitext-103 "
     "--arch transformer_lm_wiki103 --max-update 286000 --lr 1.0 --t-mult 2 --lr-period-updates 270000 "
@@ -25,7 +25,7 @@ SEED_COMMAND = (
     "--ddp-backend=legacy_ddp"
 ).split()
 # What makes it fit a CPU: a small model of the same arch (fairseq's model flags), 3 updates. The batch
-# flags stay the seed's: 3072-token blocks, one per micro batch, update-freq 3.
+# flags stay the paper's: 3072-token blocks, one per micro batch, update-freq 3.
 CPU_SIZE = (
     "--decoder-layers 2 --decoder-embed-dim 64 --decoder-input-dim 64 --decoder-output-dim 64 "
     "--decoder-ffn-embed-dim 128 --decoder-attention-heads 4 --adaptive-input-cutoff 40,160 "

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# GPU benchmark of gbw_huge (1026M, full 793,475-entry GBW vocabulary) on one H100/H200, for the device tool.
+# GPU benchmark of gbw_huge (1026M, full 793,475-entry GBW vocabulary) on one H100/H200.
 #
 # Prepare once, here: `bash tools/fetch_gpu_wheels.sh` writes .whl/ (git-ignored, ~7 MB): deepspeed (built
 # from its sdist), megatron-core cp312, and what deepspeed needs that the device image lacks (hjson,
 # pydantic + pydantic-core + annotated-types + typing-inspection). Checked here on 2026-11-26.
-# Run (device tool):  run(command="bash tools/bench_gpu.sh", carry=[".whl"], timeout_s=560)
+# Run on the GPU machine, from the checkout with .whl/ beside it:  bash tools/bench_gpu.sh
 #
 # Measures, all written under $OUT:
 #   adaptive_softmax.json   output/input layers at d=1536 in bf16 (full vs torch's vs our adaptive softmax)

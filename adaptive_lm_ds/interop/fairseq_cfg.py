@@ -1,7 +1,7 @@
 """fairseq's configuration as fairseq itself writes it: ``transformer_lm*`` archs <-> :class:`ModelConfig`.
 
 ``fairseq_defaults.json`` (beside this file) is the cfg that fairseq 0.12.2 (commit 3d262bb2) builds
-for the seed's recipe: every section of ``checkpoint["cfg"]`` for ``fairseq-train --task
+for the paper's recipe: every section of ``checkpoint["cfg"]`` for ``fairseq-train --task
 language_modeling --criterion adaptive_loss --optimizer nag --lr-scheduler cosine --ddp-backend
 legacy_ddp``, and ``cfg["model"]`` of every ``transformer_lm*`` arch with no model flag given. It is
 data produced by ``tests/oracle_scripts/dump_fairseq_defaults.py`` under the real fairseq, and an oracle

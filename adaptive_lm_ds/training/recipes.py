@@ -36,7 +36,7 @@ _NAG_COSINE = dict(
 RECIPES: dict[str, Recipe] = {
     "wiki103": Recipe(
         description="""\
-Train on WikiText-103 with the seed's fairseq recipe (Baevski & Auli 2019, `transformer_lm_wiki103`).
+Train on WikiText-103 with the paper's fairseq recipe (Baevski & Auli 2019, `transformer_lm_wiki103`).
 
     deepspeed [--hostfile hostfile] launchers/train_wiki103.py --data data-bin/wikitext-103 \\
         --deepspeed_config ds_configs/zero1.json [--tensor-model-parallel-size 2] ...

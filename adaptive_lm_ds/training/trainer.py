@@ -93,7 +93,7 @@ class Trainer:
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
-        host_memory.configure_host_allocator()  # freed tensors go back to the OS (issue 15)
+        host_memory.configure_host_allocator()  # freed tensors go back to the OS (host_memory)
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()

@@ -3,7 +3,7 @@
     cd adaptive_lm_ds/interop && ../../.fairseq-oracle/bin/python ../../tests/oracle_scripts/dump_fairseq_defaults.py \
         fairseq_defaults.json
 
-``cfg``: every section of ``checkpoint["cfg"]`` except ``model`` for the seed's choices (task
+``cfg``: every section of ``checkpoint["cfg"]`` except ``model`` for the paper's choices (task
 language_modeling, criterion adaptive_loss, optimizer nag, lr-scheduler cosine, ddp-backend legacy_ddp)
 with fairseq's defaults otherwise; ``models``: ``cfg["model"]`` for every ``transformer_lm*`` arch with no
 model flag given. The committed JSON is that output; tests/test_oracle_fairseq_cfg.py reruns this and
