@@ -1,7 +1,7 @@
 """gbw_huge's vocabulary layers at their real shapes: 793,475 words, d 1536, TP2 on 2 CPU ranks.
 
 One forward/backward of the adaptive input and the tied adaptive softmax on 2 x 128 tokens (the
-shapes of the gbw_huge TP2 acceptance run in BENCHMARKS.md). Reference: the same layers built at TP1 on rank 0 (the seeded
+shapes of the gbw_huge TP2 run in BENCHMARKS.md). Reference: the same layers built at TP1 on rank 0 (the seeded
 init makes them the same weights; ``seeded_init``), whose loss and rank 0's shard of the table
 gradients the TP2 run must reproduce; and the full log-probability table over all 793,475 words of a
 few positions, which must sum to one and hold the per-target log-probabilities. The planner's
