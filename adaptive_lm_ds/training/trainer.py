@@ -94,7 +94,7 @@ class Trainer:
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
-        host_memory.configure_host_allocator()  # freed tensors go back to the OS (issue 15)
+        host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
@@ -150,6 +150,7 @@ class Trainer:
         self.on_update: list[Callable[[UpdateRecord], None]] = []  # called after each applied update, after the logger
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
         self.peak_flops = peak_flops(run.peak_tflops)
+        host_memory.steady_phase()  # start-up's garbage returned; the steps reuse the heap
 
     # ------------------------------------------------------------------ checkpoints
     def _record(self) -> CheckpointRecord:
