@@ -47,6 +47,7 @@ PROGRAMS = {
     "adaptive-lm-bench-data": "commands.bench_data:main",
     "adaptive-lm-bench-generate": "commands.bench_generate:main",
     "adaptive-lm-bench-softmax": "commands.bench_adaptive_softmax:main",
+    "adaptive-lm-bench-vs-fairseq": "commands.bench_vs_fairseq:main",
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
 QUIET = (
@@ -114,4 +115,5 @@ bench_train = _program("adaptive-lm-bench-train")
 bench_data = _program("adaptive-lm-bench-data")
 bench_generate = _program("adaptive-lm-bench-generate")
 bench_softmax = _program("adaptive-lm-bench-softmax")
+bench_vs_fairseq = _program("adaptive-lm-bench-vs-fairseq")
 build_ops = _program("adaptive-lm-build-ops")
