@@ -2,6 +2,7 @@
 
     adaptive-lm-bench-vs-fairseq [--rounds 3] [--max-update 40] [--log-interval 10] [--threads 2] [--json FILE]
     python tools/bench_vs_fairseq.py --rounds 3
+    python tools/bench_vs_fairseq.py --flop-fraction     # our update against the matmul rate, by part
 
 The command line (:func:`fairseq_command_line`) trains a 4-layer d 256 adaptive-input / adaptive-softmax
 ``transformer_lm_wiki103`` on WikiText-2 ``valid.txt`` binarised with fixture A's dictionary (13,784
@@ -14,6 +15,7 @@ all the tokens of the log intervals after the first, over their time (the first 
 
 Needs the oracle (``--oracle``, else ``$FAIRSEQ_ORACLE``, else ``.fairseq-oracle`` in the checkout) and
 ``../shared`` (``--shared``); where either is absent it prints one ``skipped:`` line and exits 0.
+``--flop-fraction`` needs only ``../shared``: commands/flop_fraction.py.
 """
 
 from __future__ import annotations
@@ -111,8 +113,8 @@ def machine() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "load_average": os.getloadavg(), "commit": commit.stdout.strip()}
 
 
-def _missing(oracle: Path, shared: Path) -> str | None:
-    if not (oracle / "bin" / "fairseq-train").exists():
+def _missing(oracle: Path | None, shared: Path) -> str | None:
+    if oracle is not None and not (oracle / "bin" / "fairseq-train").exists():
         return f"the fairseq oracle is absent at {oracle} (build it with ../shared/oracles/fairseq/setup.sh DIR)"
     for needed in (shared / "data" / "wikitext-2" / "valid.txt", shared / "fixtures" / "fairseq-wiki103-tiny"):
         if not needed.exists():
@@ -132,19 +134,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", help="keep the binarised data here (default: a temp folder, removed afterwards)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per training run")
     p.add_argument("--json", help="write the raw numbers here")
+    p.add_argument("--flop-fraction", action="store_true", help="time our update's parts against the matmul rate")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per part (--flop-fraction)")
     args = p.parse_args(argv)
     oracle, shared = Path(args.oracle), Path(args.shared)
-    missing = _missing(oracle, shared)
+    missing = _missing(None if args.flop_fraction else oracle, shared)
     if missing:
         print(f"skipped: {missing}")
         return 0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_vs_fairseq_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.flop_fraction:
+            return _flop_fraction(args, shared, work)
         return _bench(args, oracle, prepare_data(oracle, shared, work))
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _flop_fraction(args, shared: Path, work: Path) -> int:
+    from adaptive_lm_ds.commands.flop_fraction import flop_fraction, prepare_data_without_oracle
+
+    data_bin = prepare_data_without_oracle(shared, work, VALID_LINES)
+    print(f"| {' '.join(f'{k} {v}' for k, v in machine().items())}", flush=True)
+    record = flop_fraction(fairseq_command_line(data_bin, args.max_update, args.log_interval), args.threads,
+                           args.repeats)  # fmt: skip
+    if args.json:
+        atomic_write_json(args.json, {"machine": machine(), **record})
+    return 0
 
 
 def _bench(args, oracle: Path, data_bin: Path) -> int:

@@ -315,6 +315,8 @@ class Trainer:
         while not self._should_stop(started):
             t0 = time.perf_counter()
             result = self.stepper.train_step([next(stream) for _ in range(gas)])
+            loss_sum, ntokens, gnorm = result.read()  # the update's one read-back from the device
+            result = dataclasses.replace(result, loss_sum=loss_sum, ntokens=ntokens, gnorm=gnorm)
             step_time = time.perf_counter() - t0
             if not math.isfinite(result.loss_sum) or (not result.applied and not self.engine.fp16_enabled()):
                 self._handle_bad_step(result.loss_sum)
