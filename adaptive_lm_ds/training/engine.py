@@ -201,7 +201,7 @@ class Stepper:
         if self.pipelined:
             label = torch.as_tensor(scale, dtype=torch.float32).cpu()
             mean = engine.train_batch(iter([(_batch_inputs(b, self.packed), label) for b in batches]))
-            loss_sum = mean.detach().double() * ntokens
+            loss_sum = mean.detach().double().reshape(()) * ntokens
         else:
             total = torch.zeros((), dtype=torch.float64, device=self.device)
             for b in batches:
@@ -230,7 +230,7 @@ class Stepper:
                 scale = self.dp_size / (ntokens.clamp(min=1) if torch.is_tensor(ntokens) else max(ntokens, 1))
                 label = torch.as_tensor(scale, dtype=torch.float32).cpu()
                 mean = engine.eval_batch(iter([(_batch_inputs(b, self.packed), label)]), num_micro_batches=1)
-                loss_total += mean.detach().double().to(self.device) * ntokens
+                loss_total += mean.detach().double().reshape(()).to(self.device) * ntokens
             else:
                 total = self._forward(b).detach().double()
                 if self.dp_size > 1:
