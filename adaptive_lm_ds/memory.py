@@ -198,10 +198,9 @@ def block_activation_bytes_per_token(cfg: ModelConfig, layout: TrainLayout) -> f
 
     On CPU (measured with ``saved_tensors_hooks``, torch 2.13): dropout keeps its scaled noise in the
     activation dtype (not a bool mask), the activation dropout's output is saved beside its input, and
-    SDPA has no fused kernel with dropout, so attention dropout takes the explicit path (SDPA's math,
-    ``model/transformer.py``), which keeps the attention probabilities, their dropout noise and the
-    dropped result: ``3 a`` bytes per (head, query, key), i.e. ``T`` per token and head: what makes long
-    blocks expensive on CPU.
+    SDPA has no fused kernel with dropout, so attention dropout takes the math path, which keeps the
+    attention probabilities, their dropout noise and the dropped result: ``3 a`` bytes per
+    (head, query, key), i.e. ``T`` per token and head: what makes long blocks expensive on CPU.
     """
     a, t, d = PRECISION_BYTES[layout.precision], layout.tp, cfg.embed_dim
     elements = 4 * d + (4 * d + cfg.ffn_dim) / t

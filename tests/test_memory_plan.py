@@ -85,7 +85,7 @@ def test_activations_match_saved_tensors(packed):
 
 
 def test_cpu_activations_with_every_dropout_match_saved_tensors():
-    """On CPU dropout saves float noise and attention dropout takes the explicit math path (T per token and head)."""
+    """On CPU dropout saves float noise and attention dropout takes SDPA's math path (T per token and head)."""
     cfg = dataclasses.replace(small_config(), dropout=0.3, attention_dropout=0.1, activation_dropout=0.1)
     with parallel.single_process():
         measured, planned = _measure_activations(cfg, 1, packed=False, device="cpu")

@@ -16,7 +16,6 @@ stream; dropout on the replicated residual stream on the default generator, equa
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 
@@ -143,29 +142,6 @@ def _cached_causal_mask(new: int, past: int, device) -> torch.Tensor | None:
     return torch.ones(new, past + new, dtype=torch.bool, device=device).tril(past)
 
 
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, p: float):
-    """SDPA's math with dropout on the probabilities, as fairseq writes it: ``q, k, v [B, H, T, hd]`` -> ``[B, H,
-    T, hd]``; ``mask`` boolean ``[B, 1, T, T]`` (True = may attend) or None for causal.
-
-    Why: on a CPU, ``scaled_dot_product_attention`` with ``dropout_p > 0`` has no fused kernel and its
-    math fallback builds the causal mask and guards fully masked rows at every call (0.7x the speed of
-    this). The dropout draws the same ``[B, H, T, T]`` Bernoulli noise from the same generator, so a seed
-    gives the same probabilities as SDPA's fallback. Every row keeps its diagonal, so none is fully masked.
-    """
-    length, head_dim = q.shape[-2:]
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(head_dim))
-    blocked = ~mask if mask is not None else _future(length, q.device)
-    scores = scores.masked_fill_(blocked, float("-inf"))
-    probs = F.dropout(torch.softmax(scores, dim=-1), p, training=True)
-    return torch.matmul(probs, v)
-
-
-@functools.lru_cache(maxsize=8)
-def _future(length: int, device: torch.device) -> torch.Tensor:
-    """``[T, T]`` True above the diagonal: the keys a causal query may not see (cached: the length is fixed)."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-
-
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, tp_group, mp_config: ModelParallelConfig, key: str):
         super().__init__()
@@ -200,10 +176,7 @@ class SelfAttention(nn.Module):
             causal = past == 0 and length > 1
         p = self.dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            if p > 0.0 and x.device.type == "cpu":
-                out = _explicit_attention(q, k, v, mask, p)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
         return self.out_proj(out)[0]
 
