@@ -49,6 +49,7 @@ PROGRAMS = {
     "adaptive-lm-bench-generate": "commands.bench_generate:main",
     "adaptive-lm-bench-softmax": "commands.bench_adaptive_softmax:main",
     "adaptive-lm-bench-projection": "commands.bench_projection:main",
+    "adaptive-lm-bench-vs-fairseq": "commands.bench_vs_fairseq:main",
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
 QUIET = (
@@ -118,4 +119,5 @@ bench_data = _program("adaptive-lm-bench-data")
 bench_generate = _program("adaptive-lm-bench-generate")
 bench_softmax = _program("adaptive-lm-bench-softmax")
 bench_projection = _program("adaptive-lm-bench-projection")
+bench_vs_fairseq = _program("adaptive-lm-bench-vs-fairseq")
 build_ops = _program("adaptive-lm-build-ops")

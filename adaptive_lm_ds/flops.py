@@ -129,8 +129,8 @@ def peak_bf16_flops(device_name: str) -> float:
     raise ValueError(f"no bf16 peak known for GPU {device_name!r}; pass --peak-tflops explicitly")
 
 
-def training_flops_per_token(cfg: ModelConfig, dictionary, data) -> float:
-    """Model FLOPs per trained token of a run, the adaptive bands weighted by ``dictionary``'s real word
+def run_flops_per_token(cfg: ModelConfig, dictionary, data) -> FlopsBreakdown:
+    """Forward FLOPs per token of a run by part, the adaptive bands weighted by ``dictionary``'s real word
     frequencies (``counts``), attention by ``data``'s blocks (an LM dataset: packed or fixed-length)."""
     counts = np.asarray(dictionary.counts, dtype=np.float64)
     in_fractions = band_fractions(cfg.input_bands(), counts)
@@ -139,7 +139,12 @@ def training_flops_per_token(cfg: ModelConfig, dictionary, data) -> float:
         context = packed_attention_context(np.asarray(data.data.sizes[:100_000]))
     else:
         context = (data.tokens_per_sample + 1) / 2
-    return flops_per_token(cfg, context, in_fractions, out_fractions).training
+    return flops_per_token(cfg, context, in_fractions, out_fractions)
+
+
+def training_flops_per_token(cfg: ModelConfig, dictionary, data) -> float:
+    """Model FLOPs (forward + backward) per trained token of a run (:func:`run_flops_per_token`)."""
+    return run_flops_per_token(cfg, dictionary, data).training
 
 
 def peak_flops(peak_tflops: float) -> float:

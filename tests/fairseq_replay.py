@@ -53,7 +53,8 @@ def train_on_recorded_batches(argv: list[str], record: str) -> list[dict]:
     def logged_step(batches):
         lr = trainer.scheduler.optimizer.param_groups[0]["lr"]  # the lr this update runs with
         result = step(batches)
-        log.append({"lr": lr, "loss_sum": result.loss_sum, "ntokens": result.ntokens, "gnorm": result.gnorm})
+        loss_sum, ntokens, gnorm = result.read()
+        log.append({"lr": lr, "loss_sum": loss_sum, "ntokens": ntokens, "gnorm": gnorm})
         return result
 
     trainer.stepper.train_step = logged_step

@@ -104,3 +104,16 @@ def test_memory_plan_json_totals_are_the_sum_of_their_parts(tmp_path):
     for row in [result["plan"], *result["search"].values()]:
         parts = sum(row[k] for k in ("runtime", "params", "grads", "optimizer", "activations", "transient"))
         assert row["total"] == pytest.approx(parts)
+
+
+def test_fairseq_bench_skips_in_one_line_without_the_oracle(tmp_path):
+    result = _run(sys.executable, "tools/bench_vs_fairseq.py", "--oracle", str(tmp_path / "absent"), "--rounds", "1")
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skipped: the fairseq oracle is absent"), result.stdout
+
+
+def test_fairseq_bench_steady_wps_drops_the_first_interval_and_weighs_by_time():
+    from adaptive_lm_ds.commands.bench_vs_fairseq import steady_wps
+
+    # intervals of equal tokens at 1000 and 3000 wps take 3:1 time: tokens / time = 2 / (1/1000 + 1/3000)
+    assert steady_wps([50.0, 1000.0, 3000.0]) == pytest.approx(1500.0)

@@ -31,10 +31,10 @@ def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
 
     A fairseq ``.pt`` carries no dictionary: the caller looks for ``dict.txt`` beside it. Consolidated
     folders and training checkpoints come as lazy state dicts (one tensor made at a time); glibc is set
-    to give freed tensors back (:mod:`adaptive_lm_ds.host_memory`), as the caller builds a whole model
-    next, whose initialisation frees as much as it keeps.
+    to give freed tensors back (:func:`adaptive_lm_ds.host_memory.start_up_phase`), as the caller builds a
+    whole model next (:func:`build_model`), whose initialisation frees as much as it keeps.
     """
-    host_memory.configure_host_allocator()
+    host_memory.start_up_phase()
     source = Path(path)
     if is_consolidated(source):
         return load_consolidated(source)
@@ -71,7 +71,8 @@ def build_model(
 ) -> torch.nn.Module:
     """This rank's model in eval mode, loaded from consolidated weights: the one-piece ``AdaptiveLM`` (its TP
     shard) at ``pp == 1``, else its ``PipelineStageLM`` with only the tensors that stage holds (a tied
-    weight is read under its owner's name). On ``device``, by default the accelerator's."""
+    weight is read under its owner's name). On ``device``, by default the accelerator's. Ends the loading's
+    start-up phase (:func:`adaptive_lm_ds.host_memory.steady_phase`): the forwards that follow reuse the heap."""
     if pp == 1:
         model = AdaptiveLM(cfg).eval()
         load_into(model, state)
@@ -81,4 +82,6 @@ def build_model(
         mine = {n for n, _ in model.named_parameters()}
         needed = mine | {owners[n] for n in mine if n in owners}
         load_into(model, {k: v for k, v in state.items() if k in needed})
-    return model.to(device or parallel.accelerator_device())
+    model = model.to(device or parallel.accelerator_device())
+    host_memory.steady_phase()
+    return model

@@ -18,7 +18,6 @@ optimizers detect that and skip the step (``engine.was_step_applied()``), and th
 
 from __future__ import annotations
 
-import math
 import types
 from dataclasses import dataclass
 
@@ -80,11 +79,13 @@ def build_module(
 
 
 def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Global L2 norm (fp64 scalar) of reduced, unpartitioned gradients, each tensor counted once.
+    """Global L2 norm (fp64 scalar on the gradients' device) of reduced, unpartitioned gradients, each tensor
+    counted once; nothing is read back to the host.
 
     TP shards count on every TP rank, replicated tensors on TP rank 0 only; a pipeline's non-owner tied
     copies (``ds_pipe_replicated``) not at all; the sum of squares is all-reduced over TP and PP. The
-    gradients are already averaged over DP, so DP adds nothing.
+    gradients are already averaged over DP, so DP adds nothing. Squares are summed in fp64 (fp32 norms per
+    tensor moved the 20-update fairseq parity at TP2 by 3e-6 bits), in chunks: no fp64 copy of a table.
     """
     dims = parallel.current()
     total = torch.zeros((), dtype=torch.float64, device=parameters[0].device)
@@ -99,32 +100,42 @@ def grad_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     return total.sqrt()
 
 
-def clip_fp32_grad_norm(engine, parameters: list[torch.nn.Parameter]) -> float:
+def clip_fp32_grad_norm(engine, parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     """Pre-clip global grad norm of a plain fp32 engine (no ZeRO, no fp16/bf16 optimizer), after clipping with it.
 
     DeepSpeed's ``clip_fp32_gradients`` discards the norm it clips with, computes nothing when
     ``gradient_clipping`` is 0, and under a pipeline counts tied tensors twice. This is :func:`grad_norm`,
     run before every optimizer step in its place (:func:`deepspeed_compat.keep_fp32_grad_norm` installs it;
-    what it returns is what ``get_global_grad_norm`` reads), and the gradients are clipped with it
-    (fairseq's and DeepSpeed's coefficient ``max / (norm + 1e-6)``).
+    what it returns, a device scalar, is what ``get_global_grad_norm`` reads), and the gradients are clipped
+    with it (fairseq's and DeepSpeed's coefficient ``min(1, max / (norm + 1e-6))``, computed on the device:
+    a non-finite norm leaves them as they are; nothing is read back to the host).
     """
-    norm = float(grad_norm(parameters))
+    norm = grad_norm(parameters)
     max_norm = engine.gradient_clipping()
-    if max_norm > 0 and math.isfinite(norm):
-        coef = min(1.0, max_norm / (norm + 1e-6))
-        for p in parameters:
-            if p.grad is not None:
-                p.grad.mul_(coef)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if max_norm > 0 and grads:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, torch.where(torch.isfinite(norm), coef, torch.ones_like(coef)))
     return norm
 
 
 @dataclass
 class StepResult:
-    loss_sum: float  # summed NLL (nats) of the update's targets, all DP ranks
-    ntokens: int  # the update's target tokens, all DP ranks
-    gnorm: float
+    """One update's numbers. The step reads nothing back from the device: ``loss_sum``, ``gnorm`` (and
+    ``ntokens`` when DP > 1) are device scalars until :meth:`read` fetches them in one transfer."""
+
+    loss_sum: torch.Tensor | float  # summed NLL (nats) of the update's targets, all DP ranks
+    ntokens: torch.Tensor | int  # the update's target tokens, all DP ranks
+    gnorm: torch.Tensor | float  # pre-clip global gradient norm (nan where the engine keeps none)
     applied: bool  # False when DeepSpeed skipped the step (non-finite gradients / fp16 overflow)
     loss_scale: float  # fp16's dynamic loss scale; 1.0 without loss scaling
+
+    def read(self) -> tuple[float, int, float]:
+        """``(loss_sum, ntokens, gnorm)`` as host numbers: one device-to-host copy for all three."""
+        values = [torch.as_tensor(v, dtype=torch.float64) for v in (self.loss_sum, self.ntokens, self.gnorm)]
+        device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+        loss_sum, ntokens, gnorm = torch.stack([v.to(device) for v in values]).tolist()
+        return loss_sum, int(ntokens), gnorm
 
 
 def _batch_inputs(batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:
@@ -147,10 +158,15 @@ class Stepper:
         dims = parallel.current()
         self.dp_group, self.dp_size = dims.dp_group, dims.dp
 
-    def _global_tokens(self, batches: list[dict]) -> int:
-        n = torch.tensor([sum(int(b["ntokens"]) for b in batches)], dtype=torch.float64, device=self.device)
+    def _global_tokens(self, batches: list[dict]) -> torch.Tensor | int:
+        """The target tokens of ``batches`` over all DP ranks: the loader's host count at DP 1, else a device
+        scalar (all-reduced over DP, not read back)."""
+        local = sum(b["ntokens"] for b in batches)
+        if self.dp_size == 1:
+            return local
+        n = torch.tensor(float(local), dtype=torch.float64, device=self.device)
         dist.all_reduce(n, group=self.dp_group)
-        return int(n.item())
+        return n
 
     def _forward(self, batch: dict) -> torch.Tensor:
         """Summed NLL of one micro batch through the plain engine."""
@@ -160,20 +176,22 @@ class Stepper:
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on any (decisions from per-rank clocks must agree)."""
+        if dist.get_world_size() == 1:
+            return flag
         value = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
     def train_step(self, batches: list[dict]) -> StepResult:
-        """One update from this rank's ``gas`` micro batches."""
+        """One update from this rank's ``gas`` micro batches; no host sync of its own (:class:`StepResult`)."""
         engine = self.engine
         engine.train()
         ntokens = self._global_tokens(batches)
-        scale = self.dp_size * len(batches) / max(ntokens, 1)
+        scale = self.dp_size * len(batches) / (ntokens.clamp(min=1) if torch.is_tensor(ntokens) else max(ntokens, 1))
         if self.pipelined:
-            label = torch.tensor(scale, dtype=torch.float32)
+            label = torch.as_tensor(scale, dtype=torch.float32).cpu()
             mean = engine.train_batch(iter([(_batch_inputs(b, self.packed), label) for b in batches]))
-            loss_sum = float(mean) * ntokens
+            loss_sum = mean.detach().double().reshape(()) * ntokens
         else:
             total = torch.zeros((), dtype=torch.float64, device=self.device)
             for b in batches:
@@ -181,28 +199,32 @@ class Stepper:
                 engine.backward(loss * scale)
                 engine.step()
                 total += loss.detach().double()
-            dist.all_reduce(total, group=self.dp_group)
-            loss_sum = float(total)
+            if self.dp_size > 1:
+                dist.all_reduce(total, group=self.dp_group)
+            loss_sum = total
         gnorm = engine.get_global_grad_norm()
         loss_scale = float(getattr(engine.optimizer, "loss_scale", 1.0)) if engine.fp16_enabled() else 1.0
-        return StepResult(loss_sum, ntokens, float(gnorm) if gnorm is not None else float("nan"),
+        return StepResult(loss_sum, ntokens, gnorm if gnorm is not None else float("nan"),
                           engine.was_step_applied(), loss_scale)  # fmt: skip
 
     @torch.no_grad()
     def eval_loss(self, batches) -> tuple[float, int]:
-        """Summed NLL and token count over ``batches`` (this rank's share), totalled over DP."""
+        """Summed NLL and token count over ``batches`` (this rank's share), totalled over DP; read back once."""
         engine = self.engine
         engine.eval()
-        loss_total, tokens_total = 0.0, 0
+        loss_total = torch.zeros((), dtype=torch.float64, device=self.device)
+        tokens_total = 0
         for b in batches:
             ntokens = self._global_tokens([b])
             if self.pipelined:
-                label = torch.tensor(self.dp_size / max(ntokens, 1), dtype=torch.float32)
+                scale = self.dp_size / (ntokens.clamp(min=1) if torch.is_tensor(ntokens) else max(ntokens, 1))
+                label = torch.as_tensor(scale, dtype=torch.float32).cpu()
                 mean = engine.eval_batch(iter([(_batch_inputs(b, self.packed), label)]), num_micro_batches=1)
-                loss_total += float(mean) * ntokens
+                loss_total += mean.detach().double().reshape(()).to(self.device) * ntokens
             else:
-                total = self._forward(b).detach().double().reshape(1)
-                dist.all_reduce(total, group=self.dp_group)
-                loss_total += float(total)
+                total = self._forward(b).detach().double()
+                if self.dp_size > 1:
+                    dist.all_reduce(total, group=self.dp_group)
+                loss_total += total
             tokens_total += ntokens
-        return loss_total, tokens_total
+        return float(loss_total), int(tokens_total)

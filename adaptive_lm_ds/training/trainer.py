@@ -93,7 +93,7 @@ class Trainer:
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
-        host_memory.configure_host_allocator()  # freed tensors go back to the OS (host_memory)
+        host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
@@ -139,6 +139,7 @@ class Trainer:
         self.on_update: list[Callable[[UpdateRecord], None]] = []  # called after each applied update, after the logger
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
         self.peak_flops = peak_flops(run.peak_tflops)
+        host_memory.steady_phase()  # start-up's garbage returned; the steps reuse the heap
 
     # ------------------------------------------------------------------ checkpoints
     def _record(self) -> CheckpointRecord:
@@ -306,6 +307,8 @@ class Trainer:
         while not self._should_stop(started):
             t0 = time.perf_counter()
             result = self.stepper.train_step([next(stream) for _ in range(gas)])
+            loss_sum, ntokens, gnorm = result.read()  # the update's one read-back from the device
+            result = dataclasses.replace(result, loss_sum=loss_sum, ntokens=ntokens, gnorm=gnorm)
             step_time = time.perf_counter() - t0
             if not math.isfinite(result.loss_sum) or (not result.applied and not self.engine.fp16_enabled()):
                 self._handle_bad_step(result.loss_sum)
