@@ -6,12 +6,13 @@ fairseq-train (the oracle) trains fixture A's weights for 20 updates of the pape
 batches from the same weights (tests/fairseq_replay.py) in each layout. Per update: lr identical,
 gradient norm within 1e-5 relative, loss (base 2) within LOSS_TOL.
 
-LOSS_TOL is 3e-6, not 1e-6: both losses are fp32 sums of 512 per-token terms
+LOSS_TOL is 5e-6, not 1e-6: both losses are fp32 sums of 512 per-token terms
 of ~6.1 nats, whose rounding quantum is 3.4e-7 bits per micro batch; identical weights agree exactly
 (update 1 at TP1), but fp32 gradients differ by ~1e-6 relative and 20 updates at lr up to 0.95 with
 momentum 0.99 carry that into the weights: measured max |diff| 1.03e-6 (update 10) and 2.06e-6
-(update 19) at TP1/DP2, 1.03e-6 at TP2. The criterion difference this test exists for (exact NLL vs
-adaptive_loss) is up to 1.2e-2 bits, 4000x the tolerance.
+(update 19) at TP1/DP2, 1.03e-6 at TP2 on an AMD EPYC; 3.44e-6 at TP2 (update 19) on an Intel Xeon,
+whose fp32 kernels round differently. The criterion difference this test exists for (exact NLL vs
+adaptive_loss) is up to 1.2e-2 bits, 2400x the tolerance.
 """
 
 import math
@@ -25,7 +26,7 @@ from tests.fairseq_replay import train_on_recorded_batches
 from tests.oracle import FIXTURE_A, SCRIPTS, fairseq_arch_flags, shared_or_skip, tool_main
 
 UPDATES = 20
-LOSS_TOL = 3e-6
+LOSS_TOL = 5e-6
 RECIPE = [
     "--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99", "--clip-norm", "0.1", "--lr-scheduler", "cosine",
     "--warmup-updates", "20", "--warmup-init-lr", "1e-7", "--lr-period-updates", "270000", "--t-mult", "2",
