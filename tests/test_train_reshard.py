@@ -74,7 +74,10 @@ def test_converted_fairseq_model_fine_tunes_at_tp2_pp2(wiki103_tiny_fixture, tmp
         "--adaptive-softmax-dropout",
         "0",
     ]  # dropout masks depend on the layout; the arithmetic must not
-    common = ["--tokens-per-sample", "128", "--no-save", "--optimizer", "adam", "--lr", "0.001",
+    # The recipe's optimizer (NAG, clip 0.1). Adam is no test of the layouts here: it divides each element's step
+    # by that element's own gradient scale, so rounding-level differences between two layouts' gradients become
+    # lr-sized steps, and the gradient norms part by 1e-3 within 5 updates (measured on an Intel Xeon).
+    common = ["--tokens-per-sample", "128", "--no-save", "--optimizer", "nag", "--lr", "0.1", "--clip-norm", "0.1",
               "--max-valid-steps", "8", "--max-update", "8", *no_dropout]  # fmt: skip
     # reference: one process fine-tunes the consolidated folder the converter wrote
     argv = _argv(data, *common, "--init-from", str(converted), "--deepspeed_config", "ds_configs/zero1.json")
@@ -86,10 +89,7 @@ def test_converted_fairseq_model_fine_tunes_at_tp2_pp2(wiki103_tiny_fixture, tmp
     assert len(after["history"]) == len(reference["history"]) == 8
     for got, want in zip(after["history"], reference["history"], strict=True):
         assert got["loss_sum"] / got["ntokens"] == pytest.approx(want["loss_sum"] / want["ntokens"], rel=1e-5)
-        # Adam divides each element's step by its own gradient scale, so rounding-level gradient differences
-        # between the layouts become lr-sized steps on near-zero-gradient elements: the loss still agrees to
-        # 1e-5 but the norm drifts by a few 1e-5 after a few updates (4e-5 at update 3 on an Intel Xeon).
-        assert got["gnorm"] == pytest.approx(want["gnorm"], rel=1e-4)
+        assert got["gnorm"] == pytest.approx(want["gnorm"], rel=1e-5)
     assert len(after["history"]) == 8
     assert after["summary"]["valid_loss_base2"] == pytest.approx(reference["summary"]["valid_loss_base2"], rel=1e-6)
     # the first update starts from the fairseq weights: its batch loss is near fairseq-eval-lm's on this split
