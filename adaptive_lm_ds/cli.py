@@ -9,6 +9,10 @@ program's module is imported; importing the library itself changes nothing globa
 
 * megatron-core announces on import that the optional Transformer Engine / Apex kernels are absent;
   this project does not use them, so the notice is filtered (it would print on every rank of every run);
+* DeepSpeed warns ``Setting accelerator to CPU`` when it imports on a machine without a GPU and without
+  ``DS_ACCELERATOR``: on every ``--help`` and every program, most of which never use an accelerator.
+  The warning is dropped (:data:`DEEPSPEED_QUIET`, a filter on DeepSpeed's logger, which DeepSpeed
+  keeps when it configures it); ``DS_ACCELERATOR`` still chooses, and the CPU is still what it picks;
 * DeepSpeed's JIT-built ops go to this venv, never the user-wide ``~/.cache/torch_extensions``
   (:func:`adaptive_lm_ds.ds_runtime.configure_environment`), for this process and the ranks it launches.
 
@@ -24,9 +28,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 import warnings
 from typing import Any
+
+from adaptive_lm_ds.errors import UserError
 
 # entry point name -> "module:function" under adaptive_lm_ds (pyproject's [project.scripts] lists the
 # same names, pointing at the functions at the end of this module; tests/test_entry_points.py keeps them equal)
@@ -36,7 +44,7 @@ PROGRAMS = {
     "adaptive-lm-train-gbw": "commands.train:gbw",
     "adaptive-lm-eval": "commands.eval_lm:main",
     "adaptive-lm-generate": "commands.generate:main",
-    "adaptive-lm-preprocess": "commands.preprocess_data:run",
+    "adaptive-lm-preprocess": "commands.preprocess_data:main",
     "adaptive-lm-convert": "commands.convert_fairseq_ckpt:main",
     "adaptive-lm-write-layout": "formats.layout_checkpoint:main",
     "adaptive-lm-export": "commands.export_checkpoint:main",
@@ -52,36 +60,72 @@ PROGRAMS = {
     "adaptive-lm-bench-vs-fairseq": "commands.bench_vs_fairseq:main",
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
+USER_ERROR_EXIT = 2  # argparse's: a bad flag and a bad input file end the same way
+_running: str | None = None  # the program :func:`run` started: its parsers are named after it
 QUIET = (
     ".*Transformer Engine and Apex are not installed.*",
     ".*imports from `dynamic_context.py` will be removed.*",
 )
 
 
-def start_up() -> None:
-    """What every program does first (module docstring): filter megatron's import notices, keep DeepSpeed's
-    built ops in the venv."""
-    from adaptive_lm_ds import ds_runtime
+DEEPSPEED_QUIET = ("Setting accelerator to CPU",)  # message prefixes dropped from the "DeepSpeed" logger
 
+
+class _DeepSpeedQuiet(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(DEEPSPEED_QUIET)
+
+
+def start_up() -> None:
+    """What every program does first (module docstring): filter megatron's import notices and DeepSpeed's
+    accelerator notice, keep DeepSpeed's built ops in the venv."""
     for message in QUIET:
         warnings.filterwarnings("ignore", message=message)
+    deepspeed_logger = logging.getLogger("DeepSpeed")  # deepspeed/utils/logging.py's name, before its import
+    if not any(isinstance(f, _DeepSpeedQuiet) for f in deepspeed_logger.filters):
+        deepspeed_logger.addFilter(_DeepSpeedQuiet())
+    from adaptive_lm_ds import ds_runtime
+
     ds_runtime.configure_environment()
 
 
 def run(program: str, argv: list[str] | None = None) -> int:
-    """:func:`start_up`, then the program's ``main(argv)``; returns its exit code (``None`` counts as 0)."""
+    """:func:`start_up`, then the program's ``main(argv)``; returns its exit code (``None`` counts as 0).
+
+    The one error boundary of every program: a :class:`~adaptive_lm_ds.errors.UserError` raised anywhere
+    in it ends the program with one line ``PROGRAM: error: MESSAGE`` on stderr (argparse's own format, so
+    a bad flag and a bad file read alike) and exit code :data:`USER_ERROR_EXIT`, no traceback. On several
+    ranks (``RANK`` set by the launcher) only rank 0 prints it: every rank raises the same error
+    (training broadcasts it), and the programs that init a process group shut it down on the way out.
+    """
     name = program if program in PROGRAMS else f"adaptive-lm-{program}"  # the short name also does
     if name not in PROGRAMS:
-        raise SystemExit(f"error: unknown program {program!r}; choose one of: {', '.join(PROGRAMS)}")
+        return refuse("adaptive_lm_ds", f"unknown program {program!r}; choose one of: {', '.join(PROGRAMS)}")
+    global _running
     start_up()
     module, function = PROGRAMS[name].split(":")
     main = getattr(importlib.import_module(f"adaptive_lm_ds.{module}"), function)
-    return main(argv) or 0
+    outer, _running = _running, name
+    try:
+        return main(argv) or 0
+    except UserError as err:
+        return refuse(name, str(err))
+    finally:
+        _running = outer
+
+
+def refuse(program: str, message: str) -> int:
+    """Print ``PROGRAM: error: MESSAGE`` (rank 0 only) and return :data:`USER_ERROR_EXIT`."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    return USER_ERROR_EXIT
 
 
 def parser(description: str | None = None, **kwargs: Any) -> argparse.ArgumentParser:
     """``argparse.ArgumentParser`` without abbreviations (``RawDescriptionHelpFormatter`` by default)."""
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    if _running is not None:  # usage and errors name the installed program, not the shim that started it
+        kwargs.setdefault("prog", _running)
     return argparse.ArgumentParser(description=description, allow_abbrev=False, **kwargs)
 
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from adaptive_lm_ds.config import get_preset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.testing import run_script
 from adaptive_lm_ds.testing.distributed import free_port
 from adaptive_lm_ds.training.config import build_parser, config_from_args, model_config
@@ -60,7 +61,7 @@ def test_adam_betas_are_parsed_once_from_fairseqs_spelling(capsys):
 def test_positional_data_dir_and_fairseq_defaults():
     cfg = _parse(["data-bin/x", "--ddp-backend=legacy_ddp", "--skip-invalid-size-inputs-valid-test"])
     assert cfg.data.data == "data-bin/x" and cfg.optim.adam_betas == (0.9, 0.999) and cfg.optim.criterion == "nll"
-    with pytest.raises(SystemExit, match="two data dirs"):
+    with pytest.raises(UserError, match="two data dirs"):
         _parse(["data-bin/x", "--data", "data-bin/y"])
 
 

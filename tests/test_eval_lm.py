@@ -9,6 +9,7 @@ import torch
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.data import IndexedTokens, build_lm_dataset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import eval_block_size, evaluate_lm, windows
 from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
@@ -170,7 +171,7 @@ def test_eval_lm_refuses_incomplete_checkpoints_and_a_world_that_does_not_fit(tm
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "latest").write_text("checkpoint_10")  # a save that never completed
     data = ["--data", str(fixture_dir / "data-bin")]
-    with pytest.raises(SystemExit, match="not a complete checkpoint"):
+    with pytest.raises(UserError, match="not a complete checkpoint"):
         main(["--path", str(tmp_path / "ds"), *data])
-    with pytest.raises(SystemExit, match="pipeline-model-parallel-size"):
+    with pytest.raises(UserError, match="pipeline-model-parallel-size"):
         main(["--path", str(fixture_dir / "checkpoint.pt"), "--pipeline-model-parallel-size", "2", *data])

@@ -19,7 +19,7 @@ def test_a_taken_port_is_one_line_naming_it_and_master_port(tmp_path):
             timeout=120, env=rank_env({"MASTER_PORT": str(port)}),
         )  # fmt: skip
     assert result.returncode == 2, result.output[-3000:]
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
     assert len(errors) == 1 and f"port {port} on 127.0.0.1 is already in use" in errors[0]
     assert "--master_port" in errors[0] and "Traceback" not in result.output
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import flops_per_token, mfu, packed_attention_context, peak_bf16_flops, zipf_band_fractions
 from adaptive_lm_ds.launch import free_port
 from adaptive_lm_ds.testing import run_on_ranks
@@ -260,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = parallel.accelerator_device()
     if device.type != torch.device(args.device).type:
-        print(f"error: --device {args.device} but DeepSpeed's accelerator is {device.type}; set DS_ACCELERATOR")
-        return 2
+        raise UserError(f"--device {args.device} but DeepSpeed's accelerator is {device.type}; set DS_ACCELERATOR")
     result = bench_single(args, device)
     mode = "compiled blocks" if args.compile else "eager"
     print(

@@ -31,7 +31,6 @@ from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.commands.fairseq_compat import accept_without_effect, one_line_errors, refuse
 from adaptive_lm_ds.data import DataError, build_lm_dataset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm
 from adaptive_lm_ds.inference.loading import build_model, load_model_source, start_layout
 from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
@@ -121,21 +120,18 @@ def report(result: EvalResult, words: WordScores | None, seconds: float, args: a
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        cfg, state, _ = load_model_source(args.path)
-        tokens_per_sample = args.tokens_per_sample or cfg.max_positions
-        dataset = build_lm_dataset(
-            args.data,
-            args.gen_subset,
-            eval_block_size(tokens_per_sample, args.context_window),
-            args.sample_break_mode,
-            drop_oversize=False,
-        )
-        if len(dataset.dictionary) != cfg.vocab_size:
-            raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
-        start_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg, state, _ = load_model_source(args.path)
+    tokens_per_sample = args.tokens_per_sample or cfg.max_positions
+    dataset = build_lm_dataset(
+        args.data,
+        args.gen_subset,
+        eval_block_size(tokens_per_sample, args.context_window),
+        args.sample_break_mode,
+        drop_oversize=False,
+    )
+    if len(dataset.dictionary) != cfg.vocab_size:
+        raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
+    start_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     try:
         model = build_model(cfg, state, args.pipeline_model_parallel_size, "cpu" if args.cpu else None)
         if args.fp16:

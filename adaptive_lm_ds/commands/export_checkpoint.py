@@ -14,10 +14,7 @@ folder), and never when it holds the checkpoint read.
 
 from __future__ import annotations
 
-import sys
-
 from adaptive_lm_ds import cli
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import check_model_output, save_consolidated
 from adaptive_lm_ds.formats.export import consolidate_checkpoint
 
@@ -31,13 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output that is not an export")
     args = parser.parse_args(argv)
     policy = dict(writer=WRITER, force=args.force, inputs=[args.checkpoint])
-    try:
-        check_model_output(args.output, **policy)  # before the slow part: fail fast
-        cfg, state, dictionary = consolidate_checkpoint(args.checkpoint)
-        save_consolidated(args.output, cfg, state, dictionary, **policy)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_model_output(args.output, **policy)  # before the slow part: fail fast
+    cfg, state, dictionary = consolidate_checkpoint(args.checkpoint)
+    save_consolidated(args.output, cfg, state, dictionary, **policy)
     params = sum(t.numel() for t in state.values())
     print(f"exported {params:,} parameters ({cfg.num_layers} layers, vocab {cfg.vocab_size}) to {args.output}")
     return 0

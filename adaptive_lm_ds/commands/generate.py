@@ -23,15 +23,14 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm import tqdm
 
-from adaptive_lm_ds import parallel
-from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel
 from adaptive_lm_ds.inference.loading import start_layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = GenerationConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.rank_parser(__doc__)
     p.add_argument("--path", required=True, help="consolidated model folder, training checkpoint or fairseq .pt")
     p.add_argument("--dictionary", help="dict.txt (default: the model's own, or the one beside a .pt)")
     source = p.add_mutually_exclusive_group(required=True)
@@ -54,7 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (reference)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
     return p.parse_args(argv)
 
 
@@ -88,14 +86,11 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = generation_config(args)
-        prompts = read_prompts(args)
-        if args.batch_size < 1:
-            raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
-        start_layout(args.tensor_model_parallel_size)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg = generation_config(args)
+    prompts = read_prompts(args)
+    if args.batch_size < 1:
+        raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
+    start_layout(args.tensor_model_parallel_size)
     try:
         lm = LanguageModel.load(args.path, dictionary=args.dictionary, tokenizer=args.tokenizer)
         lead = not dist.is_initialized() or dist.get_rank() == 0
@@ -108,7 +103,5 @@ def main(argv: list[str] | None = None) -> None:
             if lead:
                 tqdm.write("\n".join(texts), file=sys.stdout)
         bar.close()
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
     finally:
         parallel.shutdown()

@@ -25,7 +25,6 @@ from adaptive_lm_ds import (
     parallel,
 )
 from adaptive_lm_ds.config import PRESETS, ModelConfig, get_preset
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import stage_parameter_counts
 from adaptive_lm_ds.model import AdaptiveLM
 
@@ -90,12 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    try:
-        cfg = get_preset(args.preset, args.vocab_size).validate(tp)
-        with _stdout_to_stderr(), parallel.single_process():  # DeepSpeed prints while it starts
-            summary = summarize(cfg, tp, pp)
-    except UserError as err:
-        raise SystemExit(f"model_summary: {err}") from None
+    cfg = get_preset(args.preset, args.vocab_size).validate(tp)
+    with _stdout_to_stderr(), parallel.single_process():  # DeepSpeed prints while it starts
+        summary = summarize(cfg, tp, pp)
     summary = {"preset": args.preset, **summary}
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ from typing import Any, get_args, get_origin
 from adaptive_lm_ds import cli
 from adaptive_lm_ds.config import ACTIVATIONS, PRESETS, ModelConfig, get_preset
 from adaptive_lm_ds.data import BREAK_MODES
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.interop.fairseq_cfg import arch_model_config, fairseq_archs, refine
 from adaptive_lm_ds.layers.adaptive_softmax import CRITERIA
 from adaptive_lm_ds.metrics_log import LOG_FORMATS
@@ -281,7 +282,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     positional = values.get("data_positional")
     if positional:
         if values["data"] and values["data"] != positional:
-            raise SystemExit(f"error: two data dirs given: {positional} (positional) and --data {values['data']}")
+            raise UserError(f"two data dirs given: {positional} (positional) and --data {values['data']}")
         values = {**values, "data": positional}
     return TrainConfig(
         **{

@@ -9,7 +9,8 @@ matching is off: adaptive_lm_ds/cli.py).
 from __future__ import annotations
 
 import argparse
-import sys
+
+from adaptive_lm_ds.commands.fairseq_compat import refuse
 
 # fairseq-train flag -> what to use here (the message after "is not supported here: ")
 UNSUPPORTED = {
@@ -46,14 +47,7 @@ UNSUPPORTED = {
 UNSUPPORTED.pop("--checkpoint-activations")
 
 
-class _Unsupported(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"error: fairseq's {option_string} is not supported here: {UNSUPPORTED[option_string]}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def add_fairseq_compat(parser: argparse.ArgumentParser) -> None:
     """The positional data dir (``fairseq-train DATA ...``) and the refusals of :data:`UNSUPPORTED`."""
     parser.add_argument("data_positional", nargs="?", default=None, metavar="DATA", help="same as --data")
-    for flag in UNSUPPORTED:
-        parser.add_argument(flag, nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
+    refuse(parser, UNSUPPORTED)
