@@ -13,6 +13,7 @@ program's module is imported; importing the library itself changes nothing globa
   ``DS_ACCELERATOR``: on every ``--help`` and every program, most of which never use an accelerator.
   The warning is dropped (:data:`DEEPSPEED_QUIET`, a filter on DeepSpeed's logger, which DeepSpeed
   keeps when it configures it); ``DS_ACCELERATOR`` still chooses, and the CPU is still what it picks;
+* one logging configuration, fairseq's line format with a timestamp (:mod:`adaptive_lm_ds.logs`);
 * DeepSpeed's JIT-built ops go to this venv, never the user-wide ``~/.cache/torch_extensions``
   (:func:`adaptive_lm_ds.ds_runtime.configure_environment`), for this process and the ranks it launches.
 
@@ -84,7 +85,9 @@ def start_up() -> None:
     deepspeed_logger = logging.getLogger("DeepSpeed")  # deepspeed/utils/logging.py's name, before its import
     if not any(isinstance(f, _DeepSpeedQuiet) for f in deepspeed_logger.filters):
         deepspeed_logger.addFilter(_DeepSpeedQuiet())
-    from adaptive_lm_ds import ds_runtime
+    from adaptive_lm_ds import ds_runtime, logs
+
+    logs.configure()
 
     ds_runtime.configure_environment()
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.config import get_preset
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.testing import run_script
@@ -114,4 +115,6 @@ def test_the_seeds_fairseq_command_runs_under_the_wiki103_launcher(tmp_path):
     last = [line for line in out.splitlines() if "| update 3 / 3 |" in line][0]
     for field in ("wpb=", "bsz=3", "num_updates=3", "wall="):
         assert field in last
+    ours = [line for line in out.splitlines() if " | adaptive_lm_ds." in line]
+    assert len(ours) >= 6 and all(logs.PREFIX.match(line) for line in ours)  # fairseq's timestamped lines
     assert (tmp_path / "checkpoints" / "transformer_wikitext-103").is_dir()

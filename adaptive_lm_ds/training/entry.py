@@ -7,6 +7,7 @@ after the ``finally`` below shut the process group down on every rank.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch.distributed as dist
@@ -15,6 +16,8 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.training.config import config_from_args, parse_args
 from adaptive_lm_ds.training.trainer import Trainer
+
+LOG = logging.getLogger("adaptive_lm_ds.train")
 
 
 def main(argv=None, recipe: str | None = None) -> int:
@@ -38,13 +41,12 @@ def _train(cfg) -> int:
         return 130
     if summary.get("stopped_by") is not None:  # preempted: saved, every rank stopped at the same update
         if dist.get_rank() == 0:
-            print(summary["message"], flush=True)
+            LOG.info(summary["message"])
         return summary["exit_code"]
     if dist.get_rank() == 0:
-        print(
-            f"| done: {summary['num_updates']} updates, valid loss {summary['valid_loss_base2']:.4f} (base 2), "
-            f"valid ppl {summary['valid_ppl']:.2f}",
-            flush=True,
+        LOG.info(
+            f"done: {summary['num_updates']} updates, valid loss {summary['valid_loss_base2']:.4f} (base 2), "
+            f"valid ppl {summary['valid_ppl']:.2f}"
         )
     dist.barrier()
     return 0
