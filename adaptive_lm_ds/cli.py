@@ -139,6 +139,28 @@ def rank_parser(description: str | None = None, **kwargs: Any) -> argparse.Argum
     return p
 
 
+MODEL_SOURCE_HELP = (
+    "a consolidated model folder, a training checkpoint (a --save-dir or one of its tags, any layout) or a fairseq .pt"
+)
+
+
+def add_model_source(parser: argparse.ArgumentParser, required: bool = True, help: str = MODEL_SOURCE_HELP) -> None:
+    """``--path``: the model a program loads (``inference.loading.load_model_source`` takes any of them)."""
+    parser.add_argument("--path", required=required, help=help)
+
+
+def add_layout_arguments(
+    parser: argparse.ArgumentParser, pipeline: bool = True, description: str = "the ranks' layout, as in training"
+) -> argparse._ArgumentGroup:
+    """The layout flags, named and defaulted as training's (``--tensor-model-parallel-size``, and
+    ``--pipeline-model-parallel-size`` unless ``pipeline=False``), in one help group."""
+    group = parser.add_argument_group("layout", description)
+    group.add_argument("--tensor-model-parallel-size", type=int, default=1, help="tensor-parallel ranks per model")
+    if pipeline:
+        group.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="pipeline stages per model")
+    return group
+
+
 def _program(name: str):
     def entry() -> int:
         return run(name, sys.argv[1:])

@@ -116,3 +116,16 @@ def test_help_of_every_program_prints_its_usage_and_no_deepspeed_notice():
     assert all(f"usage: {name} " in out.stdout for name in cli.PROGRAMS)
     assert "Setting accelerator" not in out.stdout + out.stderr and "WARNING" not in out.stdout + out.stderr
     assert out.stderr == ""
+
+
+def test_the_layout_and_model_source_flags_are_declared_once():
+    """Every program takes them from cli.add_layout_arguments / cli.add_model_source (training's own come from
+    its config fields), so their names, defaults and help never drift apart."""
+    flags = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--path")
+    declared = [
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "adaptive_lm_ds").rglob("*.py")
+        for line in path.read_text().splitlines()
+        if "add_argument(" in line and any(f'"{flag}"' in line for flag in flags)
+    ]
+    assert declared == ["adaptive_lm_ds/cli.py"] * len(flags)

@@ -43,7 +43,9 @@ def bench_model(path: str | None) -> AdaptiveLM:
 
 def main(argv: list[str] | None = None) -> None:
     p = cli.parser(__doc__)
-    p.add_argument("--path", help="a model (any source generate.py takes); default: random wiki103-shaped d 512")
+    cli.add_model_source(
+        p, required=False, help="a model (any adaptive-lm-generate takes); default: random wiki103-shaped d 512"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=112)

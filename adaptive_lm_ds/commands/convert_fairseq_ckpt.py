@@ -58,13 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --to-fairseq: the fairseq arch to record in cfg.model._name "
         "(default: transformer_lm_wiki103 for tied adaptive models, else transformer_lm)",
     )
-    p.add_argument(
-        "--tensor-model-parallel-size",
-        type=int,
-        default=1,
-        help="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout",
+    cli.add_layout_arguments(
+        p, description="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout"
     )
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="see --tensor-model-parallel-size")
     p.add_argument(
         "--master-port", type=int, help="rendezvous port of the ranks writing the layout (default: a free one)"
     )

@@ -31,7 +31,7 @@ from adaptive_lm_ds.inference.loading import start_layout
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = GenerationConfig()
     p = cli.rank_parser(__doc__)
-    p.add_argument("--path", required=True, help="consolidated model folder, training checkpoint or fairseq .pt")
+    cli.add_model_source(p)
     p.add_argument("--dictionary", help="dict.txt (default: the model's own, or the one beside a .pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prefix", help="one prompt")
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=defaults.temperature)
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (reference)")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    cli.add_layout_arguments(p, pipeline=False)
     return p.parse_args(argv)
 
 

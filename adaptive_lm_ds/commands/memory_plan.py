@@ -105,9 +105,8 @@ def add_model_and_layout_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every planner takes: the model preset and the layout's sizes, as in training."""
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+    layout = cli.add_layout_arguments(parser)
+    layout.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
 
 
 def gpu_counts(text: str) -> list[int]:

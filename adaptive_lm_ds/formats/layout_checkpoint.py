@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.rank_parser(description=__doc__)
     p.add_argument("--consolidated", required=True)
     p.add_argument("--save-dir", required=True)
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    cli.add_layout_arguments(p, description="the layout of the checkpoint to write (one rank each)")
     args = p.parse_args(argv)
     parallel.init_process_group()
     tag = write_layout_checkpoint(
