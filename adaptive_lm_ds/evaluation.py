@@ -1,4 +1,4 @@
-"""Language-model evaluation with ``fairseq-eval-lm``'s semantics (used by tools/eval_lm.py and tests).
+"""Language-model evaluation with ``fairseq-eval-lm``'s semantics (used by adaptive-lm-eval and tests).
 
 Samples are the blocks of :func:`adaptive_lm_ds.data.build_lm_dataset` (break modes none / complete /
 eos), with fairseq's rules:

@@ -1,6 +1,6 @@
 """Decoding speed: KV-cached vs uncached generation, tokens/s (adaptive_lm_ds/inference).
 
-    python tools/bench_generate.py [--path MODEL] [--batch 8] [--prompt-len 16] [--new-tokens 112] [--json FILE]
+    adaptive-lm-bench-generate [--path MODEL] [--batch 8] [--prompt-len 16] [--new-tokens 112] [--json FILE]
 
 Without ``--path`` a randomly initialised model of the ``wiki103`` shape at d 512 (8 layers, 8 heads,
 FFN 2048, vocabulary 50,000 with cutoffs 10000,30000, tied adaptive softmax, max positions 512) is

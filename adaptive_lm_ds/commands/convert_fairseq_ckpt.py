@@ -1,7 +1,7 @@
 """Convert a fairseq ``transformer_lm`` checkpoint to our consolidated model folder, or back.
 
-    python tools/convert_fairseq_ckpt.py --input model.pt [--dict dict.txt] --output DIR [--verify]
-    python tools/convert_fairseq_ckpt.py --to-fairseq --input DIR --output model.pt [--verify]
+    adaptive-lm-convert --input model.pt [--dict dict.txt] --output DIR [--verify]
+    adaptive-lm-convert --to-fairseq --input DIR --output model.pt [--verify]
 
 The architecture comes from the checkpoint (its ``cfg``/``args`` and tensor shapes), never a preset.
 The fairseq file is read with ``torch.load(weights_only=True)`` and an explicit allowlist. Training

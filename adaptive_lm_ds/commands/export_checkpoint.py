@@ -1,11 +1,11 @@
 """Export a training checkpoint of any TP x PP x DP layout to one consolidated model folder.
 
-    python tools/export_checkpoint.py --checkpoint checkpoints/ --output model/   # the latest one
-    python tools/export_checkpoint.py --checkpoint checkpoints/checkpoint_4000 --output model/
+    adaptive-lm-export --checkpoint checkpoints/ --output model/   # the latest one
+    adaptive-lm-export --checkpoint checkpoints/checkpoint_4000 --output model/
 
 One process, no launcher, no GPU: the layout is read from the checkpoint's trainer_state.json. The
-folder (model.safetensors + config.json + dict.txt) evaluates with tools/eval_lm.py, converts to
-fairseq with tools/convert_fairseq_ckpt.py --to-fairseq, and starts training in any other layout
+folder (model.safetensors + config.json + dict.txt) evaluates with adaptive-lm-eval, converts to
+fairseq with adaptive-lm-convert --to-fairseq, and starts training in any other layout
 with --init-from.
 
 An existing --output is replaced only when it is empty or a previous export (--force for any other

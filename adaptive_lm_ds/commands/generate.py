@@ -1,9 +1,10 @@
 """Generate text from a language model, like fairseq's hub ``sample`` (adaptive_lm_ds/inference).
 
-    python tools/generate.py --path MODEL --prefix "the game was" [--max-len-b 50]
-    python tools/generate.py --path model_dir/model.pt --tokenizer moses --prefix "Barack Obama" --beam 5
-    python tools/generate.py --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
-    torchrun --nproc_per_node 2 tools/generate.py --path MODEL --input prompts.txt --tensor-model-parallel-size 2
+    adaptive-lm-generate --path MODEL --prefix "the game was" [--max-len-b 50]
+    adaptive-lm-generate --path model_dir/model.pt --tokenizer moses --prefix "Barack Obama" --beam 5
+    adaptive-lm-generate --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
+    torchrun --nproc_per_node 2 -m adaptive_lm_ds adaptive-lm-generate --path MODEL --input prompts.txt \\
+        --tensor-model-parallel-size 2
 
 ``--path``: a consolidated model folder, a training checkpoint of any layout, or a fairseq ``.pt`` (with
 ``dict.txt`` beside it, or ``--dictionary``). One prompt per input line, batched (``--batch-size``);

@@ -1,9 +1,9 @@
 """Per-rank memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
 
-    python tools/memory_plan.py --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
+    adaptive-lm-memory-plan --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
         --zero-stage 1 --precision bf16
-    python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --memory-gb 80 [--json FILE]
-    python tools/memory_plan.py --preset gbw_huge --device cpu --tensor-model-parallel-size 2 \
+    adaptive-lm-memory-plan --preset gbw_huge --search 1,8,16,32 --memory-gb 80 [--json FILE]
+    adaptive-lm-memory-plan --preset gbw_huge --device cpu --tensor-model-parallel-size 2 \
         --micro-batch 2 --seq-len 128 --zero-stage 1 --packed      # a CPU rank's peak RSS
 
 The model is the planner's (adaptive_lm_ds/memory.py: ZeRO accounting over parameter counts from the

@@ -1,6 +1,6 @@
 """Parameters of a preset per component and per rank of a TP x PP layout, counted on the meta device.
 
-    python tools/model_summary.py --preset gbw_huge --tensor-model-parallel-size 4 \
+    adaptive-lm-model-summary --preset gbw_huge --tensor-model-parallel-size 4 \
         --pipeline-model-parallel-size 2 --json
 
 The model is built on ``torch.device("meta")`` (no memory, gbw_huge included) from the real modules:

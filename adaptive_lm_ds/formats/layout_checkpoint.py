@@ -3,7 +3,7 @@
     torchrun --nproc_per_node TP*PP -m adaptive_lm_ds adaptive-lm-write-layout \\
         --consolidated DIR --save-dir OUT --tensor-model-parallel-size TP --pipeline-model-parallel-size PP
 
-``adaptive-lm-convert`` (tools/convert_fairseq_ckpt.py) starts these ranks when given a layout
+``adaptive-lm-convert`` starts these ranks when given a layout
 (launch.py). The result is ``OUT/checkpoint_0``
 with ``latest`` pointing at it, exactly what a training run saves: rerunning training with
 ``--save-dir OUT`` and the same TP/PP resumes from it (any DP size: its optimizer state is fresh,

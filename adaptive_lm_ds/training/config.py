@@ -53,7 +53,7 @@ def _betas(text: str) -> tuple[float, float]:
 class DataConfig:
     data: str = _f(
         "",
-        "data-bin folder written by tools/preprocess_data.py (either MMIDIDX layout); may also "
+        "data-bin folder written by adaptive-lm-preprocess (either MMIDIDX layout); may also "
         "come first, as fairseq-train's positional DATA",
     )
     task: str = _f(
@@ -140,7 +140,7 @@ class RunConfig:
     restore_file: str = _f("checkpoint_last", "checkpoint tag (or path) to resume from when it exists")
     reset_optimizer: bool = _f(False, "resume weights only: fresh optimizer and lr schedule state")
     reset_dataloader: bool = _f(False, "resume weights but restart the data from the beginning")
-    init_from: str = _f("", "consolidated model (tools/convert_fairseq_ckpt.py or export) to start from")
+    init_from: str = _f("", "consolidated model (adaptive-lm-convert or export) to start from")
     validate_interval_updates: int = _f(1000, "validate every N updates (0: only at the end)")
     max_valid_steps: int = _f(0, "cap on validation batches (0: the whole split)")
     tensorboard_logdir: str = _f("", "tensorboard event folder (empty: none)")

@@ -19,7 +19,7 @@ UNSUPPORTED = {
     "--max-epoch": "training length is counted in updates: use --max-update N",
     "--keep-last-epochs": "use --keep-interval-updates N (epoch checkpoints are not written)",
     "--no-epoch-checkpoints": "checkpoints are written per update only (--save-interval-updates); drop the flag",
-    "--finetune-from-model": "use --init-from MODEL_DIR (a consolidated folder, tools/convert_fairseq_ckpt.py)",
+    "--finetune-from-model": "use --init-from MODEL_DIR (a consolidated folder, adaptive-lm-convert)",
     "--reset-lr-scheduler": "use --reset-optimizer (resets the optimizer and the lr schedule together)",
     "--reset-meters": "meters are not checkpointed here; drop the flag",
     "--fp16": "precision comes from the DeepSpeed JSON: --deepspeed_config ds_configs/zero1_fp16.json",
