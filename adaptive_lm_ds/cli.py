@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import field
 from typing import Any
 
 from adaptive_lm_ds.errors import UserError
@@ -137,6 +138,12 @@ def rank_parser(description: str | None = None, **kwargs: Any) -> argparse.Argum
     p = parser(description, **kwargs)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
+
+
+def flag(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field that is one ``--flag``: its default, its ``--help`` text and argparse extras (choices,
+    type), read by the parser builders (training/config.py) so flags map onto fields one to one."""
+    return field(default=default, metadata={"help": help, **kw})
 
 
 MODEL_SOURCE_HELP = (

@@ -1,5 +1,6 @@
 """Command lines: no abbreviations, fairseq-train's flags (and refusals), both launchers, the paper's command."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,3 +119,14 @@ def test_the_seeds_fairseq_command_runs_under_the_wiki103_launcher(tmp_path):
     ours = [line for line in out.splitlines() if " | adaptive_lm_ds." in line]
     assert len(ours) >= 6 and all(logs.PREFIX.match(line) for line in ours)  # fairseq's timestamped lines
     assert (tmp_path / "checkpoints" / "transformer_wikitext-103").is_dir()
+
+
+def test_the_wiki103_recipe_is_the_papers_fairseq_command():
+    """The recipe names only what differs from the config's defaults; together they are the paper's command."""
+    from adaptive_lm_ds.training.config import parse_args
+
+    recipe = config_from_args(parse_args(["data-bin/wikitext-103"], recipe="wiki103"))
+    paper = _parse(SEED_COMMAND)
+    assert recipe.optim == paper.optim
+    assert recipe.data == dataclasses.replace(paper.data, skip_invalid_size_inputs_valid_test=False)  # a no-op flag
+    assert (recipe.run.max_update, recipe.run.seed) == (paper.run.max_update, paper.run.seed) == (286000, 1)

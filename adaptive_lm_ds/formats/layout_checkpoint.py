@@ -22,7 +22,7 @@ from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkp
 from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
-from adaptive_lm_ds.training.config import OptimConfig
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.training.ds_config import DeepSpeedPlan, complete_ds_config
 from adaptive_lm_ds.training.engine import build_module
 from adaptive_lm_ds.training.engine_build import build_engine
