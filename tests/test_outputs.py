@@ -6,7 +6,8 @@ look at what is left on disk afterwards.
 
 import pytest
 
-from adaptive_lm_ds.commands import convert_fairseq_ckpt, export_checkpoint
+from adaptive_lm_ds import cli
+from adaptive_lm_ds.commands import convert_fairseq_ckpt
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import load_consolidated, save_consolidated
 from adaptive_lm_ds.outputs import OutputError, check_output_folder
@@ -33,7 +34,8 @@ def _tree(folder):
 
 
 def _export(checkpoint, output, *extra):
-    return export_checkpoint.main(["--checkpoint", str(checkpoint), "--output", str(output), *extra])
+    """adaptive-lm-export as the command runs it: its exit code (2: refused in one line)."""
+    return cli.run("adaptive-lm-export", ["--checkpoint", str(checkpoint), "--output", str(output), *extra])
 
 
 def test_export_refuses_a_data_bin_and_leaves_it_intact(save_dir, tiny_run_setup, tmp_path, capsys):
