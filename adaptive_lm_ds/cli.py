@@ -168,6 +168,19 @@ def add_layout_arguments(
     return group
 
 
+def add_progress_bar_flag(parser: argparse.ArgumentParser) -> None:
+    """fairseq's ``--no-progress-bar``; :func:`shows_progress` reads it."""
+    parser.add_argument(
+        "--no-progress-bar", action="store_true", help="no progress bar on stderr (none when it is not a terminal)"
+    )
+
+
+def shows_progress(args: argparse.Namespace, lead: bool = True) -> bool:
+    """A progress bar on stderr: only where someone watches it (a terminal), on the lead rank, unless
+    ``--no-progress-bar``; logs and pipes get none."""
+    return lead and not args.no_progress_bar and sys.stderr.isatty()
+
+
 def _program(name: str):
     def entry() -> int:
         return run(name, sys.argv[1:])

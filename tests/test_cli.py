@@ -130,3 +130,27 @@ def test_the_wiki103_recipe_is_the_papers_fairseq_command():
     assert recipe.optim == paper.optim
     assert recipe.data == dataclasses.replace(paper.data, skip_invalid_size_inputs_valid_test=False)  # a no-op flag
     assert (recipe.run.max_update, recipe.run.seed) == (paper.run.max_update, paper.run.seed) == (286000, 1)
+
+
+class _Terminal:
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    ("terminal", "flag", "lead", "shown"),
+    [(True, False, True, True), (False, False, True, False), (True, True, True, False), (True, False, False, False)],
+)
+def test_progress_bars_only_on_a_terminal_on_the_lead_rank_unless_no_progress_bar(
+    terminal, flag, lead, shown, monkeypatch
+):
+    import argparse
+
+    from adaptive_lm_ds import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_progress_bar_flag(p)
+    args = p.parse_args(["--no-progress-bar"] if flag else [])
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert cli.shows_progress(args, lead) is shown

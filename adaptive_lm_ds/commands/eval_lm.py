@@ -49,7 +49,7 @@ UNSUPPORTED = {
     "--checkpoint-shard-count": "pass a training checkpoint folder to --path (any layout is consolidated)",
 }
 TAKEN_WITHOUT_EFFECT = (
-    ("--no-progress-bar", "--skip-invalid-size-inputs-valid-test", "--quiet"),
+    ("--skip-invalid-size-inputs-valid-test", "--quiet"),
     (
         "--num-workers",
         "--log-format",
@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fp16", action="store_true", help="run the model in float16 (scores are summed in fp32)")
     p.add_argument("--json", help="write the results here")
     cli.add_layout_arguments(p)
+    cli.add_progress_bar_flag(p)
     accept_without_effect(p, *TAKEN_WITHOUT_EFFECT)
     refuse(p, UNSUPPORTED)
     args = p.parse_args(argv)
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             softmax_batch=args.softmax_batch,
             subwords=subwords,
             words=words,
+            progress=cli.shows_progress(args, lead=not dist.is_initialized() or dist.get_rank() == 0),
         )
         if not dist.is_initialized() or dist.get_rank() == 0:
             report(result, words, time.perf_counter() - start, args)

@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (reference)")
     cli.add_layout_arguments(p, pipeline=False)
+    cli.add_progress_bar_flag(p)
     return p.parse_args(argv)
 
 
@@ -95,7 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         lm = LanguageModel.load(args.path, dictionary=args.dictionary, tokenizer=args.tokenizer)
         lead = not dist.is_initialized() or dist.get_rank() == 0
-        bar = tqdm(total=len(prompts), unit="prompt", disable=not lead or args.input is None, file=sys.stderr)
+        long_input = args.input is not None  # one --prefix needs no bar
+        bar = tqdm(
+            total=len(prompts),
+            unit="prompt",
+            disable=not (long_input and cli.shows_progress(args, lead)),
+            file=sys.stderr,
+        )
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
             seed = None if cfg.seed is None else cfg.seed + start  # each batch its own stream
