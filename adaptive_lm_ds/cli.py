@@ -63,6 +63,7 @@ PROGRAMS = {
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
 USER_ERROR_EXIT = 2  # argparse's: a bad flag and a bad input file end the same way
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 _running: str | None = None  # the program :func:`run` started: its parsers are named after it
 QUIET = (
     ".*Transformer Engine and Apex are not installed.*",
@@ -89,7 +90,6 @@ def start_up() -> None:
     from adaptive_lm_ds import ds_runtime, logs
 
     logs.configure()
-
     ds_runtime.configure_environment()
 
 
@@ -114,15 +114,17 @@ def run(program: str, argv: list[str] | None = None) -> int:
         return main(argv) or 0
     except UserError as err:
         return refuse(name, str(err))
+    except KeyboardInterrupt:  # Ctrl-C outside training's update loop (which saves and stops on its own)
+        return refuse(name, "interrupted (Ctrl-C) before it finished", INTERRUPTED_EXIT)
     finally:
         _running = outer
 
 
-def refuse(program: str, message: str) -> int:
-    """Print ``PROGRAM: error: MESSAGE`` (rank 0 only) and return :data:`USER_ERROR_EXIT`."""
+def refuse(program: str, message: str, exit_code: int = USER_ERROR_EXIT) -> int:
+    """Print ``PROGRAM: error: MESSAGE`` (rank 0 only) and return ``exit_code``."""
     if os.environ.get("RANK", "0") == "0":
         print(f"{program}: error: {message}", file=sys.stderr, flush=True)
-    return USER_ERROR_EXIT
+    return exit_code
 
 
 def parser(description: str | None = None, **kwargs: Any) -> argparse.ArgumentParser:

@@ -67,6 +67,15 @@ def test_every_programs_user_error_ends_at_the_one_boundary(program, monkeypatch
     assert line == f"{program}: error: the input is bad; pass a good one"
 
 
+def test_ctrl_c_outside_training_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("adaptive_lm_ds.commands.eval_lm"), "main", interrupted)
+    assert cli.run("adaptive-lm-eval", []) == cli.INTERRUPTED_EXIT == 128 + 2  # SIGINT
+    assert capsys.readouterr().err == "adaptive-lm-eval: error: interrupted (Ctrl-C) before it finished\n"
+
+
 def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
     """Real command lines that each program must refuse (a missing file, an impossible layout or setting)."""
     missing = str(tmp / "missing")

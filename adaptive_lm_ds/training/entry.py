@@ -8,7 +8,6 @@ after the ``finally`` below shut the process group down on every rank.
 from __future__ import annotations
 
 import logging
-import sys
 
 import torch.distributed as dist
 
@@ -34,11 +33,7 @@ def main(argv=None, recipe: str | None = None) -> int:
 
 
 def _train(cfg) -> int:
-    try:
-        summary = Trainer(cfg).run()
-    except KeyboardInterrupt:  # Ctrl-C before the update loop installed its handler: nothing to save yet
-        print("error: interrupted during set-up; nothing was saved", file=sys.stderr, flush=True)
-        return 130
+    summary = Trainer(cfg).run()  # Ctrl-C before the update loop's handler: cli.run's one line, exit code 130
     if summary.get("stopped_by") is not None:  # preempted: saved, every rank stopped at the same update
         if dist.get_rank() == 0:
             LOG.info(summary["message"])
