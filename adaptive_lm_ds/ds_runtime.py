@@ -161,12 +161,11 @@ def remove_shm_buffers(addr: str, port: int, nprocs: int) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the op into the venv now (``make venv`` and ``make ds-ops`` run it; it takes no arguments)."""
+    from adaptive_lm_ds import cli
+
+    cli.parser(main.__doc__).parse_args(argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    try:
-        op = load_shm_op()
-    except StaleBuildLock as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    op = load_shm_op()
     where = extensions_dir() / SHM_OP
     print(f"{SHM_OP}: {'built in ' + str(where) if op is not None else 'not used on this accelerator'}")
     return 0

@@ -1,8 +1,8 @@
 """The one base class of the errors a user can fix.
 
-Every error whose message names the problem and what to do derives from :class:`UserError`, so an
-entry point needs one clause, ``except UserError as e: exit with "error: {e}"``, instead of a
-hand-kept list where a forgotten class becomes a traceback. Classes keep their old second base
+Every error whose message names the problem and what to do derives from :class:`UserError`, so the
+programs need one clause in one place (:func:`adaptive_lm_ds.cli.run`: ``PROGRAM: error: MESSAGE``,
+exit code 2) instead of a hand-kept list where a forgotten class becomes a traceback. Classes keep their old second base
 (``ValueError``, ``RuntimeError``, ``FileNotFoundError``) so callers catching that still do.
 Programming errors (a wrong call, an uninitialised process group) do not derive from it: they
 should show their traceback.

@@ -1,4 +1,4 @@
-"""Language-model evaluation with ``fairseq-eval-lm``'s semantics (used by tools/eval_lm.py and tests).
+"""Language-model evaluation with ``fairseq-eval-lm``'s semantics (used by adaptive-lm-eval and tests).
 
 Samples are the blocks of :func:`adaptive_lm_ds.data.build_lm_dataset` (break modes none / complete /
 eos), with fairseq's rules:
@@ -25,11 +25,13 @@ any tensor-parallel size without gathering a band; every TP rank evaluates the s
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from adaptive_lm_ds.data import DataError, LMBlockDataset
 from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
@@ -161,6 +163,7 @@ def evaluate_lm(
     softmax_batch: int | None = None,
     subwords: SubwordMerge | None = None,
     words: WordScores | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Score every target of ``dataset`` once (see the module docstring); ``model`` is an ``AdaptiveLM``.
 
@@ -168,6 +171,7 @@ def evaluate_lm(
     evaluates a prefix (the first samples of the dataset, visited in eval-lm's order); ``seed`` is
     eval-lm's ``--seed``; ``softmax_batch`` its ``--softmax-batch``; ``subwords`` its ``--remove-bpe``.
     ``words`` collects every sample's words and scores (``--output-word-probs`` / ``--output-word-stats``).
+    ``progress``: a bar of samples scored on stderr.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -177,7 +181,9 @@ def evaluate_lm(
     indices, skipped = kept_samples(dataset, sample_order(sizes, context_window, seed), max_positions)
     total = torch.zeros((), dtype=torch.float32)
     count = skipped_inf = 0
+    bar = tqdm(total=len(indices), unit="sample", file=sys.stderr, disable=not progress, leave=False)
     for group in batches(windows(dataset, indices, context_window), max_tokens, batch_size):
+        bar.update(len(group))
         tokens, targets = collate_windows(group, pad)
         lp = model.target_log_probs(tokens.to(device), targets.to(device), softmax_batch=softmax_batch)
         lp = lp.float().cpu()
@@ -193,6 +199,7 @@ def evaluate_lm(
                 scores = scores[finite]
             total += scores.sum()
             count += scores.numel() - pieces
+    bar.close()
     if count == 0:
         raise DataError("nothing to evaluate: every sample was skipped or the split is empty")
     loss_base2 = float(-total / count / math.log(2))  # float32 arithmetic, as eval-lm

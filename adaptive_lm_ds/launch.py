@@ -59,12 +59,12 @@ def program_on_ranks_argv(program: str, args: Sequence[str], nprocs: int, port: 
 def run_program_on_ranks(program: str, args: Sequence[str], nprocs: int, port: int | None = None) -> int:
     """Run ``program`` on ``nprocs`` ranks of this machine (output goes to ours) and return its exit code.
 
-    ``port``: the rendezvous port (default: a free one; a taken one is one ``error:`` line and exit code 2).
+    ``port``: the rendezvous port (default: a free one; a taken one raises :class:`PortInUseError` before
+    any rank starts).
     Each rank uses one thread unless ``OMP_NUM_THREADS`` says otherwise.
     """
     if port and not is_free(port):  # torchrun would end in a DistNetworkError traceback
-        print(f"error: {port_in_use(port, LOOPBACK)}", file=sys.stderr, flush=True)
-        return 2
+        raise port_in_use(port, LOOPBACK)
     argv = program_on_ranks_argv(program, args, nprocs, port or free_port())
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(argv, env=env).returncode

@@ -1,4 +1,7 @@
-"""Training progress in fairseq's style: a console line per log interval and tensorboard scalars.
+"""Training progress in fairseq's style: a log line per log interval and tensorboard scalars.
+
+The lines go to the ``adaptive_lm_ds.train`` logger, so they carry fairseq's timestamp and level
+(adaptive_lm_ds/logs.py).
 
 Losses arrive as sums in nats with their token counts; the logged ``loss`` is fairseq's
 ``loss_sum / ntokens / ln 2`` (base 2) over the whole interval (token-weighted, not a mean of
@@ -9,11 +12,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import Any
 
 from adaptive_lm_ds.errors import UserError
 
@@ -64,7 +67,7 @@ class TrainLogger:
         tensorboard_logdir: str | None = None,
         rank: int = 0,
         start_update: int = 0,
-        stream: TextIO | None = None,
+        logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.perf_counter,
         time_limit: float = 0.0,
     ):
@@ -77,7 +80,7 @@ class TrainLogger:
         self.max_update = max_update
         self.time_limit = time_limit  # seconds (--stop-time-hours); the ETA never exceeds what is left
         self.is_writer = rank == 0
-        self.stream = stream if stream is not None else sys.stdout
+        self.logger = logger if logger is not None else logging.getLogger("adaptive_lm_ds.train")
         self.clock = clock
         self._start_time = clock()
         self._start_update = start_update
@@ -188,7 +191,7 @@ class TrainLogger:
 
     def _emit(self, line: str) -> None:
         if self.is_writer:
-            print(line, file=self.stream, flush=True)
+            self.logger.info(line)
 
 
 def _key_values(scalars: Mapping[str, float]) -> str:

@@ -1,6 +1,6 @@
 """The one policy for a tool's ``--output``: never destroy what the tool did not write.
 
-A model folder (``tools/export_checkpoint.py``, ``tools/convert_fairseq_ckpt.py``, anything calling
+A model folder (``adaptive-lm-export``, ``adaptive-lm-convert``, anything calling
 :func:`adaptive_lm_ds.formats.consolidated.save_consolidated`) may replace an existing ``--output`` only when
 
 * it does not exist, or is an empty folder, or

@@ -126,7 +126,7 @@ def test_training_on_a_locked_save_dir_stops_with_one_line(tiny_run_setup, tmp_p
     SaveDirLock(save).acquire()  # this test process holds it
     result = run_single(train_args(data, init, save, 2))
     assert result.returncode == 2
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
     assert len(errors) == 1 and f"pid {os.getpid()}" in errors[0] and "in use by another run" in errors[0]
     assert not list(save.glob("checkpoint_*")) and read_owner(save).pid == os.getpid()  # untouched
 
@@ -138,9 +138,8 @@ def test_training_takes_over_a_dead_runs_lock_with_a_warning(tiny_run_setup, tmp
     dead = _write_lock(save).pid
     result = run_single(train_args(data, init, save, 1))
     assert result.returncode == 0, result.output[-3000:]
-    assert f"| warning: took over {save / LOCK} from a run that is gone (host {socket.gethostname()}, pid {dead}" in (
-        result.output
-    )
+    warning = f"took over {save / LOCK} from a run that is gone (host {socket.gethostname()}, pid {dead}"
+    assert f"| WARNING | adaptive_lm_ds.checkpoint | {warning}" in result.output
     assert "its process has exited)" in result.output
     assert not (save / LOCK).exists()  # released at the end
 

@@ -69,7 +69,7 @@ def test_resume_refuses_a_malicious_pickle_in_any_file(tiny_run_setup, save, tmp
     data, init = tiny_run_setup
     result = run_single(train_args(data, init, save, 3))
     assert result.returncode == 2, result.output[-3000:]
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
     assert len(errors) == 1 and "not on the allowlist" in errors[0] and filename in errors[0]
     assert "Traceback" not in result.output
     assert not marker.exists()
@@ -102,7 +102,9 @@ def test_resume_from_latest_falls_back_to_the_newest_intact_checkpoint(tiny_run_
     data, init = tiny_run_setup
     result = run_single(train_args(data, init, save, 3))
     assert result.returncode == 0, result.output[-3000:]
-    warnings = [line for line in result.output.splitlines() if line.startswith("| warning: skipping checkpoint_2")]
+    warnings = [
+        line for line in result.output.splitlines() if "| WARNING | " in line and "skipping checkpoint_2" in line
+    ]
     assert len(warnings) == 1 and MODEL in warnings[0]
     assert "resumed from checkpoint_1 at update 1" in result.output
     assert (save / "latest").read_text().strip() == "checkpoint_3"

@@ -1,5 +1,6 @@
 """Command lines: no abbreviations, fairseq-train's flags (and refusals), both launchers, the paper's command."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,7 +8,9 @@ import sys
 
 import pytest
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.config import get_preset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.testing import run_script
 from adaptive_lm_ds.testing.distributed import free_port
 from adaptive_lm_ds.training.config import build_parser, config_from_args, model_config
@@ -60,7 +63,7 @@ def test_adam_betas_are_parsed_once_from_fairseqs_spelling(capsys):
 def test_positional_data_dir_and_fairseq_defaults():
     cfg = _parse(["data-bin/x", "--ddp-backend=legacy_ddp", "--skip-invalid-size-inputs-valid-test"])
     assert cfg.data.data == "data-bin/x" and cfg.optim.adam_betas == (0.9, 0.999) and cfg.optim.criterion == "nll"
-    with pytest.raises(SystemExit, match="two data dirs"):
+    with pytest.raises(UserError, match="two data dirs"):
         _parse(["data-bin/x", "--data", "data-bin/y"])
 
 
@@ -113,4 +116,41 @@ def test_the_seeds_fairseq_command_runs_under_the_wiki103_launcher(tmp_path):
     last = [line for line in out.splitlines() if "| update 3 / 3 |" in line][0]
     for field in ("wpb=", "bsz=3", "num_updates=3", "wall="):
         assert field in last
+    ours = [line for line in out.splitlines() if " | adaptive_lm_ds." in line]
+    assert len(ours) >= 6 and all(logs.PREFIX.match(line) for line in ours)  # fairseq's timestamped lines
     assert (tmp_path / "checkpoints" / "transformer_wikitext-103").is_dir()
+
+
+def test_the_wiki103_recipe_is_the_papers_fairseq_command():
+    """The recipe names only what differs from the config's defaults; together they are the paper's command."""
+    from adaptive_lm_ds.training.config import parse_args
+
+    recipe = config_from_args(parse_args(["data-bin/wikitext-103"], recipe="wiki103"))
+    paper = _parse(SEED_COMMAND)
+    assert recipe.optim == paper.optim
+    assert recipe.data == dataclasses.replace(paper.data, skip_invalid_size_inputs_valid_test=False)  # a no-op flag
+    assert (recipe.run.max_update, recipe.run.seed) == (paper.run.max_update, paper.run.seed) == (286000, 1)
+
+
+class _Terminal:
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize(
+    ("terminal", "flag", "lead", "shown"),
+    [(True, False, True, True), (False, False, True, False), (True, True, True, False), (True, False, False, False)],
+)
+def test_progress_bars_only_on_a_terminal_on_the_lead_rank_unless_no_progress_bar(
+    terminal, flag, lead, shown, monkeypatch
+):
+    import argparse
+
+    from adaptive_lm_ds import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_progress_bar_flag(p)
+    args = p.parse_args(["--no-progress-bar"] if flag else [])
+    if terminal:
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert cli.shows_progress(args, lead) is shown

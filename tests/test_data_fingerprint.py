@@ -10,6 +10,7 @@ import pytest
 
 from adaptive_lm_ds.commands import convert_fairseq_ckpt, eval_lm, preprocess_data
 from adaptive_lm_ds.data import DataError, Dictionary, build_lm_dataset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.testing.distributed import free_port
 from tests.oracle import REPO
 
@@ -36,13 +37,13 @@ def test_a_larger_dictionary_of_another_corpus_is_refused(data_copy):
         build_lm_dataset(data_copy, "train", 32)
 
 
-def test_own_dictionary_is_accepted_and_an_old_data_bin_only_warns(data_copy, capsys):
+def test_own_dictionary_is_accepted_and_an_old_data_bin_only_warns(data_copy, caplog):
     assert len(build_lm_dataset(data_copy, "valid", 32)) > 0
-    assert capsys.readouterr().err == ""
+    assert caplog.records == []
     (data_copy / "valid.dict.json").unlink()  # as made before fingerprints, or by fairseq
     assert len(build_lm_dataset(data_copy, "valid", 32)) > 0
-    warning = capsys.readouterr().err.strip().splitlines()
-    assert len(warning) == 1 and warning[0].startswith("warning:") and "no dictionary fingerprint" in warning[0]
+    [warning] = caplog.records
+    assert warning.levelname == "WARNING" and "no dictionary fingerprint" in warning.getMessage()
 
 
 def test_preprocessing_records_the_dictionary_of_every_split(tmp_path):
@@ -65,7 +66,7 @@ def test_eval_refuses_a_dictionary_of_another_corpus(data_copy, tiny_run_setup):
     _, init = tiny_run_setup
     own = Dictionary.load(data_copy / "dict.txt")
     _foreign(own, extra=0).save(data_copy / "dict.txt")  # same size as the model's vocabulary
-    with pytest.raises(SystemExit, match="is not the dictionary"):
+    with pytest.raises(UserError, match="is not the dictionary"):
         eval_lm.main(["--path", str(init), "--data", str(data_copy), "--gen-subset", "valid",
                       "--tokens-per-sample", "32", "--max-samples", "2"])  # fmt: skip
 
@@ -75,7 +76,7 @@ def test_conversion_refuses_a_data_bin_dictionary_its_splits_were_not_made_with(
     pt = tmp_path / "model.pt"
     convert_fairseq_ckpt.main(["--to-fairseq", "--input", str(init), "--output", str(pt)])
     _foreign(Dictionary.load(data_copy / "dict.txt"), extra=0).save(data_copy / "dict.txt")
-    with pytest.raises(SystemExit, match="is not the dictionary"):
+    with pytest.raises(UserError, match="is not the dictionary"):
         convert_fairseq_ckpt.main(["--input", str(pt), "--dict", str(data_copy / "dict.txt"),
                                    "--output", str(tmp_path / "out")])  # fmt: skip
     assert not (tmp_path / "out").exists()
@@ -88,9 +89,10 @@ def test_empty_training_text_is_refused_before_anything_is_written(tmp_path):
          "--destdir", str(tmp_path / "bin")],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: training text {tmp_path / 'train.txt'} has no words (empty or only whitespace); check --trainpref"
+        f"adaptive-lm-preprocess: error: training text {tmp_path / 'train.txt'} has no words "
+        "(empty or only whitespace); check --trainpref"
     ]
     assert not (tmp_path / "bin").exists()
 
@@ -103,7 +105,7 @@ def _train(data, *flags):
 
 
 def _error_lines(proc):
-    return [line for line in proc.stderr.splitlines() if line.startswith(("error", "Traceback"))]
+    return [line for line in proc.stderr.splitlines() if ": error: " in line or line.startswith("Traceback")]
 
 
 def test_training_refuses_a_block_longer_than_the_model_positions(tiny_run_setup):
@@ -111,7 +113,8 @@ def test_training_refuses_a_block_longer_than_the_model_positions(tiny_run_setup
     proc = _train(data, "--tokens-per-sample", "2048", "--max-tokens", "2048")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert _error_lines(proc) == [
-        "error: --tokens-per-sample 2048 exceeds the model's 1024 positions; use --tokens-per-sample 1024 or less"
+        "adaptive-lm-train-wiki103: error: --tokens-per-sample 2048 exceeds the model's 1024 positions; "
+        "use --tokens-per-sample 1024 or less"
     ]
 
 

@@ -90,8 +90,8 @@ def _real_engine_observations(clip: float) -> dict:
     from adaptive_lm_ds.checkpoint.safe_files import SafeCheckpointEngine
     from adaptive_lm_ds.config import get_preset
     from adaptive_lm_ds.model.lm import AdaptiveLM
+    from adaptive_lm_ds.optim.config import OptimConfig
     from adaptive_lm_ds.optim.optimizers import build_optimizer
-    from adaptive_lm_ds.training.config import OptimConfig
     from adaptive_lm_ds.training.ds_config import DeepSpeedPlan, complete_ds_config
     from adaptive_lm_ds.training.engine_build import build_engine
 

@@ -142,7 +142,7 @@ def test_a_stale_build_lock_stops_training_with_one_line(stale_lock, tiny_run_se
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,  # a hang fails here
     )  # fmt: skip
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith(("error", "Traceback"))]
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line or line.startswith("Traceback")]
     assert len(errors) == 1 and f"rm {stale_lock}" in errors[0], proc.stderr[-2000:]
     assert stale_lock.exists()  # named, not deleted: it is the user's to remove
 

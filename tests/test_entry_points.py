@@ -99,3 +99,33 @@ def test_a_program_starts_with_the_ops_in_the_venv_and_megatrons_notices_quiet()
     got = _python("from adaptive_lm_ds import cli, ds_runtime; import os; cli.start_up(); "
                   "print(os.environ['TORCH_EXTENSIONS_DIR'] == str(ds_runtime.extensions_dir()))")  # fmt: skip
     assert got == "True"
+
+
+def test_help_of_every_program_prints_its_usage_and_no_deepspeed_notice():
+    """On a machine without a GPU and without DS_ACCELERATOR, DeepSpeed warns "Setting accelerator to CPU"
+    on import; no program's ``--help`` (the first program to import DeepSpeed included) shows it."""
+    code = (
+        "import contextlib, io, sys\nfrom adaptive_lm_ds import cli\n"
+        "for name in cli.PROGRAMS:\n"
+        "    with contextlib.suppress(SystemExit):\n"
+        "        cli.run(name, ['--help'])\n"
+    )
+    env = {k: v for k, v in rank_env().items() if k != "DS_ACCELERATOR"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert all(f"usage: {name} " in out.stdout for name in cli.PROGRAMS)
+    assert "Setting accelerator" not in out.stdout + out.stderr and "WARNING" not in out.stdout + out.stderr
+    assert out.stderr == ""
+
+
+def test_the_layout_and_model_source_flags_are_declared_once():
+    """Every program takes them from cli.add_layout_arguments / cli.add_model_source (training's own come from
+    its config fields), so their names, defaults and help never drift apart."""
+    flags = ("--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--path")
+    declared = [
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "adaptive_lm_ds").rglob("*.py")
+        for line in path.read_text().splitlines()
+        if "add_argument(" in line and any(f'"{flag}"' in line for flag in flags)
+    ]
+    assert declared == ["adaptive_lm_ds/cli.py"] * len(flags)

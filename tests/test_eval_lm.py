@@ -9,6 +9,7 @@ import torch
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.data import IndexedTokens, build_lm_dataset
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import eval_block_size, evaluate_lm, windows
 from adaptive_lm_ds.formats.consolidated import load_into
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
@@ -28,7 +29,7 @@ def _expected(fixture, mode):
     return next(r for r in runs if r["name"].startswith(f"({mode})"))
 
 
-def _evaluate(fixture, mode, max_samples=None, words=False):
+def _evaluate(fixture, mode, max_samples=None, words=False, progress=False):
     cfg, state = load_fairseq_checkpoint(fixture / "checkpoint.pt")
     model = AdaptiveLM(cfg).eval()
     load_into(model, state)
@@ -38,8 +39,9 @@ def _evaluate(fixture, mode, max_samples=None, words=False):
     )
     collected = WordScores(dataset.dictionary) if words else None
     result = evaluate_lm(
-        model, dataset, context_window=window, max_tokens=8192, max_samples=max_samples, words=collected
-    )
+        model, dataset, context_window=window, max_tokens=8192, max_samples=max_samples, words=collected,
+        progress=progress,
+    )  # fmt: skip
     return (result, collected) if words else result
 
 
@@ -73,6 +75,14 @@ def test_tp1_matches_fairseq_eval_lm(mode, tp1_results, fixture_dir):
     assert abs(result.perplexity - float(expected["perplexity"])) / float(expected["perplexity"]) < 1e-4
     assert f"{result.loss_base2:.4f}" == expected["loss_base2"] and f"{result.perplexity:.2f}" == expected["perplexity"]
     assert result.loss_nats == pytest.approx(result.loss_base2 * math.log(2), rel=1e-6)
+
+
+def test_a_progress_bar_counts_samples_on_stderr_and_changes_no_score(tp1_results, fixture_dir, capsys):
+    with parallel.single_process():
+        result = _evaluate(fixture_dir, "ii", PREFIX, progress=True)
+    assert result == tp1_results[1]["ii"]
+    err = capsys.readouterr().err
+    assert f"0/{PREFIX} " in err and "sample" in err  # tqdm's "n/total [..., sample/s]"
 
 
 def test_context_window_scores_each_token_once_after_its_preceding_inputs(fixture_dir):
@@ -170,7 +180,7 @@ def test_eval_lm_refuses_incomplete_checkpoints_and_a_world_that_does_not_fit(tm
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "latest").write_text("checkpoint_10")  # a save that never completed
     data = ["--data", str(fixture_dir / "data-bin")]
-    with pytest.raises(SystemExit, match="not a complete checkpoint"):
+    with pytest.raises(UserError, match="not a complete checkpoint"):
         main(["--path", str(tmp_path / "ds"), *data])
-    with pytest.raises(SystemExit, match="pipeline-model-parallel-size"):
+    with pytest.raises(UserError, match="pipeline-model-parallel-size"):
         main(["--path", str(fixture_dir / "checkpoint.pt"), "--pipeline-model-parallel-size", "2", *data])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adaptive_lm_ds import LanguageModel, parallel
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.inference.search import GenerationConfig, Specials, TokenChooser
 from adaptive_lm_ds.testing import run_on_ranks, run_script
 from tests.oracle import REPO
@@ -234,6 +235,6 @@ def test_generate_cli_tp2_under_deepspeed_launcher_equals_tp1(lm, fixture_dir, t
 def test_generate_cli_bad_input_is_one_line(argv, fixture_dir):
     from adaptive_lm_ds.commands.generate import main
 
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(UserError) as err:
         main(["--path", str(fixture_dir / "checkpoint.pt"), *argv])
-    assert str(err.value).startswith("error: ") and "\n" not in str(err.value)
+    assert str(err.value) and "\n" not in str(err.value)

@@ -10,6 +10,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import integrity
 from adaptive_lm_ds.config import tiny
 from adaptive_lm_ds.data import Dictionary
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import (
     ConsolidatedFormatError,
     load_consolidated,
@@ -132,7 +133,7 @@ def test_every_reader_of_a_model_folder_verifies_it(tmp_path, model_and_state, c
     init_from = config_from_args(build_parser("t").parse_args(["--data", "d", "--init-from", str(tmp_path / "m")]))
     with pytest.raises(ConsolidatedFormatError, match="model.safetensors is damaged"):
         model_config_for(init_from, vocab_size=200)
-    with pytest.raises(SystemExit, match="error: .*model.safetensors is damaged"):
+    with pytest.raises(UserError, match="model.safetensors is damaged"):
         convert_fairseq_ckpt.main(["--to-fairseq", "--input", str(tmp_path / "m"), "--output", str(tmp_path / "m.pt")])
     assert not (tmp_path / "m.pt").exists()
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.optim.lr_schedules import (
     CosineSchedule,
     FixedSchedule,
@@ -16,7 +17,6 @@ from adaptive_lm_ds.optim.lr_schedules import (
     build_schedule,
     should_stop_for_min_lr,
 )
-from adaptive_lm_ds.training.config import OptimConfig
 
 
 def _section(fixture_dir, name):

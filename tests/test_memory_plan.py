@@ -15,10 +15,10 @@ from adaptive_lm_ds.config import ConfigError, ModelConfig, default_cutoffs
 from adaptive_lm_ds.flops import band_fractions
 from adaptive_lm_ds.memory import MemoryPlanError, TrainLayout, plan_memory, plan_stages
 from adaptive_lm_ds.model import AdaptiveLM
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.optim.optimizers import build_optimizer
 from adaptive_lm_ds.parallel import ParallelDims
 from adaptive_lm_ds.testing import run_on_ranks
-from adaptive_lm_ds.training.config import OptimConfig
 
 from .saved_tensors import saved_tensor_bytes
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.testing.distributed import run_script, run_script_multinode
 from tests.oracle import REPO
 
@@ -11,7 +12,7 @@ LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 
 
 def _losses(output):
-    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"wps"' in line]
+    lines = [json.loads(m) for m in map(logs.message, output.splitlines()) if m.startswith("{") and '"wps"' in m]
     return [line["loss"] for line in lines]
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.optim.optimizers import NAG, OptimizerConfigError, build_optimizer
-from adaptive_lm_ds.training.config import OptimConfig
 
 
 def _nag_section(fixture_dir):

@@ -6,7 +6,9 @@ look at what is left on disk afterwards.
 
 import pytest
 
-from adaptive_lm_ds.commands import convert_fairseq_ckpt, export_checkpoint
+from adaptive_lm_ds import cli
+from adaptive_lm_ds.commands import convert_fairseq_ckpt
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import load_consolidated, save_consolidated
 from adaptive_lm_ds.outputs import OutputError, check_output_folder
 from adaptive_lm_ds.testing import run_on_ranks
@@ -32,7 +34,8 @@ def _tree(folder):
 
 
 def _export(checkpoint, output, *extra):
-    return export_checkpoint.main(["--checkpoint", str(checkpoint), "--output", str(output), *extra])
+    """adaptive-lm-export as the command runs it: its exit code (2: refused in one line)."""
+    return cli.run("adaptive-lm-export", ["--checkpoint", str(checkpoint), "--output", str(output), *extra])
 
 
 def test_export_refuses_a_data_bin_and_leaves_it_intact(save_dir, tiny_run_setup, tmp_path, capsys):
@@ -84,7 +87,7 @@ def test_to_fairseq_refuses_to_overwrite_an_existing_file_without_force(tiny_run
     _, init = tiny_run_setup
     target = tmp_path / "checkpoint_best.pt"
     target.write_bytes(b"the user's own fairseq model")
-    with pytest.raises(SystemExit, match="exists; .* --force"):
+    with pytest.raises(UserError, match="exists; .* --force"):
         convert_fairseq_ckpt.main(["--to-fairseq", "--input", str(init), "--output", str(target)])
     assert target.read_bytes() == b"the user's own fairseq model"
     convert_fairseq_ckpt.main(["--to-fairseq", "--input", str(init), "--output", str(target), "--force"])
@@ -99,10 +102,10 @@ def test_from_fairseq_refuses_a_foreign_folder_and_the_folder_of_its_input(tiny_
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="not a previous output of convert_fairseq_ckpt"):
+    with pytest.raises(UserError, match="not a previous output of convert_fairseq_ckpt"):
         convert_fairseq_ckpt.main(["--input", str(pt), "--output", str(notes)])
     assert (notes / "todo.txt").read_text() == "mine"
-    with pytest.raises(SystemExit, match="contains the input"):
+    with pytest.raises(UserError, match="contains the input"):
         convert_fairseq_ckpt.main(["--input", str(pt), "--output", str(pt.parent), "--force"])
     assert pt.is_file()
     out = tmp_path / "converted"

@@ -3,6 +3,8 @@
 import socket
 import sys
 
+import pytest
+
 from adaptive_lm_ds.launch import LOOPBACK
 from adaptive_lm_ds.testing.distributed import launch, rank_env
 
@@ -19,18 +21,17 @@ def test_a_taken_port_is_one_line_naming_it_and_master_port(tmp_path):
             timeout=120, env=rank_env({"MASTER_PORT": str(port)}),
         )  # fmt: skip
     assert result.returncode == 2, result.output[-3000:]
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
     assert len(errors) == 1 and f"port {port} on 127.0.0.1 is already in use" in errors[0]
     assert "--master_port" in errors[0] and "Traceback" not in result.output
 
 
-def test_a_program_started_on_ranks_with_a_taken_port_is_one_line(capfd):
-    from adaptive_lm_ds.launch import run_program_on_ranks
+def test_a_program_started_on_ranks_with_a_taken_port_is_refused_before_any_rank_starts():
+    from adaptive_lm_ds.launch import PortInUseError, run_program_on_ranks
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind((LOOPBACK, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert run_program_on_ranks("adaptive-lm-write-layout", [], nprocs=1, port=port) == 2
-    err = capfd.readouterr().err
-    assert err.count("error:") == 1 and f"port {port} on 127.0.0.1 is already in use" in err and "Traceback" not in err
+        with pytest.raises(PortInUseError, match=f"port {port} on 127.0.0.1 is already in use"):
+            run_program_on_ranks("adaptive-lm-write-layout", [], nprocs=1, port=port)

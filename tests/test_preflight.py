@@ -42,7 +42,7 @@ def test_fp16_training_on_a_cpu_without_it_stops_with_one_line(tiny_run_setup, t
     ds.write_text(json.dumps({"zero_optimization": {"stage": 1}, "fp16": {"enabled": True}}))
     result = run_single(train_args(data, init, tmp_path / "save", 1, "--deepspeed_config", ds))
     assert result.returncode == 2
-    assert "error: the DeepSpeed config enables fp16, which this cpu device does not support" in result.output
+    assert ": error: the DeepSpeed config enables fp16, which this cpu device does not support" in result.output
     assert "Traceback" not in result.output
 
 
@@ -81,6 +81,6 @@ def test_training_into_a_folder_it_cannot_write_stops_before_the_first_update(ti
     (tmp_path / "file").write_text("not a folder")
     result = run_single(train_args(data, init, tmp_path / "file" / "save", 2))
     assert result.returncode == 2
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
     assert len(errors) == 1 and "--save-dir" in errors[0] and "is not writable" in errors[0]
     assert '"update": 1' not in result.output and "Traceback" not in result.output

@@ -148,6 +148,7 @@ def test_cli_exits_nonzero_with_one_line_error(tmp_path):
          "--destdir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: input file {tmp_path / 'x.txt'} does not exist; "
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"adaptive-lm-preprocess: error: "
+                                                 f"input file {tmp_path / 'x.txt'} does not exist; "
                                                  "check --trainpref/--validpref/--testpref"]  # fmt: skip

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.checkpoint import integrity, read_latest
 from adaptive_lm_ds.testing.distributed import run_script_signalled
 from adaptive_lm_ds.training.signals import SAME_REQUEST_S, StopRequests
@@ -14,7 +15,7 @@ from .checkpoint_runs import LAUNCHER, run_single, train_args
 
 
 def _stopped_update(output: str, name: str) -> int:
-    lines = [line for line in output.splitlines() if line.startswith(f"| stopped by {name} after update ")]
+    lines = [line for line in output.splitlines() if logs.message(line).startswith(f"stopped by {name} after update ")]
     assert len(lines) == 1, output[-3000:]
     return int(lines[0].split("after update ")[1].split(";")[0])
 

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.testing import RankFailure, run_on_ranks, run_script
 from adaptive_lm_ds.testing.distributed import run_script_until_killed
 from tests.oracle import REPO
@@ -31,7 +32,8 @@ def _args(data, save_dir, max_update=12):
 
 
 def _losses(output):
-    records = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"update"' in line]
+    messages = map(logs.message, output.splitlines())
+    records = [json.loads(m) for m in messages if m.startswith("{") and '"update"' in m]
     return {r["update"]: r["loss"] for r in records if "wps" in r}  # training lines only
 
 

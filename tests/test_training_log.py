@@ -1,12 +1,15 @@
 """TrainLogger: interval averaging, the JSON/simple lines, ETA, and tensorboard event files read back."""
 
+import datetime
 import io
 import json
+import logging
 import math
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from adaptive_lm_ds import logs
 from adaptive_lm_ds.metrics_log import LogConfigError, TrainLogger
 
 
@@ -25,7 +28,11 @@ UPDATES = [(700.0, 100, 1e-3, 0.5, 128.0), (2100.0, 300, 2e-3, 1.5, 64.0)]
 def _logger(**kwargs):
     clock = FakeClock()
     stream = io.StringIO()
-    logger = TrainLogger(log_interval=2, max_update=10, stream=stream, clock=clock, **kwargs)
+    lines = logging.getLogger(f"adaptive_lm_ds.train.test{id(stream)}")  # a logger of its own: only its lines
+    lines.propagate = False
+    lines.setLevel(logging.INFO)
+    lines.addHandler(logging.StreamHandler(stream))
+    logger = TrainLogger(log_interval=2, max_update=10, logger=lines, clock=clock, **kwargs)
     return logger, clock, stream
 
 
@@ -108,3 +115,28 @@ def test_tensorboard_events_hold_the_written_scalars(tmp_path):
 def test_unknown_log_format_is_rejected():
     with pytest.raises(LogConfigError, match="--log-format 'tqdm'"):
         TrainLogger(log_format="tqdm")
+
+
+@pytest.fixture
+def root_logging():
+    """Put the root logger back as it was (the test empties it, as a program starts)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def test_every_line_carries_fairseqs_timestamp_level_and_logger(root_logging):
+    stream = io.StringIO()
+    logging.getLogger().handlers[:] = []  # as a program starts (pytest's capture handlers are back after)
+    logs.configure(stream)
+    before = datetime.datetime.now().replace(microsecond=0)
+    logger, clock, _ = _logger()
+    logger.logger = logging.getLogger("adaptive_lm_ds.train")  # the programs' logger, through the one config
+    _feed(logger, clock)
+    after = datetime.datetime.now()
+    (line,) = stream.getvalue().splitlines()
+    stamp, level, name, message = line.split(" | ", 3)
+    assert before <= datetime.datetime.strptime(stamp, logs.DATE_FORMAT) <= after
+    assert (level, name) == ("INFO", "adaptive_lm_ds.train") and message.startswith("epoch 001 | update 2 / 10 |")
+    assert logs.message(line) == message

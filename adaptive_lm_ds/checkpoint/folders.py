@@ -22,10 +22,10 @@ we add:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +42,8 @@ LATEST = "latest"
 COMPLETE = ".complete"
 ABANDONED = "abandoned"
 TAG_RE = re.compile(r"^checkpoint_(\d+)$")
+
+LOG = logging.getLogger("adaptive_lm_ds.checkpoint")
 
 
 def tag_for(num_updates: int) -> str:
@@ -79,7 +81,7 @@ def complete_tags(save_dir: str | Path) -> list[str]:
 
 def warn(message: str) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"| warning: {message}", file=sys.stderr, flush=True)
+        LOG.warning(message)
 
 
 def verify_tag(tag_dir: Path) -> None:

@@ -1,7 +1,7 @@
 """Output and input layers at the GBW vocabulary: full softmax/embedding vs torch's and our adaptive layers.
 
-    python tools/bench_adaptive_softmax.py [--d 512] [--tokens 256] [--repeats 7] [--json FILE]
-    python tools/bench_adaptive_softmax.py --d 1536 --tokens 4096 --device cuda --dtype bf16   # on a GPU
+    adaptive-lm-bench-softmax [--d 512] [--tokens 256] [--repeats 7] [--json FILE]
+    adaptive-lm-bench-softmax --d 1536 --tokens 4096 --device cuda --dtype bf16   # on a GPU
 
 Output side, forward + backward per token of ``h [N, d] -> loss``: (a) full softmax (linear to 793,475
 logits + cross-entropy), (b) ``torch.nn.AdaptiveLogSoftmaxWithLoss`` (cutoffs 60000, 160000, div 4),

@@ -1,6 +1,6 @@
 """Data pipeline benchmark: preprocessing tokens/s, GBW-sized block index build, loader batches/s.
 
-    python tools/bench_data.py [--text-tokens 20000000] [--text FILE] [--index-tokens 800000000 \\
+    adaptive-lm-bench-data [--text-tokens 20000000] [--text FILE] [--index-tokens 800000000 \\
         --index-sentences 30000000] [--workdir /tmp/bench_data] [--json FILE]
 
 Needs nothing outside the repo: the text is synthetic (Zipf-distributed words, ~27 per line, like

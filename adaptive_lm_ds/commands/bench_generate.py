@@ -1,6 +1,6 @@
 """Decoding speed: KV-cached vs uncached generation, tokens/s (adaptive_lm_ds/inference).
 
-    python tools/bench_generate.py [--path MODEL] [--batch 8] [--prompt-len 16] [--new-tokens 112] [--json FILE]
+    adaptive-lm-bench-generate [--path MODEL] [--batch 8] [--prompt-len 16] [--new-tokens 112] [--json FILE]
 
 Without ``--path`` a randomly initialised model of the ``wiki103`` shape at d 512 (8 layers, 8 heads,
 FFN 2048, vocabulary 50,000 with cutoffs 10000,30000, tied adaptive softmax, max positions 512) is
@@ -13,16 +13,16 @@ says whether both runs gave the same tokens.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
 
 import torch
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.config import wiki103
 from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.inference import GenerationConfig, generate
 from adaptive_lm_ds.inference.loading import build_model, load_model_source
 from adaptive_lm_ds.inference.search import Specials
@@ -42,8 +42,10 @@ def bench_model(path: str | None) -> AdaptiveLM:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--path", help="a model (any source generate.py takes); default: random wiki103-shaped d 512")
+    p = cli.parser(__doc__)
+    cli.add_model_source(
+        p, required=False, help="a model (any adaptive-lm-generate takes); default: random wiki103-shaped d 512"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=112)
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = model.cfg
         total = args.prompt_len + args.new_tokens
         if total >= cfg.max_positions:
-            raise SystemExit(f"error: prompt + new tokens = {total} must stay below max_positions {cfg.max_positions}")
+            raise UserError(f"prompt + new tokens = {total} must stay below max_positions {cfg.max_positions}")
         gen = torch.Generator().manual_seed(0)
         prompts = torch.randint(4, cfg.vocab_size, (args.batch, args.prompt_len), generator=gen).tolist()
         specials = Specials(pad=1, eos=2, unk=3)

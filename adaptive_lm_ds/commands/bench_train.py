@@ -1,13 +1,13 @@
 """Training-step throughput: adaptive input + softmax vs full embedding + softmax, and TP=2 vs TP=1.
 
     adaptive-lm-bench-train [--vocab 200000] [--d 256] [--layers 2] [--batch 4] [--seq 128] [--json FILE]
-    python tools/bench_train.py --preset gbw_huge --device cuda --dtype bf16 --packed --batch 16 --seq 512 \\
+    adaptive-lm-bench-train --preset gbw_huge --device cuda --dtype bf16 --packed --batch 16 --seq 512 \\
         --skip-tp [--compile] --json $OUT/train.json        # the GPU runs (tools/bench_gpu.sh)
 
 A step is the product's update, ``Stepper.train_step`` on the DeepSpeed engine training builds
 (adaptive_lm_ds/training/engine.py: forward, backward, --clip-norm 0.1, fairseq's NAG; ZeRO-1 unless
 ``--deepspeed_config`` says otherwise; bf16 with ``--dtype bf16``), on a micro batch of Zipf-distributed ids
-(exponent 1.1, as fitted to WikiText-2 by tools/bench_adaptive_softmax.py) handed over as the data loader
+(exponent 1.1, as fitted to WikiText-2 by adaptive-lm-bench-softmax) handed over as the data loader
 does (CPU tensors; the step moves them to the device). The adaptive and the full
 model run interleaved in one process; the ratio ``speedup_adaptive_vs_full`` is of their median step
 times. TP=2 runs the adaptive model on 2 CPU ranks (torchrun, gloo) and times every
@@ -32,6 +32,7 @@ import torch.distributed as dist
 from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.config import ModelConfig, default_cutoffs, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import flops_per_token, mfu, packed_attention_context, peak_bf16_flops, zipf_band_fractions
 from adaptive_lm_ds.launch import free_port
 from adaptive_lm_ds.testing import run_on_ranks
@@ -260,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = parallel.accelerator_device()
     if device.type != torch.device(args.device).type:
-        print(f"error: --device {args.device} but DeepSpeed's accelerator is {device.type}; set DS_ACCELERATOR")
-        return 2
+        raise UserError(f"--device {args.device} but DeepSpeed's accelerator is {device.type}; set DS_ACCELERATOR")
     result = bench_single(args, device)
     mode = "compiled blocks" if args.compile else "eager"
     print(

@@ -1,8 +1,8 @@
 """Training speed against the real fairseq: one fairseq command line, ``fairseq-train --cpu`` and ours.
 
     adaptive-lm-bench-vs-fairseq [--rounds 3] [--max-update 40] [--log-interval 10] [--threads 2] [--json FILE]
-    python tools/bench_vs_fairseq.py --rounds 3
-    python tools/bench_vs_fairseq.py --flop-fraction     # our update against the matmul rate, by part
+    adaptive-lm-bench-vs-fairseq --rounds 3
+    adaptive-lm-bench-vs-fairseq --flop-fraction     # our update against the matmul rate, by part
 
 The command line (:func:`fairseq_command_line`) trains a 4-layer d 256 adaptive-input / adaptive-softmax
 ``transformer_lm_wiki103`` on WikiText-2 ``valid.txt`` binarised with fixture A's dictionary (13,784

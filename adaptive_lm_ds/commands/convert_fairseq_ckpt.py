@@ -1,7 +1,7 @@
 """Convert a fairseq ``transformer_lm`` checkpoint to our consolidated model folder, or back.
 
-    python tools/convert_fairseq_ckpt.py --input model.pt [--dict dict.txt] --output DIR [--verify]
-    python tools/convert_fairseq_ckpt.py --to-fairseq --input DIR --output model.pt [--verify]
+    adaptive-lm-convert --input model.pt [--dict dict.txt] --output DIR [--verify]
+    adaptive-lm-convert --to-fairseq --input DIR --output model.pt [--verify]
 
 The architecture comes from the checkpoint (its ``cfg``/``args`` and tensor shapes), never a preset.
 The fairseq file is read with ``torch.load(weights_only=True)`` and an explicit allowlist. Training
@@ -58,13 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --to-fairseq: the fairseq arch to record in cfg.model._name "
         "(default: transformer_lm_wiki103 for tied adaptive models, else transformer_lm)",
     )
-    p.add_argument(
-        "--tensor-model-parallel-size",
-        type=int,
-        default=1,
-        help="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout",
+    cli.add_layout_arguments(
+        p, description="also write OUTPUT/deepspeed: a training checkpoint for this TP x PP layout"
     )
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="see --tensor-model-parallel-size")
     p.add_argument(
         "--master-port", type=int, help="rendezvous port of the ranks writing the layout (default: a free one)"
     )
@@ -80,13 +76,13 @@ def _dictionary(args: argparse.Namespace, vocab_size: int) -> Dictionary | None:
     path = _dict_path(args)
     if not path.is_file():
         if args.dict:
-            raise SystemExit(f"error: --dict {path} does not exist")
+            raise UserError(f"--dict {path} does not exist")
         return None
     dictionary = Dictionary.load(path)
     check_data_bin_dictionary(path, dictionary)  # a data-bin's dict.txt: the one its splits were made with
     if len(dictionary) != vocab_size:
-        raise SystemExit(
-            f"error: {path} has {len(dictionary)} types (with the 4 specials) but the model has {vocab_size}; "
+        raise UserError(
+            f"{path} has {len(dictionary)} types (with the 4 specials) but the model has {vocab_size}; "
             "pass the dict.txt the model was trained with"
         )
     return dictionary
@@ -94,7 +90,7 @@ def _dictionary(args: argparse.Namespace, vocab_size: int) -> Dictionary | None:
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
     if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
-        raise SystemExit(f"error: verification failed: {what} does not reload with identical tensors")
+        raise UserError(f"verification failed: {what} does not reload with identical tensors")
 
 
 def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float:
@@ -111,7 +107,7 @@ def _check_model_runs(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> float
         table = model.gather_log_probs(model.log_probs(tokens))
         error = float(torch.logsumexp(table.double(), -1).abs().max())
     if not error < 1e-4:
-        raise SystemExit(f"error: verification failed: log-probs do not normalise (max |logsumexp| {error:.2e})")
+        raise UserError(f"verification failed: log-probs do not normalise (max |logsumexp| {error:.2e})")
     return error
 
 
@@ -119,36 +115,33 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     layout = args.tensor_model_parallel_size * args.pipeline_model_parallel_size > 1
     if layout and args.to_fairseq:
-        raise SystemExit("error: --to-fairseq writes one fairseq file; drop the TP/PP sizes")
+        raise UserError("--to-fairseq writes one fairseq file; drop the TP/PP sizes")
     if args.save_dict and not args.to_fairseq:
-        raise SystemExit("error: --save-dict goes with --to-fairseq (the consolidated folder holds its dict.txt)")
-    try:
-        if args.to_fairseq:
-            for out in (args.output, args.save_dict):
-                if out:
-                    check_output_file(out, force=args.force, inputs=[args.input])
-            cfg, state, dictionary = load_consolidated(args.input)
-            if args.save_dict and dictionary is None:
-                raise SystemExit(f"error: {args.input} holds no dict.txt, so --save-dict has nothing to write")
-            data = str(Path(args.save_dict).parent) if args.save_dict else ""  # cfg.task.data: dict.txt's folder
-            save_fairseq_checkpoint(args.output, cfg, state, data=data, arch=args.arch)
-            if args.save_dict:
-                dictionary.save(args.save_dict)
-            if args.verify:
-                _same(state, load_fairseq_checkpoint(args.output)[1], args.output)
-        else:
-            policy = dict(writer=WRITER, force=args.force, inputs=[args.input, _dict_path(args)])
-            check_model_output(args.output, own_entries=(LAYOUT_DIR,), **policy)
-            cfg, state = load_fairseq_checkpoint(args.input)
-            dictionary = _dictionary(args, cfg.vocab_size)
-            extra = {"converted_from": str(args.input)}
-            save_consolidated(args.output, cfg, state, dictionary, extra, own_entries=(LAYOUT_DIR,), **policy)
-            if args.verify:
-                _same(state, load_consolidated(args.output)[1], args.output)
-                error = _check_model_runs(cfg, state)
-                print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UserError("--save-dict goes with --to-fairseq (the consolidated folder holds its dict.txt)")
+    if args.to_fairseq:
+        for out in (args.output, args.save_dict):
+            if out:
+                check_output_file(out, force=args.force, inputs=[args.input])
+        cfg, state, dictionary = load_consolidated(args.input)
+        if args.save_dict and dictionary is None:
+            raise UserError(f"{args.input} holds no dict.txt, so --save-dict has nothing to write")
+        data = str(Path(args.save_dict).parent) if args.save_dict else ""  # cfg.task.data: dict.txt's folder
+        save_fairseq_checkpoint(args.output, cfg, state, data=data, arch=args.arch)
+        if args.save_dict:
+            dictionary.save(args.save_dict)
+        if args.verify:
+            _same(state, load_fairseq_checkpoint(args.output)[1], args.output)
+    else:
+        policy = dict(writer=WRITER, force=args.force, inputs=[args.input, _dict_path(args)])
+        check_model_output(args.output, own_entries=(LAYOUT_DIR,), **policy)
+        cfg, state = load_fairseq_checkpoint(args.input)
+        dictionary = _dictionary(args, cfg.vocab_size)
+        extra = {"converted_from": str(args.input)}
+        save_consolidated(args.output, cfg, state, dictionary, extra, own_entries=(LAYOUT_DIR,), **policy)
+        if args.verify:
+            _same(state, load_consolidated(args.output)[1], args.output)
+            error = _check_model_runs(cfg, state)
+            print(f"verified: reloads identically; max |logsumexp| of a forward pass {error:.1e}")
     params = sum(t.numel() for t in state.values())
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")
     if layout:
@@ -162,6 +155,6 @@ def write_deepspeed_layout(args: argparse.Namespace) -> None:
     layout_args = ["--consolidated", args.output, "--save-dir", save_dir, "--tensor-model-parallel-size", tp,
                    "--pipeline-model-parallel-size", pp]  # fmt: skip
     if run_program_on_ranks("adaptive-lm-write-layout", layout_args, tp * pp, args.master_port) != 0:
-        raise SystemExit(f"error: writing the TP{tp} x PP{pp} DeepSpeed checkpoint failed (see above)")
+        raise UserError(f"writing the TP{tp} x PP{pp} DeepSpeed checkpoint failed (see above)")
     print(f"training resumes from it with: --init-from {args.output} --save-dir {save_dir} "
           f"--tensor-model-parallel-size {tp} --pipeline-model-parallel-size {pp}")  # fmt: skip

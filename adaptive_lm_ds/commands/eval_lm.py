@@ -31,7 +31,6 @@ from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.commands.fairseq_compat import accept_without_effect, one_line_errors, refuse
 from adaptive_lm_ds.data import DataError, build_lm_dataset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import EvalResult, eval_block_size, evaluate_lm
 from adaptive_lm_ds.inference.loading import build_model, load_model_source, start_layout
 from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
@@ -50,7 +49,7 @@ UNSUPPORTED = {
     "--checkpoint-shard-count": "pass a training checkpoint folder to --path (any layout is consolidated)",
 }
 TAKEN_WITHOUT_EFFECT = (
-    ("--no-progress-bar", "--skip-invalid-size-inputs-valid-test", "--quiet"),
+    ("--skip-invalid-size-inputs-valid-test", "--quiet"),
     (
         "--num-workers",
         "--log-format",
@@ -68,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = one_line_errors(cli.rank_parser(__doc__, prog="adaptive-lm-eval"), "see adaptive-lm-eval --help")
     p.add_argument("data_positional", nargs="?", metavar="DATA", help="data-bin folder (fairseq's positional DATA)")
     p.add_argument("--data", help="data-bin folder with dict.txt and SPLIT.{bin,idx} (or the positional DATA)")
-    p.add_argument("--path", required=True, help="consolidated model folder, training checkpoint or fairseq .pt")
+    cli.add_model_source(p)
     p.add_argument("--task", default="language_modeling", choices=("language_modeling",))
     p.add_argument("--gen-subset", default="test")
     p.add_argument("--tokens-per-sample", type=int, help="default: the model's max positions")
@@ -88,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when there is an accelerator")
     p.add_argument("--fp16", action="store_true", help="run the model in float16 (scores are summed in fp32)")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    cli.add_layout_arguments(p)
+    cli.add_progress_bar_flag(p)
     accept_without_effect(p, *TAKEN_WITHOUT_EFFECT)
     refuse(p, UNSUPPORTED)
     args = p.parse_args(argv)
@@ -121,21 +120,18 @@ def report(result: EvalResult, words: WordScores | None, seconds: float, args: a
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        cfg, state, _ = load_model_source(args.path)
-        tokens_per_sample = args.tokens_per_sample or cfg.max_positions
-        dataset = build_lm_dataset(
-            args.data,
-            args.gen_subset,
-            eval_block_size(tokens_per_sample, args.context_window),
-            args.sample_break_mode,
-            drop_oversize=False,
-        )
-        if len(dataset.dictionary) != cfg.vocab_size:
-            raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
-        start_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg, state, _ = load_model_source(args.path)
+    tokens_per_sample = args.tokens_per_sample or cfg.max_positions
+    dataset = build_lm_dataset(
+        args.data,
+        args.gen_subset,
+        eval_block_size(tokens_per_sample, args.context_window),
+        args.sample_break_mode,
+        drop_oversize=False,
+    )
+    if len(dataset.dictionary) != cfg.vocab_size:
+        raise DataError(f"{args.data}/dict.txt has {len(dataset.dictionary)} types but the model {cfg.vocab_size}")
+    start_layout(args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     try:
         model = build_model(cfg, state, args.pipeline_model_parallel_size, "cpu" if args.cpu else None)
         if args.fp16:
@@ -155,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             softmax_batch=args.softmax_batch,
             subwords=subwords,
             words=words,
+            progress=cli.shows_progress(args, lead=not dist.is_initialized() or dist.get_rank() == 0),
         )
         if not dist.is_initialized() or dist.get_rank() == 0:
             report(result, words, time.perf_counter() - start, args)

@@ -1,9 +1,10 @@
 """Generate text from a language model, like fairseq's hub ``sample`` (adaptive_lm_ds/inference).
 
-    python tools/generate.py --path MODEL --prefix "the game was" [--max-len-b 50]
-    python tools/generate.py --path model_dir/model.pt --tokenizer moses --prefix "Barack Obama" --beam 5
-    python tools/generate.py --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
-    torchrun --nproc_per_node 2 tools/generate.py --path MODEL --input prompts.txt --tensor-model-parallel-size 2
+    adaptive-lm-generate --path MODEL --prefix "the game was" [--max-len-b 50]
+    adaptive-lm-generate --path model_dir/model.pt --tokenizer moses --prefix "Barack Obama" --beam 5
+    adaptive-lm-generate --path MODEL --input prompts.txt --sampling --sampling-topk 10 --temperature 0.8 --seed 1
+    torchrun --nproc_per_node 2 -m adaptive_lm_ds adaptive-lm-generate --path MODEL --input prompts.txt \\
+        --tensor-model-parallel-size 2
 
 ``--path``: a consolidated model folder, a training checkpoint of any layout, or a fairseq ``.pt`` (with
 ``dict.txt`` beside it, or ``--dictionary``). One prompt per input line, batched (``--batch-size``);
@@ -23,16 +24,15 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm import tqdm
 
-from adaptive_lm_ds import parallel
-from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.inference import GenerationConfig, GenerationError, LanguageModel
 from adaptive_lm_ds.inference.loading import start_layout
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = GenerationConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--path", required=True, help="consolidated model folder, training checkpoint or fairseq .pt")
+    p = cli.rank_parser(__doc__)
+    cli.add_model_source(p)
     p.add_argument("--dictionary", help="dict.txt (default: the model's own, or the one beside a .pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prefix", help="one prompt")
@@ -53,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=defaults.temperature)
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (reference)")
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    cli.add_layout_arguments(p, pipeline=False)
+    cli.add_progress_bar_flag(p)
     return p.parse_args(argv)
 
 
@@ -88,18 +88,21 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = generation_config(args)
-        prompts = read_prompts(args)
-        if args.batch_size < 1:
-            raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
-        start_layout(args.tensor_model_parallel_size)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
+    cfg = generation_config(args)
+    prompts = read_prompts(args)
+    if args.batch_size < 1:
+        raise GenerationError(f"--batch-size {args.batch_size} must be >= 1")
+    start_layout(args.tensor_model_parallel_size)
     try:
         lm = LanguageModel.load(args.path, dictionary=args.dictionary, tokenizer=args.tokenizer)
         lead = not dist.is_initialized() or dist.get_rank() == 0
-        bar = tqdm(total=len(prompts), unit="prompt", disable=not lead or args.input is None, file=sys.stderr)
+        long_input = args.input is not None  # one --prefix needs no bar
+        bar = tqdm(
+            total=len(prompts),
+            unit="prompt",
+            disable=not (long_input and cli.shows_progress(args, lead)),
+            file=sys.stderr,
+        )
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start : start + args.batch_size]
             seed = None if cfg.seed is None else cfg.seed + start  # each batch its own stream
@@ -108,7 +111,5 @@ def main(argv: list[str] | None = None) -> None:
             if lead:
                 tqdm.write("\n".join(texts), file=sys.stdout)
         bar.close()
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None
     finally:
         parallel.shutdown()

@@ -1,6 +1,6 @@
 """Write the embedded synthetic corpus (train/valid/test.txt + corpus_stats.json).
 
-    python tools/make_synthetic_corpus.py --out-dir demo_out/corpus [--vocab-size 24000] ...
+    adaptive-lm-synthetic-corpus --out-dir demo_out/corpus [--vocab-size 24000] ...
 
 See adaptive_lm_ds/synthetic_corpus.py for the process and why its perplexity is known exactly.
 """

@@ -1,9 +1,9 @@
 """Per-rank memory plan of a preset under a training layout, and the smallest layouts that fit N GPUs.
 
-    python tools/memory_plan.py --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
+    adaptive-lm-memory-plan --preset gbw_huge --tensor-model-parallel-size 1 --data-parallel-size 8 \
         --zero-stage 1 --precision bf16
-    python tools/memory_plan.py --preset gbw_huge --search 1,8,16,32 --memory-gb 80 [--json FILE]
-    python tools/memory_plan.py --preset gbw_huge --device cpu --tensor-model-parallel-size 2 \
+    adaptive-lm-memory-plan --preset gbw_huge --search 1,8,16,32 --memory-gb 80 [--json FILE]
+    adaptive-lm-memory-plan --preset gbw_huge --device cpu --tensor-model-parallel-size 2 \
         --micro-batch 2 --seq-len 128 --zero-stage 1 --packed      # a CPU rank's peak RSS
 
 The model is the planner's (adaptive_lm_ds/memory.py: ZeRO accounting over parameter counts from the
@@ -27,7 +27,6 @@ import sys
 from adaptive_lm_ds import cli
 from adaptive_lm_ds.config import PRESETS, ModelConfig, get_preset
 from adaptive_lm_ds.data.dictionary import atomic_write_json
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import (
     OPTIMIZER_STATES,
     PRECISION_BYTES,
@@ -106,9 +105,16 @@ def add_model_and_layout_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every planner takes: the model preset and the layout's sizes, as in training."""
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="as in training")
-    parser.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+    layout = cli.add_layout_arguments(parser)
+    layout.add_argument("--data-parallel-size", type=int, default=1, help="world size / (TP x PP) in training")
+
+
+def gpu_counts(text: str) -> list[int]:
+    """``--search 1,8,16`` -> ``[1, 8, 16]`` (argparse reports a malformed list as a bad value)."""
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of GPU counts") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +128,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--cpu-offload", action="store_true")
     parser.add_argument("--packed", action="store_true", help="block-diagonal attention over packed sentences")
-    parser.add_argument("--search", default=None, help="comma-separated GPU counts: print the smallest fitting layouts")
+    parser.add_argument(
+        "--search", type=gpu_counts, default=[], help="comma-separated GPU counts: print the smallest fitting layouts"
+    )
     parser.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="cpu: plan a rank's peak RSS")
     parser.add_argument(
         "--memory-gb", "--gpu-memory-gb", type=float, default=None,
@@ -153,12 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     # On CPU every rank of the layout shares the machine: the budget per rank is the machine's share.
     ranks_here = layout.world_size if cpu and args.memory_gb is None else 1
     budget = memory * reserve / ranks_here
-    try:
-        cfg = get_preset(args.preset, args.vocab_size)
-        plan = plan_memory(cfg, layout)
-        search = [int(n) for n in args.search.split(",")] if args.search else []
-    except (UserError, ValueError) as err:  # ValueError: a malformed --search list
-        raise SystemExit(f"memory_plan: {err}") from None
+    cfg = get_preset(args.preset, args.vocab_size)
+    plan = plan_memory(cfg, layout)
     tokens = args.micro_batch * args.seq_len
     print(f"{args.preset}: {args.precision}, {args.optimizer}, micro batch {args.micro_batch} x {args.seq_len} tokens")
     share = f" / {ranks_here} ranks on this machine" if ranks_here > 1 else ""
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"preset": args.preset, "tokens_per_micro_batch": tokens, "budget_bytes": budget}
     result["plan"] = plan_row(layout, plan)
     result["search"] = {}
-    for gpus in search:
+    for gpus in args.search:
         plain = dataclasses.replace(layout, dims=ParallelDims(dp=gpus), zero_stage=0, cpu_offload=False)
         row(f"{gpus} GPU(s): {describe(plain)}", plain, plan_memory(cfg, plain))
         found = smallest_fit(cfg, gpus, layout, budget)

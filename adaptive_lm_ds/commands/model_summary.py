@@ -1,6 +1,6 @@
 """Parameters of a preset per component and per rank of a TP x PP layout, counted on the meta device.
 
-    python tools/model_summary.py --preset gbw_huge --tensor-model-parallel-size 4 \
+    adaptive-lm-model-summary --preset gbw_huge --tensor-model-parallel-size 4 \
         --pipeline-model-parallel-size 2 --json
 
 The model is built on ``torch.device("meta")`` (no memory, gbw_huge included) from the real modules:
@@ -25,7 +25,6 @@ from adaptive_lm_ds import (
     parallel,
 )
 from adaptive_lm_ds.config import PRESETS, ModelConfig, get_preset
-from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.memory import stage_parameter_counts
 from adaptive_lm_ds.model import AdaptiveLM
 
@@ -85,17 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS))
     parser.add_argument("--vocab-size", type=int, default=None)
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    cli.add_layout_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    try:
-        cfg = get_preset(args.preset, args.vocab_size).validate(tp)
-        with _stdout_to_stderr(), parallel.single_process():  # DeepSpeed prints while it starts
-            summary = summarize(cfg, tp, pp)
-    except UserError as err:
-        raise SystemExit(f"model_summary: {err}") from None
+    cfg = get_preset(args.preset, args.vocab_size).validate(tp)
+    with _stdout_to_stderr(), parallel.single_process():  # DeepSpeed prints while it starts
+        summary = summarize(cfg, tp, pp)
     summary = {"preset": args.preset, **summary}
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -26,7 +26,6 @@ from adaptive_lm_ds.data.dictionary import Dictionary
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.indexed import LAYOUTS
 from adaptive_lm_ds.data.preprocess import CHUNK_BYTES, binarize_file, build_dictionary, has_words
-from adaptive_lm_ds.errors import UserError
 
 TRANSLATION = "this program binarizes language-model text only (fairseq's --only-source); drop the flag"
 UNSUPPORTED = {
@@ -123,11 +122,3 @@ def main(argv: list[str] | None = None) -> None:
             progress=not args.no_progress,
         )
         print(summary, file=sys.stderr)
-
-
-def run(argv: list[str] | None = None) -> None:
-    """``adaptive-lm-preprocess``: :func:`main`, with a data error as one ``error:`` line (exit 1)."""
-    try:
-        main(argv)
-    except UserError as err:
-        raise SystemExit(f"error: {err}") from None

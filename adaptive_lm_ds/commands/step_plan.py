@@ -60,19 +60,16 @@ def device_from(args: argparse.Namespace) -> Device:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = get_preset(args.preset, args.vocab_size)
-        setting = CommSetting(
-            tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size, dp=args.data_parallel_size,
-            zero_stage=args.zero_stage, precision=args.precision, micro_batch=args.micro_batch,
-            seq_len=args.seq_len, gradient_accumulation=args.update_freq, packed=args.packed,
-        )  # fmt: skip
-        cfg.validate(setting.tp)
-        device = device_from(args)
-        result = project(cfg, setting, device, efficiency=args.efficiency, gpus_per_node=args.gpus_per_node,
-                         overlap_comm=args.overlap_comm)  # fmt: skip
-    except (UserError, ValueError) as err:
-        raise SystemExit(f"step_plan: {err}") from None
+    cfg = get_preset(args.preset, args.vocab_size)
+    setting = CommSetting(
+        tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size, dp=args.data_parallel_size,
+        zero_stage=args.zero_stage, precision=args.precision, micro_batch=args.micro_batch,
+        seq_len=args.seq_len, gradient_accumulation=args.update_freq, packed=args.packed,
+    )  # fmt: skip
+    cfg.validate(setting.tp)
+    device = device_from(args)
+    result = project(cfg, setting, device, efficiency=args.efficiency, gpus_per_node=args.gpus_per_node,
+                     overlap_comm=args.overlap_comm)  # fmt: skip
     world = setting.tp * setting.pp * setting.dp
     print(f"{args.preset} on {world} x {device.name} ({args.gpus_per_node} per node): TP{setting.tp} PP{setting.pp} "
           f"DP{setting.dp}, ZeRO-{setting.zero_stage}, {args.precision}, micro batch {args.micro_batch} x "

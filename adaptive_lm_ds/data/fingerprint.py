@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 from adaptive_lm_ds.data.dictionary import Dictionary, atomic_write_bytes
@@ -24,6 +24,8 @@ from adaptive_lm_ds.data.errors import DataError
 FORMAT = "adaptive-lm-ds/dict-fingerprint"
 SUFFIX = ".dict.json"
 _warned: set[str] = set()
+
+LOG = logging.getLogger("adaptive_lm_ds.data")
 
 
 def fingerprint(dictionary: Dictionary) -> str:
@@ -66,11 +68,9 @@ def check(prefix: str | os.PathLike, dictionary: Dictionary, dict_path: str | os
     if not path.is_file():
         if str(path) not in _warned:
             _warned.add(str(path))
-            print(
-                f"warning: {prefix}.bin has no dictionary fingerprint ({path.name}), so {dict_path} cannot be "
-                "checked against it; re-run tools/preprocess_data.py to record one",
-                file=sys.stderr,
-                flush=True,
+            LOG.warning(
+                f"{prefix}.bin has no dictionary fingerprint ({path.name}), so {dict_path} cannot be "
+                "checked against it; re-run adaptive-lm-preprocess to record one"
             )
         return
     meta = _recorded(path)

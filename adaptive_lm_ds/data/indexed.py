@@ -64,7 +64,7 @@ class IndexedTokens:
         with open(idx_path, "rb") as f:
             head = f.read(34)
         if len(head) < _HEADER.size or head[:9] != MAGIC:
-            raise DataError(f"{idx_path} is not an MMIDIDX index (bad header); re-run tools/preprocess_data.py")
+            raise DataError(f"{idx_path} is not an MMIDIDX index (bad header); re-run adaptive-lm-preprocess")
         _, version, code, n = _HEADER.unpack_from(head)
         if version != 1:
             raise DataError(f"{idx_path}: unsupported MMIDIDX version {version} (expected 1)")
@@ -90,7 +90,7 @@ class IndexedTokens:
                 return "megatron", d
         raise DataError(
             f"{idx_path}: {idx_size} bytes do not match {n} sequences in the fairseq or megatron-core "
-            "layout (truncated or corrupt); re-run tools/preprocess_data.py"
+            "layout (truncated or corrupt); re-run adaptive-lm-preprocess"
         )
 
     def _check_consistent(self, idx_path: Path, bin_path: Path) -> None:
@@ -102,7 +102,7 @@ class IndexedTokens:
         if not np.array_equal(self.pointers, offsets[:-1] * self.dtype.itemsize):
             raise DataError(
                 f"{idx_path}: pointers are not the running byte offsets of the sizes (corrupt, or "
-                "not a flat token stream); re-run tools/preprocess_data.py"
+                "not a flat token stream); re-run adaptive-lm-preprocess"
             )
         self.sentence_offsets = offsets
         self.num_tokens = int(offsets[-1])

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node TP*PP -m adaptive_lm_ds adaptive-lm-write-layout \\
         --consolidated DIR --save-dir OUT --tensor-model-parallel-size TP --pipeline-model-parallel-size PP
 
-``adaptive-lm-convert`` (tools/convert_fairseq_ckpt.py) starts these ranks when given a layout
+``adaptive-lm-convert`` starts these ranks when given a layout
 (launch.py). The result is ``OUT/checkpoint_0``
 with ``latest`` pointing at it, exactly what a training run saves: rerunning training with
 ``--save-dir OUT`` and the same TP/PP resumes from it (any DP size: its optimizer state is fresh,
@@ -22,7 +22,7 @@ from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkp
 from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
-from adaptive_lm_ds.training.config import OptimConfig
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.training.ds_config import DeepSpeedPlan, complete_ds_config
 from adaptive_lm_ds.training.engine import build_module
 from adaptive_lm_ds.training.engine_build import build_engine
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.rank_parser(description=__doc__)
     p.add_argument("--consolidated", required=True)
     p.add_argument("--save-dir", required=True)
-    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    cli.add_layout_arguments(p, description="the layout of the checkpoint to write (one rank each)")
     args = p.parse_args(argv)
     parallel.init_process_group()
     tag = write_layout_checkpoint(

@@ -20,8 +20,8 @@ import torch
 
 from adaptive_lm_ds.errors import UserError
 
-if TYPE_CHECKING:  # the run's optim section (a type only: optim/ never imports the training package)
-    from adaptive_lm_ds.training.config import OptimConfig
+if TYPE_CHECKING:  # the run's optim section (a type only: optim/config.py imports this module)
+    from adaptive_lm_ds.optim.config import OptimConfig
 
 
 class ScheduleConfigError(UserError, ValueError):

@@ -15,8 +15,8 @@ import torch
 
 from adaptive_lm_ds.errors import UserError
 
-if TYPE_CHECKING:  # the run's optim section (a type only: optim/ never imports the training package)
-    from adaptive_lm_ds.training.config import OptimConfig
+if TYPE_CHECKING:  # the run's optim section (a type only: optim/config.py imports this module)
+    from adaptive_lm_ds.optim.config import OptimConfig
 
 OPTIMIZER_NAMES = ("nag", "adam", "adamw")  # --optimizer's choices
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -141,7 +141,7 @@ def build_optimizer(
     """The optimiser fairseq's ``--optimizer NAME`` would build, from the run's optim section.
 
     Reads ``optimizer``, ``lr``, ``weight_decay``, ``momentum`` (NAG), ``adam_betas`` and ``adam_eps``
-    (Adam); their defaults are fairseq's and live on :class:`~adaptive_lm_ds.training.config.OptimConfig`.
+    (Adam); their defaults are fairseq's and live on :class:`~adaptive_lm_ds.optim.config.OptimConfig`.
 
     * ``nag``: :class:`NAG`.
     * ``adam``: fairseq's ``FairseqAdam``. Its weight decay is *decoupled* (it does

@@ -21,38 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
 from adaptive_lm_ds import cli
+from adaptive_lm_ds.cli import flag as _f
 from adaptive_lm_ds.config import ACTIVATIONS, PRESETS, ModelConfig, get_preset
 from adaptive_lm_ds.data import BREAK_MODES
+from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.interop.fairseq_cfg import arch_model_config, fairseq_archs, refine
-from adaptive_lm_ds.layers.adaptive_softmax import CRITERIA
 from adaptive_lm_ds.metrics_log import LOG_FORMATS
-from adaptive_lm_ds.optim.lr_schedules import SCHEDULES
-from adaptive_lm_ds.optim.optimizers import OPTIMIZER_NAMES
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.training.fairseq_flags import add_fairseq_compat
 from adaptive_lm_ds.training.recipes import RECIPES
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field that carries its ``--help`` text (and argparse extras such as choices)."""
-    return field(default=default, metadata={"help": help, **kw})
-
-
-def _betas(text: str) -> tuple[float, float]:
-    """fairseq's ``--adam-betas '(0.9, 0.98)'`` (brackets optional) -> ``(0.9, 0.98)``: parsed once, here."""
-    try:
-        beta1, beta2 = (float(v) for v in text.strip().strip("()[]").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not two betas; write them as '(0.9, 0.98)'") from None
-    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-        raise argparse.ArgumentTypeError(f"{text!r}: each beta must be in [0, 1)")
-    return beta1, beta2
 
 
 @dataclass
 class DataConfig:
     data: str = _f(
         "",
-        "data-bin folder written by tools/preprocess_data.py (either MMIDIDX layout); may also "
+        "data-bin folder written by adaptive-lm-preprocess (either MMIDIDX layout); may also "
         "come first, as fairseq-train's positional DATA",
     )
     task: str = _f(
@@ -76,34 +60,6 @@ class DataConfig:
         "accepted for fairseq command lines; here samples longer than --tokens-per-sample (eos, complete, "
         "packed modes) are always left out of training and validation, which is what this flag asks of fairseq",
     )
-
-
-@dataclass
-class OptimConfig:
-    criterion: str = _f(
-        "nll",
-        "training and validation loss: nll = exact negative log-likelihood of every target; adaptive_loss "
-        "= fairseq's criterion of that name (also drops the tail term of targets whose tail-local index equals "
-        "the padding index, ids cutoff_i + 1; docs/interop.md)",
-        choices=CRITERIA,
-    )
-    optimizer: str = _f("nag", "optimizer", choices=OPTIMIZER_NAMES)
-    lr: float = _f(1.0, "peak learning rate")
-    momentum: float = _f(0.99, "NAG momentum")
-    weight_decay: float = _f(0.0, "weight decay")
-    adam_betas: tuple[float, float] = _f(
-        (0.9, 0.999), "Adam betas, written as fairseq does, e.g. '(0.9, 0.98)' (default: fairseq's)", type=_betas
-    )
-    adam_eps: float = _f(1e-8, "Adam epsilon (fairseq's default)")
-    clip_norm: float = _f(0.1, "clip gradients to this global norm (0: off)")
-    lr_scheduler: str = _f("cosine", "learning-rate schedule", choices=tuple(SCHEDULES))
-    warmup_updates: int = _f(16000, "linear warmup updates")
-    warmup_init_lr: float = _f(1e-7, "lr at update 0 (-1: start at --min-lr)")
-    min_lr: float = _f(1e-4, "cosine: minimum lr of the first period")
-    t_mult: float = _f(2.0, "cosine: factor by which each period is longer than the previous")
-    lr_period_updates: int = _f(270000, "cosine: updates in the first period (-1: max-update - warmup)")
-    lr_shrink: float = _f(0.75, "cosine: factor applied to lr and min-lr at each restart")
-    stop_min_lr: float = _f(1e-9, "stop training once the lr falls to this value")
 
 
 @dataclass
@@ -139,7 +95,7 @@ class RunConfig:
     restore_file: str = _f("checkpoint_last", "checkpoint tag (or path) to resume from when it exists")
     reset_optimizer: bool = _f(False, "resume weights only: fresh optimizer and lr schedule state")
     reset_dataloader: bool = _f(False, "resume weights but restart the data from the beginning")
-    init_from: str = _f("", "consolidated model (tools/convert_fairseq_ckpt.py or export) to start from")
+    init_from: str = _f("", "consolidated model (adaptive-lm-convert or export) to start from")
     validate_interval_updates: int = _f(1000, "validate every N updates (0: only at the end)")
     max_valid_steps: int = _f(0, "cap on validation batches (0: the whole split)")
     tensorboard_logdir: str = _f("", "tensorboard event folder (empty: none)")
@@ -281,7 +237,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     positional = values.get("data_positional")
     if positional:
         if values["data"] and values["data"] != positional:
-            raise SystemExit(f"error: two data dirs given: {positional} (positional) and --data {values['data']}")
+            raise UserError(f"two data dirs given: {positional} (positional) and --data {values['data']}")
         values = {**values, "data": positional}
     return TrainConfig(
         **{

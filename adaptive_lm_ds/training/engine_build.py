@@ -14,9 +14,9 @@ import torch
 
 from adaptive_lm_ds import deepspeed_compat, parallel
 from adaptive_lm_ds.checkpoint.safe_files import install as install_safe_checkpoint_engine
+from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.optim.lr_schedules import UpdateLRScheduler, build_schedule
 from adaptive_lm_ds.optim.optimizers import bounded_param_groups, build_optimizer
-from adaptive_lm_ds.training.config import OptimConfig
 from adaptive_lm_ds.training.ds_config import DeepSpeedPlan
 from adaptive_lm_ds.training.engine import Stepper, clip_fp32_grad_norm
 

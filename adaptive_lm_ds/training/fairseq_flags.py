@@ -9,7 +9,8 @@ matching is off: adaptive_lm_ds/cli.py).
 from __future__ import annotations
 
 import argparse
-import sys
+
+from adaptive_lm_ds.commands.fairseq_compat import refuse
 
 # fairseq-train flag -> what to use here (the message after "is not supported here: ")
 UNSUPPORTED = {
@@ -18,7 +19,7 @@ UNSUPPORTED = {
     "--max-epoch": "training length is counted in updates: use --max-update N",
     "--keep-last-epochs": "use --keep-interval-updates N (epoch checkpoints are not written)",
     "--no-epoch-checkpoints": "checkpoints are written per update only (--save-interval-updates); drop the flag",
-    "--finetune-from-model": "use --init-from MODEL_DIR (a consolidated folder, tools/convert_fairseq_ckpt.py)",
+    "--finetune-from-model": "use --init-from MODEL_DIR (a consolidated folder, adaptive-lm-convert)",
     "--reset-lr-scheduler": "use --reset-optimizer (resets the optimizer and the lr schedule together)",
     "--reset-meters": "meters are not checkpointed here; drop the flag",
     "--fp16": "precision comes from the DeepSpeed JSON: --deepspeed_config ds_configs/zero1_fp16.json",
@@ -46,14 +47,7 @@ UNSUPPORTED = {
 UNSUPPORTED.pop("--checkpoint-activations")
 
 
-class _Unsupported(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"error: fairseq's {option_string} is not supported here: {UNSUPPORTED[option_string]}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def add_fairseq_compat(parser: argparse.ArgumentParser) -> None:
     """The positional data dir (``fairseq-train DATA ...``) and the refusals of :data:`UNSUPPORTED`."""
     parser.add_argument("data_positional", nargs="?", default=None, metavar="DATA", help="same as --data")
-    for flag in UNSUPPORTED:
-        parser.add_argument(flag, nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
+    refuse(parser, UNSUPPORTED)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from adaptive_lm_ds.training.ds_config import build_plan
 from adaptive_lm_ds.training.engine import build_module
 from adaptive_lm_ds.training.engine_build import build_engine
 from adaptive_lm_ds.training.signals import StopRequests
+
+LOG = logging.getLogger("adaptive_lm_ds.train")
 
 
 @dataclass(frozen=True)
@@ -243,8 +246,8 @@ class Trainer:
     def _handle_bad_step(self, loss_sum: float) -> None:
         self.consecutive_bad += 1
         if self.rank == 0:
-            print(f"| skipped update {self.num_updates + 1}: non-finite loss or gradients "
-                  f"(loss {loss_sum}, {self.consecutive_bad} in a row)", flush=True)  # fmt: skip
+            LOG.warning(f"skipped update {self.num_updates + 1}: non-finite loss or gradients "
+                        f"(loss {loss_sum}, {self.consecutive_bad} in a row)")  # fmt: skip
         if self.consecutive_bad >= self.cfg.run.max_consecutive_nan:
             raise TrainingAborted(
                 f"{self.consecutive_bad} updates in a row had non-finite loss/gradients; stopped. "
@@ -298,7 +301,8 @@ class Trainer:
             time_limit=run.stop_time_hours * 3600,
         )  # fmt: skip
         if self.rank == 0:
-            print(self.describe(resumed), flush=True)
+            for line in self.describe(resumed).splitlines():
+                LOG.info(line)
         stream = _endless(self.batches)
         gas = self.cfg.data.update_freq
         started = time.monotonic()
@@ -316,8 +320,8 @@ class Trainer:
             if not result.applied:  # fp16 gradient overflow: DeepSpeed lowered the loss scale, skipped the step
                 self.skipped_overflow += 1
                 if self.rank == 0:
-                    print(f"| gradient overflow at update {self.num_updates + 1}: step skipped, "
-                          f"loss scale now {result.loss_scale:g}", flush=True)  # fmt: skip
+                    LOG.warning(f"gradient overflow at update {self.num_updates + 1}: step skipped, "
+                                f"loss scale now {result.loss_scale:g}")  # fmt: skip
                 continue
             self.consecutive_bad = 0
             self.num_updates += 1
@@ -352,29 +356,29 @@ class Trainer:
         return {
             "num_updates": self.num_updates, "valid_loss_base2": None, "valid_ppl": None,
             "stopped_by": name, "exit_code": 128 + getattr(self.stopped_by, "value", 15),
-            "message": f"| stopped by {name} after update {self.num_updates}; {saved}; rerun the command to resume",
+            "message": f"stopped by {name} after update {self.num_updates}; {saved}; rerun the command to resume",
         }  # fmt: skip
 
     def describe(self, resumed: str | None) -> str:
         n_local = sum(p.numel() for p in self.engine.module.parameters())
         return (
-            f"| model {self.cfg.run.init_from or self.cfg.run.arch or self.cfg.run.preset}: "
+            f"model {self.cfg.run.init_from or self.cfg.run.arch or self.cfg.run.preset}: "
             f"{self.model_cfg.num_layers} layers, d {self.model_cfg.embed_dim}, vocab {self.model_cfg.vocab_size}; "
             f"{n_local:,} parameters on rank 0\n"
-            f"| layout {self.dims.describe()}; micro batch {self.micro} x "
+            f"layout {self.dims.describe()}; micro batch {self.micro} x "
             f"{self.cfg.data.tokens_per_sample} tokens, update-freq {self.cfg.data.update_freq}; "
             f"{self.plan.precision}; criterion {self.cfg.optim.criterion}; ZeRO stage {self.plan.zero_stage}\n"
-            f"| train: {len(self.train_data):,} samples, {len(self.batches) // self.cfg.data.update_freq:,} updates "
+            f"train: {len(self.train_data):,} samples, {len(self.batches) // self.cfg.data.update_freq:,} updates "
             f"per epoch ({len(self.batches):,} micro batches per rank / update-freq {self.cfg.data.update_freq}); "
             f"valid: {len(self.valid_data):,} samples\n" + self._start_point(resumed)
         )
 
     def _start_point(self, resumed) -> str:
         if resumed:
-            return f"| resumed from {resumed} at update {self.num_updates}"
+            return f"resumed from {resumed} at update {self.num_updates}"
         if self.cfg.run.init_from:
-            return f"| starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
-        return f"| starting from scratch (seed {self.cfg.run.seed})"
+            return f"starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
+        return f"starting from scratch (seed {self.cfg.run.seed})"
 
 
 def _memory_gb() -> float:
