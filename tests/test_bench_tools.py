@@ -117,3 +117,26 @@ def test_fairseq_bench_steady_wps_drops_the_first_interval_and_weighs_by_time():
 
     # intervals of equal tokens at 1000 and 3000 wps take 3:1 time: tokens / time = 2 / (1/1000 + 1/3000)
     assert steady_wps([50.0, 1000.0, 3000.0]) == pytest.approx(1500.0)
+
+
+def test_fairseq_bench_reads_the_wps_of_our_trainers_log_lines(capsys):
+    import logging
+
+    from adaptive_lm_ds import logs
+    from adaptive_lm_ds.commands.bench_vs_fairseq import OURS_WPS, interval_rates
+    from adaptive_lm_ds.metrics_log import TrainLogger
+
+    handler = logging.StreamHandler()  # the trainer's own line format (logs.FORMAT) on stderr
+    handler.setFormatter(logging.Formatter(logs.FORMAT, logs.DATE_FORMAT))
+    logger = logging.getLogger("adaptive_lm_ds.test_bench_wps")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    ticks = iter(range(100))
+    train_log = TrainLogger(log_interval=2, max_update=4, logger=logger, clock=lambda: float(next(ticks)))
+    try:
+        for update in range(1, 5):
+            train_log.update(update, loss_sum_nats=100.0, ntokens=1000, lr=0.1, gnorm=1.0)
+    finally:
+        logger.removeHandler(handler)
+    rates = interval_rates(capsys.readouterr().err, OURS_WPS)
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)

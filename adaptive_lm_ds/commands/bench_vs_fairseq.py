@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from adaptive_lm_ds import cli
+from adaptive_lm_ds import cli, logs
 from adaptive_lm_ds.data.dictionary import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,8 +73,12 @@ def _run(command: list[str], env: dict, pattern: re.Pattern, timeout: float) -> 
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(command[0]).name} exited {proc.returncode}:\n{output[-3000:]}")
-    rates = [float(m.group(1)) for line in output.splitlines() if (m := pattern.search(line))]
-    return rates, wall
+    return interval_rates(output, pattern), wall
+
+
+def interval_rates(output: str, pattern: re.Pattern) -> list[float]:
+    """The wps of every training log interval in a program's output (log lines with or without the time)."""
+    return [float(m.group(1)) for line in output.splitlines() if (m := pattern.search(logs.message(line)))]
 
 
 def _env(threads: int, **extra: str) -> dict:
