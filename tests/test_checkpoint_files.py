@@ -2,6 +2,7 @@
 resolution; verification that the verified files cannot switch off; the record's fields."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -46,12 +47,14 @@ def test_restore_file_by_tag_or_path(tmp_path):
         ckpt.resolve_restore(tmp_path, "checkpoint_5")
 
 
-def test_resume_from_latest_skips_a_damaged_newest_checkpoint(tmp_path, capsys):
+def test_resume_from_latest_skips_a_damaged_newest_checkpoint(tmp_path, caplog):
     for updates in (4, 8):
         ckpt.commit_checkpoint(tmp_path, _fake_save(tmp_path, updates), keep_last_n=-1)
     (tmp_path / "checkpoint_8" / "mp_rank_00_model_states.pt").write_bytes(b"y")  # same size, other bytes
-    assert ckpt.resolve_restore(tmp_path, "checkpoint_last") == (tmp_path, "checkpoint_4")
-    warnings = capsys.readouterr().err.splitlines()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="adaptive_lm_ds"):
+        assert ckpt.resolve_restore(tmp_path, "checkpoint_last") == (tmp_path, "checkpoint_4")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "checkpoint_8/mp_rank_00_model_states.pt is damaged" in warnings[0]
     assert "resuming from checkpoint_4, the newest intact checkpoint, instead of checkpoint_8" in warnings[1]
 
