@@ -140,3 +140,13 @@ def test_fairseq_bench_reads_the_wps_of_our_trainers_log_lines(capsys):
         logger.removeHandler(handler)
     rates = interval_rates(capsys.readouterr().err, OURS_WPS)
     assert len(rates) == 2 and all(rate > 0 for rate in rates)
+
+
+def test_fairseq_bench_reads_the_wps_of_fairseq_trains_log_lines():
+    from adaptive_lm_ds.commands.bench_vs_fairseq import FAIRSEQ_WPS, interval_rates
+
+    line = (  # printed by the oracle's fairseq-train --cpu (log_format simple), 2026-12-06
+        "2026-12-06 01:36:35 | INFO | train_inner | epoch 001:     20 / 106 loss=14.49, ppl=23011.7, "
+        "wps=3326.5, ups=1.62, wpb=2048, bsz=4, num_updates=20, lr=0.2, gnorm=12.277, clip=100, train_wall=6, wall=14"
+    )
+    assert interval_rates(line + "\n" + line.replace("3326.5", "3376"), FAIRSEQ_WPS) == [3326.5, 3376.0]

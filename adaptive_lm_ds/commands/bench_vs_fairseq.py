@@ -77,8 +77,13 @@ def _run(command: list[str], env: dict, pattern: re.Pattern, timeout: float) -> 
 
 
 def interval_rates(output: str, pattern: re.Pattern) -> list[float]:
-    """The wps of every training log interval in a program's output (log lines with or without the time)."""
-    return [float(m.group(1)) for line in output.splitlines() if (m := pattern.search(logs.message(line)))]
+    """The wps of every training log interval in a program's output: ``pattern`` is tried on each whole line
+    (fairseq's names its ``train_inner`` logger) and on its message alone (ours: ``epoch ... | update ...``)."""
+    return [
+        float(m.group(1))
+        for line in output.splitlines()
+        if (m := pattern.search(line) or pattern.search(logs.message(line)))
+    ]
 
 
 def _env(threads: int, **extra: str) -> dict:
