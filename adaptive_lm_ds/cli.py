@@ -60,6 +60,7 @@ PROGRAMS = {
     "adaptive-lm-bench-softmax": "commands.bench_adaptive_softmax:main",
     "adaptive-lm-bench-projection": "commands.bench_projection:main",
     "adaptive-lm-bench-vs-fairseq": "commands.bench_vs_fairseq:main",
+    "adaptive-lm-plot-curves": "commands.plot_curves:main",
     "adaptive-lm-build-ops": "ds_runtime:main",
 }
 USER_ERROR_EXIT = 2  # argparse's: a bad flag and a bad input file end the same way
@@ -211,4 +212,5 @@ bench_generate = _program("adaptive-lm-bench-generate")
 bench_softmax = _program("adaptive-lm-bench-softmax")
 bench_projection = _program("adaptive-lm-bench-projection")
 bench_vs_fairseq = _program("adaptive-lm-bench-vs-fairseq")
+plot_curves = _program("adaptive-lm-plot-curves")
 build_ops = _program("adaptive-lm-build-ops")
