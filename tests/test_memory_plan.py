@@ -215,3 +215,15 @@ def test_memory_plan_marks_what_does_not_fit_and_prints_each_layout_once():
     layouts = [row.split("  ")[0].split(": ")[-1] for row in rows]
     assert len(layouts) == len(set(layouts))  # no layout's row twice
     assert all(row.endswith(("yes", "NO", "(row above)")) for row in rows)
+
+
+def test_memory_plan_takes_trainings_checkpoint_activations_flag():
+    from adaptive_lm_ds.commands.memory_plan import COLUMNS
+
+    plain, recomputed = (
+        _memory_plan("--preset", "wiki103", "--seq-len", "3072", "--micro-batch", "1", *flag)[0]
+        for flag in ((), ("--checkpoint-activations",))
+    )
+    assert recomputed.startswith("TP1 PP1 DP1 ZeRO-0 ckpt") and not plain.startswith("TP1 PP1 DP1 ZeRO-0 ckpt")
+    activations = [float(row[46:].split()[COLUMNS.index("activations")]) for row in (plain, recomputed)]
+    assert activations[1] < activations[0]

@@ -125,7 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--precision", choices=sorted(PRECISION_BYTES), default="bf16")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZER_STATES), default="nag")
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="recompute each transformer block in backward, as in training",
+    )
     parser.add_argument("--cpu-offload", action="store_true")
     parser.add_argument("--packed", action="store_true", help="block-diagonal attention over packed sentences")
     parser.add_argument(
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_len=args.seq_len,
         precision=args.precision,
         optimizer=args.optimizer,
-        activation_checkpointing=args.activation_checkpointing,
+        activation_checkpointing=args.checkpoint_activations,
         cpu_offload=args.cpu_offload,
         packed=args.packed,
         device=args.device,
