@@ -1,7 +1,7 @@
 """Every benchmark runs from its one command and writes the numbers its targets name (tiny sizes, CPU).
 
-These are not timing tests: they keep the benchmark commands (and the GPU script, which only a lent
-GPU machine runs for real) from rotting, and check the reported numbers against each other.
+These are not timing tests: they keep the benchmark commands (and the GPU script, which only a GPU
+runs for real) from rotting, and check the reported numbers against each other.
 """
 
 import json

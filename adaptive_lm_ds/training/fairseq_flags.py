@@ -22,7 +22,7 @@ UNSUPPORTED = {
     "--finetune-from-model": "use --init-from MODEL_DIR (a consolidated folder, adaptive-lm-convert)",
     "--reset-lr-scheduler": "use --reset-optimizer (resets the optimizer and the lr schedule together)",
     "--reset-meters": "meters are not checkpointed here; drop the flag",
-    "--fp16": "precision comes from the DeepSpeed JSON: --deepspeed_config ds_configs/zero1_fp16.json",
+    "--fp16": "precision comes from the DeepSpeed JSON: --deepspeed_config ds_configs/zero2_fp16.json",
     "--bf16": "precision comes from the DeepSpeed JSON: --deepspeed_config ds_configs/zero1_bf16.json",
     "--memory-efficient-fp16": "precision comes from the DeepSpeed JSON (--deepspeed_config)",
     "--cpu": "set DS_ACCELERATOR=cpu in the environment",
