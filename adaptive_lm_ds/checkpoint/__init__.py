@@ -11,7 +11,7 @@
 * :mod:`lock` -- one run per save dir (a renewed lease);
 * :mod:`names` -- DeepSpeed's file and pipeline-layer names -> ``AdaptiveLM`` names.
 
-Guarantees are listed in README's "Checkpoints" section.
+Guarantees are listed in docs/training.md, "Checkpoints".
 """
 
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
