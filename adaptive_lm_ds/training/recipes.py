@@ -32,7 +32,8 @@ Train on WikiText-103 with the paper's fairseq recipe (Baevski & Auli 2019, `tra
 
 fairseq-train's own command line for this recipe also runs unchanged after the program name
 (``launchers/train_wiki103.py --task language_modeling data-bin/wikitext-103 --arch
-transformer_lm_wiki103 ... --criterion adaptive_loss ... --ddp-backend=legacy_ddp``; docs/interop.md, "fairseq-train command lines").
+transformer_lm_wiki103 ... --criterion adaptive_loss ... --ddp-backend=legacy_ddp``; docs/interop.md,
+"fairseq-train command lines").
 
 Defaults are fairseq's command: the transformer_lm_wiki103 model (preset wiki103), --criterion
 adaptive_loss, NAG, lr 1.0, cosine with --t-mult 2 --lr-period-updates 270000 --lr-shrink 0.75,
