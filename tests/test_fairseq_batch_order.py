@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from adaptive_lm_ds.data import DataError, FairseqBatchIterator, build_batch_iterator, build_lm_dataset
+from adaptive_lm_ds.data import DataError, FairseqBatchIterator, build_batch_iterator
 from adaptive_lm_ds.data.fairseq_order import batch_split_points
-from adaptive_lm_ds.training.ds_config import micro_batch_sequences
 from tests.oracle import SCRIPTS
+from tests.same_command_line import batch_iterator
 
 PAD = 1
 
@@ -189,6 +189,7 @@ def test_a_batch_size_multiple_without_fairseqs_order_is_refused():
 
 # ------------------------------------------------------------------ the oracle
 EPOCHS = 2
+BLOCK = ["--tokens-per-sample", "64"]
 TINY_MODEL = ["--arch", "transformer_lm", "--decoder-layers", "1", "--decoder-embed-dim", "8",
               "--decoder-ffn-embed-dim", "16", "--decoder-attention-heads", "1"]  # fmt: skip
 COMMAND_LINES = {  # name: (DP size, fairseq-train data flags, the same for our iterator)
@@ -202,16 +203,6 @@ COMMAND_LINES = {  # name: (DP size, fairseq-train data flags, the same for our 
 }  # fmt: skip
 
 
-def our_iterator(data_bin, flags: list[str], dp_rank: int, dp_size: int) -> FairseqBatchIterator:
-    from adaptive_lm_ds.training.config import build_parser, config_from_args
-
-    argv = [str(data_bin), *flags, "--tokens-per-sample", "64", "--batch-order", "fairseq"]
-    cfg = config_from_args(build_parser("order").parse_args(argv))
-    data = cfg.data
-    dataset = build_lm_dataset(data.data, "train", data.tokens_per_sample, data.sample_break_mode, check_ids=False)
-    return build_batch_iterator(data, dataset, micro_batch_sequences(cfg), dp_rank, dp_size, cfg.run.seed)
-
-
 @pytest.fixture(scope="module", params=list(COMMAND_LINES), ids=list(COMMAND_LINES))
 def fairseq_shards(request, fairseq_oracle, oracle_data_bin, tmp_path_factory):
     """(DP size, flags, each rank's recorded updates) of fairseq-train over two epochs."""
@@ -222,7 +213,7 @@ def fairseq_shards(request, fairseq_oracle, oracle_data_bin, tmp_path_factory):
         out = root / f"rank{rank}.pt"
         fairseq_oracle.run(
             "python", SCRIPTS / "record_fairseq_batches.py", out, rank, dp, oracle_data_bin,
-            "--task", "language_modeling", *TINY_MODEL, "--tokens-per-sample", "64", *flags,
+            "--task", "language_modeling", *TINY_MODEL, *BLOCK, *flags,
             "--max-epoch", str(EPOCHS), "--optimizer", "nag", "--lr", "0.1", "--cpu", "--no-save",
             "--disable-validation",
         )  # fmt: skip
@@ -245,7 +236,7 @@ def assert_same_batch(ours: dict, theirs: dict, where) -> None:
 def test_micro_batches_are_fairseq_trains_for_the_same_command_line(fairseq_shards, oracle_data_bin):
     dp, flags, shards = fairseq_shards
     for rank, updates in enumerate(shards):
-        it = our_iterator(oracle_data_bin, flags, rank, dp)
+        it = batch_iterator([str(oracle_data_bin), *BLOCK, *flags], rank, dp)
         assert {u["epoch"] for u in updates} == set(range(1, EPOCHS + 1))
         assert len(updates) == EPOCHS * len(it) // it.update_freq
         stream = endless(it)
@@ -264,7 +255,7 @@ def test_a_fairseq_iterator_state_continues_on_fairseqs_next_batches(fairseq_sha
     updates = shards[0]
     first_epoch = [k for k, u in enumerate(updates[:-1]) if u["state"]["epoch"] == 1]
     k = first_epoch[len(first_epoch) // 2]  # mid-epoch: fairseq resumed there regroups under epoch 1, as it began
-    it = our_iterator(oracle_data_bin, flags, 0, dp)
+    it = batch_iterator([str(oracle_data_bin), *BLOCK, *flags], 0, dp)
     it.load_fairseq_state(updates[k]["state"])
     stream = iter(it)
     for m, theirs in enumerate(updates[k + 1]["samples"]):
