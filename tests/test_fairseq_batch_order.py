@@ -260,3 +260,47 @@ def test_a_fairseq_iterator_state_continues_on_fairseqs_next_batches(fairseq_sha
     stream = iter(it)
     for m, theirs in enumerate(updates[k + 1]["samples"]):
         assert_same_batch(next(stream), theirs, m)
+
+
+# ------------------------------------------------------------------ in the trainer
+@pytest.fixture(scope="module")
+def odd_epoch_data(tmp_path_factory):
+    """A data-bin whose epoch has an odd number of fairseq batches under FILL_FLAGS (checked in the test)."""
+    from adaptive_lm_ds.testing import run_on_ranks
+    from tests.training_runs import make_data_bin, save_initial_weights
+
+    root = tmp_path_factory.mktemp("odd-epoch")
+    data = make_data_bin(root / "data", train_tokens=1_000)
+    run_on_ranks(save_initial_weights, nprocs=1, data_bin=str(data), out_dir=str(root / "init"))
+    return data, root / "init"
+
+
+FILL_FLAGS = ["--tokens-per-sample", "32", "--max-tokens", "96", "--required-batch-size-multiple", "1", "--seed", "4"]
+
+
+@pytest.mark.slow
+def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data):
+    """Past an epoch whose last update holds one real batch: DP1 fills the update, DP2 rank 1 gets fairseq's
+    empty shard batch; both must train exactly as the real batch alone, so their updates agree."""
+    from adaptive_lm_ds.testing import run_on_ranks
+    from tests.training_runs import train_on_rank
+
+    data, init = odd_epoch_data
+    epoch = batch_iterator([str(data), *FILL_FLAGS])
+    assert epoch.num_batches % 2 == 1, "the data must end its epoch with a half-filled update"
+    updates = epoch.num_batches // 2 + 3  # the filled update, then three of the next epoch
+    argv = [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq",
+            "--max-update", str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1",
+            "--deepspeed_config", "ds_configs/zero1.json", "--no-save", "--validate-interval-updates", "0",
+            "--max-valid-steps", "1", "--log-interval", "100"]  # fmt: skip
+    dp1 = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=[*argv, "--update-freq", "2"])[0]["history"]
+    dp2 = run_on_ranks(train_on_rank, nprocs=2, timeout=600, argv=[*argv, "--update-freq", "1"])[0]["history"]
+    dp1_batches = endless(batch_iterator([str(data), *FILL_FLAGS, "--update-freq", "2"]))
+    sizes = [b["ntokens"] for b in itertools.islice(dp1_batches, 2 * updates)]
+    filled = epoch.num_batches // 2  # 0-based index of the epoch's last update
+    assert sizes[2 * filled + 1] == 0
+    assert [r["ntokens"] for r in dp1] == [a + b for a, b in zip(sizes[0::2], sizes[1::2])]
+    assert [r["ntokens"] for r in dp2] == [r["ntokens"] for r in dp1]
+    for k, (one, two) in enumerate(zip(dp1, dp2)):
+        assert two["loss_sum"] == pytest.approx(one["loss_sum"], rel=1e-5), k
+        assert two["gnorm"] == pytest.approx(one["gnorm"], rel=1e-5), k
