@@ -203,21 +203,22 @@ COMMAND_LINES = {  # name: (DP size, fairseq-train data flags, the same for our 
 }  # fmt: skip
 
 
+def record_fairseq(oracle, out, data_bin, flags, shard=0, num_shards=1):
+    oracle.run(
+        "python", SCRIPTS / "record_fairseq_batches.py", out, shard, num_shards, data_bin, "--task",
+        "language_modeling", *TINY_MODEL, *BLOCK, *flags, "--optimizer", "nag", "--lr", "0.1", "--cpu",
+        "--disable-validation",
+    )  # fmt: skip
+    return torch.load(out, weights_only=True)["updates"]
+
+
 @pytest.fixture(scope="module", params=list(COMMAND_LINES), ids=list(COMMAND_LINES))
 def fairseq_shards(request, fairseq_oracle, oracle_data_bin, tmp_path_factory):
     """(DP size, flags, each rank's recorded updates) of fairseq-train over two epochs."""
     dp, flags = COMMAND_LINES[request.param]
     root = tmp_path_factory.mktemp("batch-order")
-    shards = []
-    for rank in range(dp):
-        out = root / f"rank{rank}.pt"
-        fairseq_oracle.run(
-            "python", SCRIPTS / "record_fairseq_batches.py", out, rank, dp, oracle_data_bin,
-            "--task", "language_modeling", *TINY_MODEL, *BLOCK, *flags,
-            "--max-epoch", str(EPOCHS), "--optimizer", "nag", "--lr", "0.1", "--cpu", "--no-save",
-            "--disable-validation",
-        )  # fmt: skip
-        shards.append(torch.load(out, weights_only=True)["updates"])
+    run = [*flags, "--max-epoch", str(EPOCHS), "--no-save"]
+    shards = [record_fairseq(fairseq_oracle, root / f"rank{r}.pt", oracle_data_bin, run, r, dp) for r in range(dp)]
     return dp, flags, shards
 
 
@@ -260,6 +261,25 @@ def test_a_fairseq_iterator_state_continues_on_fairseqs_next_batches(fairseq_sha
     stream = iter(it)
     for m, theirs in enumerate(updates[k + 1]["samples"]):
         assert_same_batch(next(stream), theirs, m)
+
+
+@pytest.mark.slow
+def test_a_fairseq_run_resumed_at_an_epoch_start_regroups_and_so_do_we(fairseq_oracle, oracle_data_bin, tmp_path):
+    """fairseq-train resumed from checkpoint_last.pt (epoch 2, 0 iterations) groups its batches under epoch 2's
+    seed, not epoch 1's as the uninterrupted run does; load_fairseq_state continues as the resumed run."""
+    flags = ["--sample-break-mode", "none", "--max-tokens", "256", "--seed", "1", "--save-dir", str(tmp_path)]
+    first = record_fairseq(fairseq_oracle, tmp_path / "epoch1.pt", oracle_data_bin, [*flags, "--max-epoch", "1"])
+    saved = first[-1]["state"]  # what checkpoint_last.pt holds: epoch 2, 0 iterations
+    resumed = record_fairseq(fairseq_oracle, tmp_path / "epoch2.pt", oracle_data_bin, [*flags, "--max-epoch", "2"])
+    assert saved["epoch"] == resumed[0]["epoch"] == 2
+    ours = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    ours.load_fairseq_state(saved)
+    for k, (o, update) in enumerate(zip(ours, resumed, strict=True)):
+        assert_same_batch(o, update["samples"][0], k)
+    uninterrupted = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    uninterrupted.set_epoch(1)  # epoch 2, grouped under epoch 1's seed
+    resumed_first = resumed[0]["samples"][0]["tokens"]
+    assert not torch.equal(next(iter(uninterrupted))["tokens"][: len(resumed_first)], resumed_first)
 
 
 # ------------------------------------------------------------------ in the trainer
