@@ -324,3 +324,22 @@ def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data)
     for k, (one, two) in enumerate(zip(dp1, dp2)):
         assert two["loss_sum"] == pytest.approx(one["loss_sum"], rel=1e-5), k
         assert two["gnorm"] == pytest.approx(one["gnorm"], rel=1e-5), k
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_on_the_uninterrupted_runs_batches_across_an_epoch(odd_epoch_data, tmp_path):
+    from adaptive_lm_ds.testing import run_on_ranks
+    from tests.training_runs import train_on_rank
+
+    data, init = odd_epoch_data
+    updates = len(batch_iterator([str(data), *FILL_FLAGS, "--update-freq", "2"])) // 2 + 2  # into epoch 2
+    argv = [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq", "--update-freq", "2",
+            "--max-update", str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1",
+            "--deepspeed_config", "ds_configs/zero1.json", "--save-dir", str(tmp_path), "--save-interval-updates",
+            "4", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100"]  # fmt: skip
+    straight = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=argv)[0]["history"]
+    resumed = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=[*argv, "--restore-file", "checkpoint_4"])
+    after = resumed[0]["history"]
+    assert [r["update"] for r in after] == list(range(5, updates + 1))
+    assert {r["epoch"] for r in after} == {1, 2}
+    assert [(r["ntokens"], r["loss_sum"]) for r in after] == [(r["ntokens"], r["loss_sum"]) for r in straight[4:]]
