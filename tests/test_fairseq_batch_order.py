@@ -100,6 +100,10 @@ def test_later_epochs_reshuffle_the_batches_grouped_in_the_first():
     assert sorted(map(sorted, first)) == sorted(map(sorted, second))
 
 
+def test_samples_all_longer_than_the_block_give_no_batches():
+    assert len(iterator(Blocks([9, 12]))) == 0
+
+
 # ------------------------------------------------------------------ state
 def test_state_round_trip_continues_with_the_same_batches():
     it = iterator(update_freq=2)

@@ -132,7 +132,7 @@ class FairseqBatchIterator:
         self.sizes, self.our_index = _fairseq_sizes(dataset)
         kept_sizes = np.sort(self.sizes[self.sizes <= self.max_positions])
         points = batch_split_points(kept_sizes.tolist(), max_tokens, max_sentences, required_batch_size_multiple)
-        rows = np.diff([0, *points, len(kept_sizes)])
+        rows = np.diff([0, *points, len(kept_sizes)]) if len(kept_sizes) else np.zeros(0, np.int64)
         self.num_batches = len(rows)  # global batches per epoch
         if required_batch_size_multiple > 1 and len(kept_sizes) and rows[-1] % required_batch_size_multiple:
             self.num_batches -= 1  # fairseq drops such a last batch
