@@ -172,6 +172,33 @@ def read_fairseq_training_state(path: str | os.PathLike) -> tuple[ModelConfig, T
     return cfg, state
 
 
+def fairseq_iterator_state(position: Mapping[str, Any] | None) -> dict[str, Any]:
+    """fairseq's ``train_iterator`` state for a training record's data position (``record.data``).
+
+    fairseq's order (``--batch-order fairseq``: ``epoch`` 0-based, ``position`` micro batches per rank of
+    ``ceil(num_batches / dp_size)``) maps one to one, an exhausted epoch to the next one's start, as
+    ``EpochBatchIterator.state_dict`` writes it; fairseq-train must then run at the same DP size. Our own
+    order has no place in fairseq's except an epoch's start: mid-epoch it is refused.
+    """
+    if position is None:
+        return {"version": 2, "epoch": 1, "iterations_in_epoch": 0, "shuffle": True}
+    epoch, done = int(position["epoch"]), int(position["position"])
+    if position.get("order") == "fairseq":
+        per_rank = -(-int(position["num_batches"]) // int(position["dp_size"]))
+        epoch, done = (epoch + 1, 0) if done >= per_rank else (epoch, done)
+    elif done:
+        raise FairseqConversionError(
+            f"the checkpoint stopped {done} batches into epoch {epoch + 1} of this project's batch order, which "
+            "fairseq cannot continue; convert one saved at an epoch's end or by a run with --batch-order fairseq"
+        )
+    return {
+        "version": 2,
+        "epoch": epoch + 1,
+        "iterations_in_epoch": done,
+        "shuffle": bool(position.get("shuffle", True)),
+    }
+
+
 def _param_group(state: TrainingState, settings: Mapping[str, Any], count: int) -> dict[str, Any]:
     """fairseq's one param group: its saved hyper-parameters replace the command line's on restore."""
     if state.optimizer == "nag":
