@@ -22,12 +22,27 @@ def shard_of(param: torch.Tensor, one_piece: torch.Tensor, tp_rank: int) -> torc
         return one_piece
     dim, size = param.partition_dim, param.shape[param.partition_dim]
     start = min(tp_rank * size, one_piece.shape[dim])
-    part = one_piece.narrow(dim, start, min(size, one_piece.shape[dim] - start))
-    if part.shape[dim] < size:
-        pad_shape = list(part.shape)
-        pad_shape[dim] = size - part.shape[dim]
-        part = torch.cat([part, part.new_zeros(pad_shape)], dim=dim)
-    return part
+    return _padded(one_piece.narrow(dim, start, min(size, one_piece.shape[dim] - start)), dim, size)
+
+
+def _padded(part: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``part`` with zero rows appended along ``dim`` up to ``size`` (vocabulary padding)."""
+    if part.shape[dim] == size:
+        return part
+    pad_shape = list(part.shape)
+    pad_shape[dim] = size - part.shape[dim]
+    return torch.cat([part, part.new_zeros(pad_shape)], dim=dim)
+
+
+def shard_from(param: torch.Tensor, tensors, name: str, tp_rank: int) -> torch.Tensor:
+    """:func:`shard_of` of ``tensors[name]``; from a lazy mapping with ``narrow`` (formats.streaming.LazyTensors)
+    only this rank's slice is made, never the whole one-piece table."""
+    if not is_tensor_parallel(param) or not hasattr(tensors, "narrow"):
+        return shard_of(param, tensors[name], tp_rank)
+    dim, size = param.partition_dim, param.shape[param.partition_dim]
+    full = tensors.shapes[name][dim]
+    start = min(tp_rank * size, full)
+    return _padded(tensors.narrow(name, dim, start, min(size, full - start)), dim, size)
 
 
 def one_piece_shapes(cfg) -> dict[str, torch.Size]:

@@ -1,0 +1,239 @@
+"""Read a DeepSpeed training checkpoint of any layout as one layout-free :class:`TrainingState`, offline.
+
+Where DeepSpeed keeps each rank's fp32 master weights and optimizer state depends on the ZeRO stage:
+
+* **ZeRO-1/2, and the bf16 optimizer** (``[bf16_]zero_pp_rank_D_mp_rank_MM_optim_states.pt``): per param
+  group, the DP rank's slice of one flat fp32 buffer (``single_partition_of_fp32_groups``) and the base
+  optimizer's state over it (``base_optimizer_state``); ``param_slice_mappings`` says where each parameter's
+  fragment lies in that slice (name -> ``(start, numel)``), as DeepSpeed's ``ds_to_universal`` decodes it. A
+  parameter's local (TP-shard) tensor is its fragments over the DP ranks, in rank order.
+* **ZeRO-3** (``zero_pp_rank_D_mp_rank_TT_*_states.pt``): per group a flat fp32 buffer laying out, parameter
+  after parameter in ``param_shapes`` order, the DP rank's ``ceil(numel / DP)`` elements of each.
+* **ZeRO-0** (``mp_rank_TT_model_states.pt``, one stage): the module's weights are the masters and the
+  optimizer's ``state_dict`` is keyed by the parameter's index in ``AdaptiveLM.parameters()``.
+
+``MM`` is DeepSpeed's model-parallel rank, ``pp_rank * TP + tp_rank`` (its pipeline grid's order). The TP
+shards of a tensor are joined as in :mod:`adaptive_lm_ds.formats.export` (the dimension where a shard's
+shape differs from the one-piece shape; vocabulary padding trimmed). Every file is checksum-verified and
+opened weights-only (:func:`adaptive_lm_ds.checkpoint.load_file`); the returned tensors are lazy: each is
+assembled when asked for, so a reader holds the loaded files plus one tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adaptive_lm_ds.checkpoint import CheckpointError, CheckpointRecord, load_file, open_checkpoint
+from adaptive_lm_ds.checkpoint import names as ckpt_names
+from adaptive_lm_ds.formats.streaming import LazyTensors
+from adaptive_lm_ds.formats.training_state import STATE_KEYS, TrainingState
+from adaptive_lm_ds.model.sharding import one_piece_shapes
+
+# (name, optimizer state key or None for the fp32 weight) -> one TP rank's local tensor
+LocalRead = Callable[[str, str | None], torch.Tensor]
+
+
+def _optim_file(tag_dir: Path, dp: int, mp: int) -> Path:
+    for prefix in ("", "bf16_"):
+        path = tag_dir / f"{prefix}zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt"
+        if path.is_file():
+            return path
+    raise CheckpointError(f"{tag_dir}: the optimizer partition of DP rank {dp}, model-parallel rank {mp} is missing")
+
+
+class _SavedRanks:
+    """The loaded files of one checkpoint: ``local(tp_rank)`` reads one TP rank's tensors; ``groups`` holds a
+    saved base optimizer's param groups and ``state_keys`` the optimizer state it keeps."""
+
+    def __init__(self, tag_dir: Path, record: CheckpointRecord, names: list[str]):
+        self.tag_dir, self.record, self.names = tag_dir, record, set(names)
+        self.dims = record.dims
+        self.groups: list[dict] = []
+        self.state_keys: set[str] = set()
+        self.adam_step: int | None = None
+        if record.zero_stage == 3:
+            self._locals = [self._zero3(tp_rank) for tp_rank in range(self.dims.tp)]
+        elif record.zero_stage == 0 and record.precision == "fp32":
+            self._locals = [self._plain(tp_rank, names) for tp_rank in range(self.dims.tp)]
+        else:
+            self._locals = [self._partitioned(tp_rank) for tp_rank in range(self.dims.tp)]
+
+    def local(self, tp_rank: int) -> LocalRead:
+        return self._locals[tp_rank]
+
+    def _note_optimizer(self, optim: dict, states: list[dict]) -> None:
+        """Remember the base optimizer's param groups (lr_old) and which state it keeps (Adam's step)."""
+        if not self.groups:
+            self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optim["param_groups"]]
+        for state in states:
+            self.state_keys |= {k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0}
+            if "step" in state and self.adam_step is None:
+                self.adam_step = int(torch.as_tensor(state["step"]).item())
+
+    # ------------------------------------------------------------------ ZeRO-1/2 and the bf16 optimizer
+    def _partitioned(self, tp_rank: int) -> LocalRead:
+        where: dict[str, list[tuple[dict, int, int, int]]] = {}  # name -> [(file, group, start, numel)] by DP rank
+        shapes: dict[str, torch.Size] = {}
+        for pp_rank in range(self.dims.pp):
+            mp = pp_rank * self.dims.tp + tp_rank
+            model = load_file(self.tag_dir / ckpt_names.model_states_file(mp))
+            for group in model.get("param_shapes") or []:
+                shapes.update({name: torch.Size(shape) for name, shape in group.items() if name in self.names})
+            for dp_rank in range(self.dims.dp):
+                optim = load_file(_optim_file(self.tag_dir, dp_rank, mp))["optimizer_state_dict"]
+                base = optim["base_optimizer_state"]
+                self._note_optimizer(base, list(base["state"].values()))
+                saved = {
+                    "fp32": optim["single_partition_of_fp32_groups"],
+                    "state": [base["state"].get(g, {}) for g in range(len(optim["single_partition_of_fp32_groups"]))],
+                }
+                for g, mapping in enumerate(optim["param_slice_mappings"]):
+                    for name, fragment in mapping.items():
+                        if name in self.names:
+                            where.setdefault(name, []).append((saved, g, int(fragment.start), int(fragment.numel)))
+
+        def read(name: str, key: str | None) -> torch.Tensor:
+            if name not in where or name not in shapes:
+                raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the optimizer partitions")
+            pieces = []
+            for saved, g, start, numel in where[name]:
+                flat = saved["fp32"][g] if key is None else saved["state"][g].get(key)
+                if flat is None:
+                    raise CheckpointError(f"{self.tag_dir}: the optimizer state holds no {key!r} for {name}")
+                pieces.append(flat.narrow(0, start, numel))
+            return torch.cat(pieces).view(shapes[name])
+
+        return read
+
+    # ------------------------------------------------------------------ ZeRO-3
+    def _zero3(self, tp_rank: int) -> LocalRead:
+        if self.dims.pp > 1:
+            raise CheckpointError(f"{self.tag_dir}: a ZeRO-3 checkpoint with a pipeline is not one this project writes")
+        model = load_file(self.tag_dir / f"zero_pp_rank_0_mp_rank_{tp_rank:02d}_model_states.pt")
+        flats, states = [], []
+        for dp_rank in range(self.dims.dp):
+            optim = load_file(_optim_file(self.tag_dir, dp_rank, tp_rank))["optimizer_state_dict"]
+            base = optim["optimizer_state_dict"]
+            self._note_optimizer(base, list(base["state"].values()))
+            flats.append(optim["fp32_flat_groups"])
+            states.append([base["state"].get(g, {}) for g in range(len(optim["fp32_flat_groups"]))])
+        dp = self.dims.dp
+        where: dict[str, tuple[int, int, torch.Size]] = {}  # name -> (group, offset, shape)
+        for g, group in enumerate(model["param_shapes"]):
+            offset = 0
+            for name, shape in group.items():
+                where[name] = (g, offset, torch.Size(shape))
+                offset += math.ceil(torch.Size(shape).numel() / dp)
+            if offset != flats[0][g].numel():
+                raise CheckpointError(
+                    f"{self.tag_dir}: ZeRO-3 group {g} holds {flats[0][g].numel()} elements, not {offset}"
+                )
+
+        def read(name: str, key: str | None) -> torch.Tensor:
+            g, offset, shape = where[name]
+            part = math.ceil(shape.numel() / dp)
+            pieces = [(flats[r][g] if key is None else states[r][g][key]).narrow(0, offset, part) for r in range(dp)]
+            return torch.cat(pieces).narrow(0, 0, shape.numel()).view(shape)
+
+        return read
+
+    # ------------------------------------------------------------------ ZeRO-0, fp32
+    def _plain(self, tp_rank: int, names: list[str]) -> LocalRead:
+        if self.dims.pp > 1:
+            raise CheckpointError(
+                f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
+                "read across layouts; resume it in the layout that wrote it"
+            )
+        model = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))
+        weights, optim = model["module"], model.get("optimizer") or {"state": {}, "param_groups": []}
+        by_index = [i for g in optim["param_groups"] for i in g["params"]]
+        if by_index and len(by_index) != len(names):
+            raise CheckpointError(
+                f"{self.tag_dir}: the optimizer holds {len(by_index)} parameters, the model {len(names)}"
+            )
+        state = {names[k]: optim["state"].get(i, {}) for k, i in enumerate(by_index)}
+        if optim["param_groups"]:
+            self._note_optimizer(optim, list(optim["state"].values()))
+
+        def read(name: str, key: str | None) -> torch.Tensor:
+            if key is None:
+                return weights[name]
+            return state[name][key]
+
+        return read
+
+
+def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None) -> LazyTensors:
+    """The one-piece fp32 tensors of ``key`` (None: the weights), each joined from the TP ranks when asked for."""
+    tp = saved.dims.tp
+
+    def split_dim(name: str, local: torch.Tensor) -> int | None:
+        dims = [d for d, (a, b) in enumerate(zip(local.shape, shapes[name])) if a != b]
+        return dims[0] if dims else None
+
+    def read(name: str) -> torch.Tensor:
+        first = saved.local(0)(name, key)
+        dim = split_dim(name, first)
+        tensor = first if dim is None else torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
+        if dim is not None:
+            tensor = tensor.narrow(dim, 0, shapes[name][dim])
+        if tensor.shape != shapes[name]:
+            raise CheckpointError(
+                f"{saved.tag_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shapes[name])}"
+            )
+        return tensor.float().contiguous()
+
+    def read_slice(name: str, dim: int, start: int, length: int) -> torch.Tensor:
+        first = saved.local(0)(name, key)
+        if split_dim(name, first) != dim:
+            return read(name).narrow(dim, start, length)
+        if length == 0:
+            return first.new_zeros([0 if d == dim else n for d, n in enumerate(shapes[name])], dtype=torch.float32)
+        size = first.shape[dim]  # each saved TP rank's rows along ``dim``
+        pieces = []
+        for r in range(start // size, min(tp, -(-(start + length) // size))):
+            local = first if r == 0 else saved.local(r)(name, key)
+            lo, hi = max(start, r * size), min(start + length, (r + 1) * size)
+            pieces.append(local.narrow(dim, lo - r * size, hi - lo))
+        return torch.cat(pieces, dim=dim).float().contiguous()
+
+    return LazyTensors(shapes, read, read_slice)
+
+
+def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
+    """The record's data position in samples of the epoch's order, and the samples each update took."""
+    data = record.data
+    if data is None:
+        return None
+    samples = int(data["position"]) * int(data["global_batch_size"])
+    update_freq = int(((record.run_config or {}).get("data") or {}).get("update_freq", 1))
+    return {
+        "epoch": int(data["epoch"]), "samples": samples,
+        "samples_per_update": int(data["global_batch_size"]) * update_freq,
+        "seed": int(data["seed"]), "num_samples": int(data["num_samples"]), "shuffle": int(bool(data["shuffle"])),
+    }  # fmt: skip
+
+
+def read_training_state(tag_dir: str | Path) -> TrainingState:
+    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout."""
+    tag_dir, record = open_checkpoint(tag_dir)
+    shapes = one_piece_shapes(record.model_config())
+    saved = _SavedRanks(tag_dir, record, list(shapes))
+    optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
+    fresh = record.optimizer_fresh or not saved.state_keys
+    moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
+    lr_olds = {g.get("lr_old") for g in saved.groups} - {None}
+    return TrainingState(
+        weights=_assemble(saved, shapes, None),
+        optimizer=optimizer,
+        moments=moments,
+        num_updates=0 if fresh else int(record.num_updates),
+        adam_step=saved.adam_step if optimizer == "adam" and not fresh else None,
+        lr_old=float(next(iter(lr_olds))) if len(lr_olds) == 1 and not fresh else None,
+        data=None if fresh else _data_position(record),
+        extra={"layout": record.dims, "zero_stage": record.zero_stage, "precision": record.precision},
+    )
