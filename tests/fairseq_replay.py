@@ -47,6 +47,15 @@ def train_on_recorded_batches(argv: list[str], record: str) -> list[dict]:
             raise ValueError(f"an update of {len(update['samples'])} micro batches cannot split into {dp} x {gas}")
         mine += update["samples"][rank * gas : (rank + 1) * gas]
     trainer.batches = RecordedBatches(mine)
+    log = log_updates(trainer)
+    trainer.run()
+    parallel.destroy_parallel()
+    return log
+
+
+def log_updates(trainer) -> list[dict]:
+    """A list that each update of ``trainer`` appends its lr (the one it runs with), loss_sum, ntokens and
+    gnorm to, as fairseq's recorder (tests/oracle_scripts/record_fairseq_train.py) records them."""
     log = []
     step = trainer.stepper.train_step
 
@@ -58,6 +67,4 @@ def train_on_recorded_batches(argv: list[str], record: str) -> list[dict]:
         return result
 
     trainer.stepper.train_step = logged_step
-    trainer.run()
-    parallel.destroy_parallel()
     return log

@@ -42,7 +42,7 @@ OPTIMIZER_CLASS = {"nag": "FairseqNAG", "adam": "FairseqAdam"}  # what optimizer
 # fairseq's registration order inside a decoder layer (MultiheadAttention makes k, v, q, then out_proj)
 _LAYER_ORDER = ("in_proj", "k_proj", "v_proj", "q_proj", "out_proj", "self_attn_layer_norm", "fc1", "fc2",
                 "final_layer_norm")  # fmt: skip
-ITERATOR_KEY = "fairseq_iterator"
+FAIRSEQ_ITERATOR = "fairseq_iterator"  # TrainingState.extra key: fairseq's train_iterator state
 
 
 def is_fairseq_checkpoint(path: str | os.PathLike) -> bool:
@@ -167,7 +167,7 @@ def read_fairseq_training_state(path: str | os.PathLike) -> tuple[ModelConfig, T
     state = TrainingState(
         weights=weights, optimizer=kind, moments=moments, num_updates=int(history[-1]["num_updates"]),
         adam_step=step, lr_old=float(group["lr_old"]) if kind == "nag" else None, data=None,
-        extra={ITERATOR_KEY: iterator, "source": str(path)},
+        extra={FAIRSEQ_ITERATOR: iterator, "source": str(path)},
     )  # fmt: skip
     return cfg, state
 

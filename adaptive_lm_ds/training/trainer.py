@@ -28,6 +28,13 @@ from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
+from adaptive_lm_ds.formats.state_adapter import load_training_state
+from adaptive_lm_ds.interop import load_fairseq_checkpoint
+from adaptive_lm_ds.interop.fairseq_training_state import (
+    FAIRSEQ_ITERATOR,
+    is_fairseq_checkpoint,
+    read_fairseq_training_state,
+)
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
@@ -59,19 +66,28 @@ class TrainingAborted(UserError, RuntimeError):
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
-    """The model config (preset, or the consolidated model's own) and its initial weights if any."""
-    if not cfg.run.init_from:
+    """The model config (preset, or the consolidated model's own) and its initial weights if any.
+
+    A fairseq checkpoint to take over (``--restore-file X.pt``) fixes the model as ``--init-from`` does,
+    unless the command line builds the model itself (fairseq's ``--arch`` and shape flags, checked
+    against the checkpoint when it is loaded); its weights come with its training state."""
+    takeover = is_fairseq_checkpoint(cfg.run.restore_file) and not (cfg.model.shape_flags() or cfg.run.arch)
+    if not cfg.run.init_from and not takeover:
         return model_config(cfg, vocab_size), None
+    source = f"--init-from {cfg.run.init_from}" if cfg.run.init_from else f"--restore-file {cfg.run.restore_file}"
     if cfg.model.shape_flags() or cfg.run.arch:
         raise ckpt.CheckpointError(
-            f"--init-from {cfg.run.init_from} fixes the model's shape: drop --arch and the fairseq shape flags "
+            f"{source} fixes the model's shape: drop --arch and the fairseq shape flags "
             f"{sorted(cfg.model.shape_flags())}"
         )
-    model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    if cfg.run.init_from:
+        model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    else:
+        (model_cfg, _), state = load_fairseq_checkpoint(cfg.run.restore_file), None
     model_cfg = model_cfg.replace(**cfg.model.regularisation())
     if model_cfg.vocab_size != vocab_size:
         raise ckpt.CheckpointError(
-            f"--init-from {cfg.run.init_from} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
+            f"{source} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
             f"gives {vocab_size}; preprocess with the model's dictionary (--srcdict)"
         )
     return model_cfg, state
@@ -160,21 +176,46 @@ class Trainer:
         self.last_saved = tag
         return tag
 
-    def try_resume(self) -> str | None:
-        run = self.cfg.run
-        found = ckpt.resume_point(run.save_dir, run.restore_file)  # rank 0 decides and verifies
-        if found is None:
-            return None
-        load_dir, tag, record = found
-        saved_model = record.model_config()
+    def _check_model(self, saved_model: ModelConfig, where: str) -> None:
+        """A checkpoint resumes only into the model it was trained as (dropout may differ)."""
         saved_model = saved_model.replace(**{name: getattr(self.model_cfg, name) for name in DROPOUT_FIELDS})
         if saved_model != self.model_cfg:
+            fields = dataclasses.asdict(saved_model)
             diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
-                    for k in record.model if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
+                    for k in fields if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
             raise ckpt.CheckpointError(
-                f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
+                f"checkpoint {where} was trained with another model config (saved, now): {diff}; "
                 "use the same --preset/--init-from or a fresh --save-dir"
             )
+
+    def _take_over_fairseq(self, path: str) -> str:
+        """Continue the fairseq run whose checkpoint is ``path``: its weights, optimizer state, update count
+        and, in fairseq's batch order, the next batch fairseq would have used."""
+        try:
+            saved_model, state = read_fairseq_training_state(path)
+        except UserError as e:
+            raise ckpt.CheckpointError(f"cannot take over fairseq checkpoint {path}: {e}") from None
+        self._check_model(saved_model, path)
+        self._resume_from_state(state, f"fairseq checkpoint {path}")
+        if not self.cfg.run.reset_dataloader:
+            self.batches.load_fairseq_state(state.extra[FAIRSEQ_ITERATOR])
+        return path
+
+    def _resume_from_state(self, state, description: str) -> None:
+        load_training_state(self.engine, state)
+        self.num_updates = state.num_updates
+        self.scheduler.load_state_dict({"num_updates": state.num_updates})
+        if self.rank == 0:
+            LOG.info(f"resuming {description} at update {state.num_updates}")
+
+    def try_resume(self) -> str | None:
+        run = self.cfg.run
+        takeover = is_fairseq_checkpoint(run.restore_file)  # a fairseq run, unless this run has saved since
+        found = ckpt.resume_point(run.save_dir, "checkpoint_last" if takeover else run.restore_file)
+        if found is None:
+            return self._take_over_fairseq(run.restore_file) if takeover else None
+        load_dir, tag, record = found
+        self._check_model(record.model_config(), str(load_dir / tag))
         # A converted model's checkpoint (layout_checkpoint.py) carries no optimizer history: start it anew.
         reset_optimizer = run.reset_optimizer or record.optimizer_fresh
         try:
