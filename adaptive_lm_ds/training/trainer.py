@@ -28,6 +28,7 @@ from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.resharding import load_one_piece_state
+from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_state, read_training_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
@@ -161,20 +162,44 @@ class Trainer:
         return tag
 
     def try_resume(self) -> str | None:
+        """Resume from ``--restore-file`` / ``--save-dir``'s newest checkpoint, in any layout.
+
+        The layout, ZeRO stage and precision that wrote it: DeepSpeed's own load (RNG included, bit-exact).
+        Any other: the layout-free :class:`TrainingState` (:mod:`adaptive_lm_ds.formats.state_adapter`),
+        through :meth:`_resume_from_state`.
+        """
         run = self.cfg.run
         found = ckpt.resume_point(run.save_dir, run.restore_file)  # rank 0 decides and verifies
         if found is None:
             return None
         load_dir, tag, record = found
+        self._check_saved_model(load_dir / tag, record)
+        saved = _describe_layout(record.dims, record.zero_stage, record.precision)
+        now = _describe_layout(self.dims, self.plan.zero_stage, self.plan.precision)
+        if saved == now:
+            self._resume_natively(load_dir, tag, record)
+        else:
+            state = _read_state(load_dir / tag, saved)
+            if run.reset_optimizer:
+                state = dataclasses.replace(state, moments={}, num_updates=0, adam_step=None, lr_old=None, data=None)
+            self._resume_from_state(state, f"{tag} saved at {saved} in {now}")
+        self.last_saved = tag
+        return tag
+
+    def _check_saved_model(self, tag_dir: Path, record: CheckpointRecord) -> None:
         saved_model = record.model_config()
         saved_model = saved_model.replace(**{name: getattr(self.model_cfg, name) for name in DROPOUT_FIELDS})
         if saved_model != self.model_cfg:
             diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
                     for k in record.model if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
             raise ckpt.CheckpointError(
-                f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
+                f"checkpoint {tag_dir} was trained with another model config (saved, now): {diff}; "
                 "use the same --preset/--init-from or a fresh --save-dir"
             )
+
+    def _resume_natively(self, load_dir: Path, tag: str, record: CheckpointRecord) -> None:
+        """DeepSpeed's own load of a checkpoint this very layout wrote."""
+        run = self.cfg.run
         # A converted model's checkpoint (layout_checkpoint.py) carries no optimizer history: start it anew.
         reset_optimizer = run.reset_optimizer or record.optimizer_fresh
         try:
@@ -197,8 +222,39 @@ class Trainer:
         if not run.reset_dataloader and record.data is not None:
             self.batches.load_state_dict(record.data)
             ckpt.load_rng(load_dir, tag, self.rank)
-        self.last_saved = tag
-        return tag
+
+    def _resume_from_state(self, state: TrainingState, description: str) -> None:
+        """Continue from a layout-free training state (any layout's checkpoint, or another program's), said in
+        one line: ``description`` names the source ("checkpoint_N saved at ... in ...")."""
+        try:
+            load_training_state(self.engine, state)
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(f"cannot resume {description}: {e}") from None
+        self.num_updates = int(state.num_updates)
+        self.scheduler.load_state_dict({"num_updates": self.num_updates})
+        carried = ["weights"]
+        if state.moments:
+            carried.append("NAG momentum" if state.optimizer == "nag" else "Adam moments and step")
+        if state.num_updates:
+            carried.append("schedule")
+        if state.data is not None and not self.cfg.run.reset_dataloader:
+            self._seek_data(state.data)
+            carried.append("data position")
+        if self.rank == 0:
+            what = f"{', '.join(carried[:-1])} and {carried[-1]}" if len(carried) > 1 else carried[0]
+            LOG.info(f"resuming {description}: {what} carried over; RNG not (layout changed)")
+
+    def _seek_data(self, position: dict) -> None:
+        """Continue the data after the state's samples; a changed update size is warned about in one line."""
+        per_update = self.batches.global_batch_size * self.cfg.data.update_freq
+        saved = int(position.get("samples_per_update", per_update))
+        if saved != per_update and self.rank == 0:
+            LOG.warning(
+                f"the checkpoint took {saved} sequences per update, this run takes {per_update} "
+                f"(micro batch x DP x --update-freq): momentum is kept but the batch changes; continuing at sample "
+                f"{int(position['samples']) // per_update * per_update} of epoch {int(position['epoch']) + 1}"
+            )
+        self.batches.seek(position, update_samples=per_update)
 
     # ------------------------------------------------------------------ loop
     def _update_record(self, result, step_time: float) -> UpdateRecord:
@@ -379,6 +435,23 @@ class Trainer:
         if self.cfg.run.init_from:
             return f"starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
         return f"starting from scratch (seed {self.cfg.run.seed})"
+
+
+def _describe_layout(dims: parallel.ParallelDims, zero_stage: int, precision: str) -> str:
+    return f"{dims.describe()} ZeRO-{zero_stage} {precision}"
+
+
+def _read_state(tag_dir: Path, saved: str) -> TrainingState:
+    """:func:`read_training_state`; a checkpoint whose files this version cannot decode is refused in one line."""
+    try:
+        return read_training_state(tag_dir)
+    except ckpt.CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        raise ckpt.CheckpointError(
+            f"cannot resume {tag_dir} in another layout: its files are in a format this version cannot read "
+            f"({type(e).__name__}: {e}); resume it at {saved}, the layout that wrote it"
+        ) from None
 
 
 def _memory_gb() -> float:
