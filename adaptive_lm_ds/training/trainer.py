@@ -27,8 +27,7 @@ from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
-from adaptive_lm_ds.formats.resharding import load_one_piece_state
-from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_state, read_training_state
+from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_state, load_weights, read_training_state
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
@@ -128,7 +127,7 @@ class Trainer:
         module = build_module(self.model_cfg, run.checkpoint_activations, run.seed, run.compile)
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
-            load_one_piece_state(module, init_state, self.model_cfg)
+            load_weights(module, init_state)
         built = build_engine(module, cfg.optim, self.plan, packed=data.sample_break_mode == "packed",
                              max_update=run.max_update)  # fmt: skip
         self.engine, self.stepper, self.scheduler = built.engine, built.stepper, built.scheduler
