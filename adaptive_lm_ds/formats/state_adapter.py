@@ -23,12 +23,11 @@ from collections.abc import Mapping
 import torch
 
 from adaptive_lm_ds.checkpoint import CheckpointError
-from adaptive_lm_ds.formats.consolidated import tied_names
 from adaptive_lm_ds.formats.state_reader import read_training_state
 from adaptive_lm_ds.formats.state_writer import load_training_state, model_config_of, tp_rank_of
 from adaptive_lm_ds.formats.streaming import shape_of
 from adaptive_lm_ds.formats.training_state import STATE_KEYS, TrainingState
-from adaptive_lm_ds.model.sharding import one_piece_shapes, shard_from
+from adaptive_lm_ds.model.sharding import one_piece_shapes, shard_from, tied_names
 
 __all__ = [
     "STATE_KEYS",

@@ -28,9 +28,8 @@ from deepspeed.utils import (
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
-from adaptive_lm_ds.formats.consolidated import tied_names
 from adaptive_lm_ds.formats.training_state import STATE_KEYS, TrainingState
-from adaptive_lm_ds.model.sharding import shard_from
+from adaptive_lm_ds.model.sharding import shard_from, tied_names
 from adaptive_lm_ds.optim.optimizers import NAG
 
 
@@ -102,8 +101,9 @@ def load_training_state(engine, state: TrainingState) -> None:
         source = owners.get(name, name)
         if source not in state.weights:
             raise CheckpointError(f"the training state has no weight {source} (parameter {name} of this model)")
-        values = [(None, shard_from(param, state.weights, source, tp_rank).float())]
-        values += [(key, shard_from(param, state.moments[key], source, tp_rank).float()) for key in keys]
+        shape = getattr(param, "ds_shape", param.shape)  # ZeRO-3 keeps only a partition in the parameter
+        values = [(key, shard_from(param, tensors, source, tp_rank, shape).float())
+                  for key, tensors in [(None, state.weights), *((k, state.moments[k]) for k in keys)]]  # fmt: skip
         if zero3:
             _set_zero3(optimizer, param, values)
         elif fragments:
