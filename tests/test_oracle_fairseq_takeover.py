@@ -27,6 +27,7 @@ import torch
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.testing import run_on_ranks
 from tests.oracle import FIXTURE_A, SCRIPTS, fairseq_arch_flags, shared_or_skip, tool_main
+from tests.same_command_line import train_logging_updates
 
 TAKEOVER_AT, HAND_BACK_AT, UPDATES = 10, 15, 20
 LOSS_REL = 1e-5
@@ -77,20 +78,6 @@ def fairseq_reference(fairseq_oracle, oracle_data_bin, model_flags, fairseq_chec
     return fairseq_continues(fairseq_oracle, oracle_data_bin, model_flags, fairseq_checkpoint, record)
 
 
-def continue_on_rank(argv: list[str]) -> list[dict]:
-    """Rank-side: our trainer with ``argv``; per update the lr it ran with, loss_sum, ntokens and gnorm."""
-    from adaptive_lm_ds import parallel
-    from adaptive_lm_ds.training.config import build_parser, config_from_args
-    from adaptive_lm_ds.training.trainer import Trainer
-    from tests.fairseq_replay import log_updates
-
-    trainer = Trainer(config_from_args(build_parser("takeover").parse_args(argv)))
-    log = log_updates(trainer)
-    trainer.run()
-    parallel.destroy_parallel()
-    return log
-
-
 def our_continuation(layout, data_bin, model_flags, checkpoint, save_dir=None) -> list[dict]:
     world, tp, pp, ds = layout
     save = ["--save-dir", str(save_dir), "--save-interval-updates", str(HAND_BACK_AT)] if save_dir else ["--no-save"]
@@ -100,7 +87,7 @@ def our_continuation(layout, data_bin, model_flags, checkpoint, save_dir=None) -
         "--deepspeed_config", f"ds_configs/{ds}.json", "--validate-interval-updates", "0", "--max-valid-steps", "1",
         "--log-interval", "100", *save,
     ]  # fmt: skip
-    ranks = run_on_ranks(continue_on_rank, nprocs=world, timeout=600, argv=argv)
+    ranks = run_on_ranks(train_logging_updates, nprocs=world, timeout=600, argv=argv)
     return ranks[0]
 
 

@@ -23,7 +23,7 @@ from typing import Any, get_args, get_origin
 from adaptive_lm_ds import cli
 from adaptive_lm_ds.cli import flag as _f
 from adaptive_lm_ds.config import ACTIVATIONS, PRESETS, ModelConfig, get_preset
-from adaptive_lm_ds.data import BREAK_MODES
+from adaptive_lm_ds.data import BATCH_ORDERS, BREAK_MODES
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.interop.fairseq_cfg import arch_model_config, fairseq_archs, refine
 from adaptive_lm_ds.metrics_log import LOG_FORMATS
@@ -54,6 +54,16 @@ class DataConfig:
     max_tokens: int = _f(0, "tokens per micro batch per data-parallel rank (0: use --batch-size)")
     batch_size: int = _f(0, "sequences per micro batch (0: derived from --max-tokens)")
     update_freq: int = _f(1, "micro batches accumulated per update (gradient accumulation)")
+    batch_order: str = _f(
+        "ours",
+        "ours: a seeded permutation in full --max-tokens/--batch-size micro batches; fairseq: fairseq-train's "
+        "batches for the same command line (its size-sorted batching, seeded shuffles and DP sharding), padded "
+        "to the micro batch, so a fairseq run continues on the batches it would have used",
+        choices=BATCH_ORDERS,
+    )
+    required_batch_size_multiple: int | None = _f(
+        None, "fairseq's batch-size multiple, for --batch-order fairseq only (default: fairseq's 8)"
+    )
     num_workers: int = _f(0, "data loader worker processes")
     skip_invalid_size_inputs_valid_test: bool = _f(
         False,

@@ -28,7 +28,6 @@ UNSUPPORTED = {
     "--cpu": "set DS_ACCELERATOR=cpu in the environment",
     "--distributed-world-size": "the launcher sets the world: deepspeed --num_gpus N / torchrun --nproc_per_node N",
     "--distributed-port": "the launcher sets it: deepspeed --master_port P / torchrun --master_port P",
-    "--required-batch-size-multiple": "micro batches are exactly --max-tokens / --batch-size here; drop the flag",
     "--max-tokens-valid": "validation uses the training micro batch (--max-tokens / --batch-size)",
     "--batch-size-valid": "validation uses the training micro batch (--max-tokens / --batch-size)",
     "--sentence-avg": "the loss is normalised per token, as fairseq's default; drop the flag",

@@ -23,7 +23,7 @@ from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
-from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_lm_dataset
+from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_batch_iterator, build_lm_dataset
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
@@ -112,6 +112,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
+        if is_fairseq_checkpoint(cfg.run.restore_file):  # a fairseq run goes on with the batches fairseq would use
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_order="fairseq"))
         self.cfg = cfg
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
@@ -130,7 +132,7 @@ class Trainer:
         self.dims = parallel.initialize_parallel(layout, run.seed)
         self.rank = dist.get_rank()
         dp_rank, dp_size = self.dims.dp_rank, self.dims.dp
-        self.batches = LMBatchIterator(self.train_data, self.micro, dp_rank, dp_size, seed=run.seed)
+        self.batches = build_batch_iterator(data, self.train_data, self.micro, dp_rank, dp_size, run.seed)
         self.valid_batches = LMBatchIterator(
             self.valid_data, self.micro, dp_rank, dp_size, shuffle=False, drop_last=False
         )

@@ -1,16 +1,15 @@
-"""Run with the fairseq oracle's python: fairseq-train, recording what each update fed and measured.
+"""Run with the fairseq oracle's python: fairseq-train, recording what each update measured.
 
     python record_fairseq_train.py OUT.pt fairseq-train-args...
 
 Runs fairseq-train's own ``main`` (``fairseq_cli.train.cli_main`` path) with three wrappers on its
 ``Trainer`` / criterion, which change nothing they wrap:
 
-* ``Trainer.train_step(samples)``: the micro batches of the update (``src_tokens``, ``target``,
-  ``ntokens`` of each, as tensors) and the lr the optimizer holds when the step starts;
+* ``Trainer.train_step(samples)``: the lr the optimizer holds when the step starts;
 * ``criterion.forward`` (training only): each micro batch's summed loss (nats) and sample size;
 * ``Trainer.clip_grad_norm``: the gradient norm fairseq computes (before clipping), as logged.
 
-OUT.pt: ``{"updates": [{"samples": [...], "lr", "loss_sum", "sample_size", "gnorm"}, ...]}``, loadable with
+OUT.pt: ``{"updates": [{"lr", "loss_sum", "sample_size", "gnorm"}, ...]}``, loadable with
 ``torch.load(weights_only=True)``.
 """
 
@@ -40,12 +39,7 @@ def train_step(self, samples, raise_oom=False):
             return loss, sample_size, logging_output
 
         self.criterion.forward = recorded_forward
-    batches = [
-        {"tokens": s["net_input"]["src_tokens"].clone(), "targets": s["target"].clone(), "ntokens": int(s["ntokens"])}
-        for s in samples
-        if s
-    ]
-    updates.append({"samples": batches, "lr": float(self.get_lr()), "loss_sum": 0.0, "sample_size": 0})
+    updates.append({"lr": float(self.get_lr()), "loss_sum": 0.0, "sample_size": 0})
     return original_step(self, samples, raise_oom)
 
 
