@@ -207,8 +207,8 @@ def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None
 def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
     """The record's data position in samples of the epoch's order, and the samples each update took."""
     data = record.data
-    if data is None:
-        return None
+    if data is None or data.get("order") == "fairseq":  # fairseq's batch order: its own state, any DP size
+        return data
     samples = int(data["position"]) * int(data["global_batch_size"])
     update_freq = int(((record.run_config or {}).get("data") or {}).get("update_freq", 1))
     return {

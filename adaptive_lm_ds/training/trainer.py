@@ -278,6 +278,8 @@ class Trainer:
 
     def _seek_data(self, position: dict) -> None:
         """Continue the data after the state's samples; a changed update size is warned about in one line."""
+        if position.get("order") == "fairseq":  # fairseq's batch order re-divides its batches over any DP size
+            return self.batches.load_state_dict(position)
         per_update = self.batches.global_batch_size * self.cfg.data.update_freq
         saved = int(position.get("samples_per_update", per_update))
         if saved != per_update and self.rank == 0:
