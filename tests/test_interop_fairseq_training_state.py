@@ -10,6 +10,7 @@ import torch
 
 from adaptive_lm_ds.interop import FairseqConversionError, ours_to_fairseq, safe_load
 from adaptive_lm_ds.interop.fairseq_training_state import (
+    fairseq_iterator_state,
     fairseq_parameter_order,
     read_fairseq_training_state,
     write_fairseq_training_checkpoint,
@@ -190,3 +191,26 @@ def test_a_sharded_optimizer_state_is_refused(tmp_path):
     checkpoint["last_optimizer_state"]["state"] = {i: state[i] for i in list(state)[:3]}
     with pytest.raises(FairseqConversionError, match="3 parameter state"):
         read_fairseq_training_state(_saved(tmp_path, checkpoint))
+
+
+# --------------------------------------------------------------------------- the data position handed back
+
+
+def test_a_fairseq_order_position_is_fairseqs_iterator_state():
+    position = {"order": "fairseq", "epoch": 0, "position": 15, "num_batches": 50, "dp_size": 1, "shuffle": True}
+    state = fairseq_iterator_state(position)
+    assert (state["epoch"], state["iterations_in_epoch"]) == (1, 15)  # fairseq counts epochs from 1
+
+
+def test_an_exhausted_fairseq_epoch_is_saved_as_the_next_ones_start():
+    # 7 batches over 2 ranks: each rank's shard has ceil(7 / 2) = 4 (the last one filled), as fairseq shards
+    position = {"order": "fairseq", "epoch": 2, "position": 4, "num_batches": 7, "dp_size": 2, "shuffle": True}
+    state = fairseq_iterator_state(position)
+    assert (state["epoch"], state["iterations_in_epoch"]) == (4, 0)
+
+
+def test_our_order_converts_at_an_epochs_start_only():
+    start = {"epoch": 1, "position": 0, "seed": 1, "shuffle": True, "global_batch_size": 4, "num_samples": 99}
+    assert fairseq_iterator_state(start)["epoch"] == 2
+    with pytest.raises(FairseqConversionError, match="3 batches into epoch 2 of this project's batch order"):
+        fairseq_iterator_state(dict(start, position=3))

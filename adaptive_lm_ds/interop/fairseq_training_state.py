@@ -240,8 +240,8 @@ def fairseq_training_checkpoint(
     if state.optimizer == "adam":
         for slot in per_param:
             slot["step"] = int(state.adam_step or 0)
-    model = checkpoint["model"]  # parameters in fairseq's order, as its own file lists them (readers rely on it)
-    checkpoint["model"] = {**{n: model[n] for n in order}, **{k: t for k, t in model.items() if k not in set(order)}}
+    model, placed = checkpoint["model"], set(order)  # parameters in fairseq's order, as its files list them
+    checkpoint["model"] = {**{n: model[n] for n in order}, **{k: t for k, t in model.items() if k not in placed}}
     checkpoint["optimizer_history"][-1]["optimizer_name"] = OPTIMIZER_CLASS[state.optimizer]
     checkpoint["last_optimizer_state"] = {
         "state": dict(enumerate(per_param)),
