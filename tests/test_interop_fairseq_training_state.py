@@ -12,6 +12,7 @@ from adaptive_lm_ds.interop import FairseqConversionError, ours_to_fairseq, safe
 from adaptive_lm_ds.interop.fairseq_training_state import (
     fairseq_iterator_state,
     fairseq_parameter_order,
+    fairseq_restore_file,
     read_fairseq_training_state,
     write_fairseq_training_checkpoint,
 )
@@ -214,3 +215,14 @@ def test_our_order_converts_at_an_epochs_start_only():
     assert fairseq_iterator_state(start)["epoch"] == 2
     with pytest.raises(FairseqConversionError, match="3 batches into epoch 2 of this project's batch order"):
         fairseq_iterator_state(dict(start, position=3))
+
+
+def test_restore_file_names_a_fairseq_checkpoint_as_given_or_inside_the_save_dir(tmp_path):
+    (tmp_path / "save" / "checkpoint_7").mkdir(parents=True)  # a tag folder of ours is not fairseq's
+    (tmp_path / "save" / "checkpoint_last.pt").write_bytes(b"")
+    given = tmp_path / "elsewhere.pt"
+    given.write_bytes(b"")
+    assert fairseq_restore_file(str(given), tmp_path / "save") == given
+    assert fairseq_restore_file("checkpoint_last.pt", tmp_path / "save") == tmp_path / "save" / "checkpoint_last.pt"
+    assert fairseq_restore_file("checkpoint_7", tmp_path / "save") is None
+    assert fairseq_restore_file("checkpoint_last", tmp_path / "save") is None

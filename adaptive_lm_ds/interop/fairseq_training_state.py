@@ -45,9 +45,12 @@ _LAYER_ORDER = ("in_proj", "k_proj", "v_proj", "q_proj", "out_proj", "self_attn_
 FAIRSEQ_ITERATOR = "fairseq_iterator"  # TrainingState.extra key: fairseq's train_iterator state
 
 
-def is_fairseq_checkpoint(path: str | os.PathLike) -> bool:
-    """A file (not a tag folder): what ``--restore-file`` takes as a fairseq checkpoint."""
-    return Path(path).is_file()
+def fairseq_restore_file(restore_file: str, save_dir: str | os.PathLike) -> Path | None:
+    """The fairseq checkpoint ``--restore-file`` names, or None: a file (a tag folder is ours), as given or
+    inside ``--save-dir`` (how fairseq reads a bare name such as ``checkpoint_last.pt``)."""
+    if not restore_file:
+        return None
+    return next((p for p in (Path(restore_file), Path(save_dir) / restore_file) if p.is_file()), None)
 
 
 def _layer_rank(name: str) -> int:

@@ -31,7 +31,7 @@ from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_st
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.interop.fairseq_training_state import (
     FAIRSEQ_ITERATOR,
-    is_fairseq_checkpoint,
+    fairseq_restore_file,
     read_fairseq_training_state,
 )
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
@@ -70,7 +70,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, di
     A fairseq checkpoint to take over (``--restore-file X.pt``) fixes the model as ``--init-from`` does,
     unless the command line builds the model itself (fairseq's ``--arch`` and shape flags, checked
     against the checkpoint when it is loaded); its weights come with its training state."""
-    takeover = is_fairseq_checkpoint(cfg.run.restore_file) and not (cfg.model.shape_flags() or cfg.run.arch)
+    fairseq_file = fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir)
+    takeover = fairseq_file is not None and not (cfg.model.shape_flags() or cfg.run.arch)
     if not cfg.run.init_from and not takeover:
         return model_config(cfg, vocab_size), None
     source = f"--init-from {cfg.run.init_from}" if cfg.run.init_from else f"--restore-file {cfg.run.restore_file}"
@@ -82,7 +83,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, di
     if cfg.run.init_from:
         model_cfg, state, _ = load_consolidated(cfg.run.init_from)
     else:
-        (model_cfg, _), state = load_fairseq_checkpoint(cfg.run.restore_file), None
+        (model_cfg, _), state = load_fairseq_checkpoint(fairseq_file), None
     model_cfg = model_cfg.replace(**cfg.model.regularisation())
     if model_cfg.vocab_size != vocab_size:
         raise ckpt.CheckpointError(
@@ -112,7 +113,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
-        if is_fairseq_checkpoint(cfg.run.restore_file):  # a fairseq run goes on with the batches fairseq would use
+        if fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir):  # a fairseq run goes on with its batches
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_order="fairseq"))
         self.cfg = cfg
         run, data = cfg.run, cfg.data
@@ -185,10 +186,10 @@ class Trainer:
         through :meth:`_resume_from_state`.
         """
         run = self.cfg.run
-        takeover = is_fairseq_checkpoint(run.restore_file)  # a fairseq run, unless this run has saved since
-        found = ckpt.resume_point(run.save_dir, "checkpoint_last" if takeover else run.restore_file)
+        fairseq_file = fairseq_restore_file(run.restore_file, run.save_dir)  # unless this run has saved since
+        found = ckpt.resume_point(run.save_dir, "checkpoint_last" if fairseq_file else run.restore_file)
         if found is None:
-            return self._take_over_fairseq(run.restore_file) if takeover else None
+            return self._take_over_fairseq(str(fairseq_file)) if fairseq_file else None
         load_dir, tag, record = found
         self._check_saved_model(load_dir / tag, record.model_config())
         saved = _describe_layout(record.dims, record.zero_stage, record.precision)
