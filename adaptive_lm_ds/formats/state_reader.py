@@ -46,24 +46,41 @@ def _optim_file(tag_dir: Path, dp: int, mp: int) -> Path:
 
 
 class _SavedRanks:
-    """The loaded files of one checkpoint: ``local(tp_rank)`` reads one TP rank's tensors; ``groups`` holds a
-    saved base optimizer's param groups and ``state_keys`` the optimizer state it keeps."""
+    """The files of one checkpoint, each loaded once, when first needed: :meth:`local` reads one TP rank's
+    tensors; ``groups`` holds a saved base optimizer's param groups and ``state_keys`` the state it keeps."""
 
     def __init__(self, tag_dir: Path, record: CheckpointRecord, names: list[str]):
-        self.tag_dir, self.record, self.names = tag_dir, record, set(names)
+        self.tag_dir, self.record, self.names = tag_dir, record, names
         self.dims = record.dims
         self.groups: list[dict] = []
         self.state_keys: set[str] = set()
         self.adam_step: int | None = None
-        if record.zero_stage == 3:
-            self._locals = [self._zero3(tp_rank) for tp_rank in range(self.dims.tp)]
-        elif record.zero_stage == 0 and record.precision == "fp32":
-            self._locals = [self._plain(tp_rank, names) for tp_rank in range(self.dims.tp)]
-        else:
-            self._locals = [self._partitioned(tp_rank) for tp_rank in range(self.dims.tp)]
+        self._loaded: dict[tuple[str, int], LocalRead] = {}
+
+    def _store(self, kind: str, tp_rank: int) -> LocalRead:
+        if (kind, tp_rank) not in self._loaded:
+            self._loaded[(kind, tp_rank)] = getattr(self, f"_{kind}")(tp_rank)
+        return self._loaded[(kind, tp_rank)]
+
+    def _kind(self, key: str | None) -> str:
+        """Which files hold the weights (key None) or optimizer state ``key``: fp32 weights below ZeRO-3 are
+        the module's own (the masters themselves); bf16/fp16 runs keep their fp32 masters in the partitions."""
+        stage, precision = self.record.zero_stage, self.record.precision
+        if stage == 3:
+            return "zero3"
+        if precision == "fp32" and (key is None or stage == 0):
+            return "module" if key is None else "plain"
+        return "partitioned"
 
     def local(self, tp_rank: int) -> LocalRead:
-        return self._locals[tp_rank]
+        return lambda name, key: self._store(self._kind(key), tp_rank)(name, key)
+
+    def load(self, key: str | None) -> _SavedRanks:
+        """Load every TP rank's files holding the weights (key None) or the optimizer state (any key: also the
+        param groups, the state keys and Adam's step), so a damaged file is refused before any tensor is used."""
+        for tp_rank in range(self.dims.tp):
+            self._store(self._kind(key), tp_rank)
+        return self
 
     def _note_optimizer(self, optim: dict, states: list[dict]) -> None:
         """Remember the base optimizer's param groups (lr_old) and which state it keeps (Adam's step)."""
@@ -76,13 +93,14 @@ class _SavedRanks:
 
     # ------------------------------------------------------------------ ZeRO-1/2 and the bf16 optimizer
     def _partitioned(self, tp_rank: int) -> LocalRead:
+        wanted = set(self.names)
         where: dict[str, list[tuple[dict, int, int, int]]] = {}  # name -> [(file, group, start, numel)] by DP rank
         shapes: dict[str, torch.Size] = {}
         for pp_rank in range(self.dims.pp):
             mp = pp_rank * self.dims.tp + tp_rank
             model = load_file(self.tag_dir / ckpt_names.model_states_file(mp))
             for group in model.get("param_shapes") or []:
-                shapes.update({name: torch.Size(shape) for name, shape in group.items() if name in self.names})
+                shapes.update({name: torch.Size(shape) for name, shape in group.items() if name in wanted})
             for dp_rank in range(self.dims.dp):
                 optim = load_file(_optim_file(self.tag_dir, dp_rank, mp))["optimizer_state_dict"]
                 base = optim["base_optimizer_state"]
@@ -93,7 +111,7 @@ class _SavedRanks:
                 }
                 for g, mapping in enumerate(optim["param_slice_mappings"]):
                     for name, fragment in mapping.items():
-                        if name in self.names:
+                        if name in wanted:
                             where.setdefault(name, []).append((saved, g, int(fragment.start), int(fragment.numel)))
 
         def read(name: str, key: str | None) -> torch.Tensor:
@@ -141,15 +159,35 @@ class _SavedRanks:
 
         return read
 
+    # ------------------------------------------------------------------ the module's weights (fp32 below ZeRO-3)
+    def _module(self, tp_rank: int) -> LocalRead:
+        if self.dims.pp == 1:
+            weights = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))["module"]
+        else:
+            weights, num_layers = {}, self.record.model_config().num_layers
+            for layer in range(ckpt_names.pipeline_layer_count(num_layers)):
+                for key, tensor in load_file(self.tag_dir / ckpt_names.layer_states_file(layer, tp_rank)).items():
+                    name = ckpt_names.adaptive_lm_name(layer, key, num_layers)
+                    if name is not None:
+                        weights[name] = tensor
+
+        def read(name: str, key: str | None) -> torch.Tensor:
+            if name not in weights:
+                raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved weights")
+            return weights[name]
+
+        return read
+
     # ------------------------------------------------------------------ ZeRO-0, fp32
-    def _plain(self, tp_rank: int, names: list[str]) -> LocalRead:
+    def _plain(self, tp_rank: int) -> LocalRead:
         if self.dims.pp > 1:
             raise CheckpointError(
                 f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
                 "read across layouts; resume it in the layout that wrote it"
             )
-        model = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))
-        weights, optim = model["module"], model.get("optimizer") or {"state": {}, "param_groups": []}
+        names = self.names
+        optim = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank)).get("optimizer")
+        optim = optim or {"state": {}, "param_groups": []}
         by_index = [i for g in optim["param_groups"] for i in g["params"]]
         if by_index and len(by_index) != len(names):
             raise CheckpointError(
@@ -160,8 +198,6 @@ class _SavedRanks:
             self._note_optimizer(optim, list(optim["state"].values()))
 
         def read(name: str, key: str | None) -> torch.Tensor:
-            if key is None:
-                return weights[name]
             return state[name][key]
 
         return read
@@ -204,7 +240,7 @@ def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None
     return LazyTensors(shapes, read, read_slice)
 
 
-def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
+def data_position(record: CheckpointRecord) -> dict[str, int] | None:
     """The record's data position in samples of the epoch's order, and the samples each update took."""
     data = record.data
     if data is None:
@@ -218,11 +254,20 @@ def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
     }  # fmt: skip
 
 
+def read_weights(tag_dir: Path, record: CheckpointRecord) -> LazyTensors:
+    """The one-piece fp32 weights of an opened checkpoint (:func:`open_checkpoint`); no optimizer file is read
+    unless it holds the only fp32 masters (ZeRO-3, bf16/fp16 runs)."""
+    shapes = one_piece_shapes(record.model_config())
+    return _assemble(_SavedRanks(tag_dir, record, list(shapes)).load(None), shapes, None)
+
+
 def read_training_state(tag_dir: str | Path) -> TrainingState:
     """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout."""
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
-    saved = _SavedRanks(tag_dir, record, list(shapes))
+    saved = _SavedRanks(tag_dir, record, list(shapes)).load(None)
+    if not record.optimizer_fresh:
+        saved.load("state")
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
     fresh = record.optimizer_fresh or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
@@ -234,6 +279,6 @@ def read_training_state(tag_dir: str | Path) -> TrainingState:
         num_updates=0 if fresh else int(record.num_updates),
         adam_step=saved.adam_step if optimizer == "adam" and not fresh else None,
         lr_old=float(next(iter(lr_olds))) if len(lr_olds) == 1 and not fresh else None,
-        data=None if fresh else _data_position(record),
+        data=None if fresh else data_position(record),
         extra={"layout": record.dims, "zero_stage": record.zero_stage, "precision": record.precision},
     )

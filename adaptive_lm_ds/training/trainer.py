@@ -28,6 +28,7 @@ from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_state, load_weights, read_training_state
+from adaptive_lm_ds.formats.state_reader import data_position
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
@@ -219,7 +220,7 @@ class Trainer:
         if not reset_optimizer:
             self.scheduler.num_updates = self.num_updates
         if not run.reset_dataloader and record.data is not None:
-            self.batches.load_state_dict(record.data)
+            self._seek_data(data_position(record))
             ckpt.load_rng(load_dir, tag, self.rank)
 
     def _resume_from_state(self, state: TrainingState, description: str) -> None:
