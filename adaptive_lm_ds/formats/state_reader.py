@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -35,6 +36,13 @@ from adaptive_lm_ds.model.sharding import one_piece_shapes
 
 # (name, optimizer state key or None for the fp32 weight) -> one TP rank's local tensor
 LocalRead = Callable[[str, str | None], torch.Tensor]
+
+
+class _Store(NamedTuple):
+    """One TP rank's loaded files of one kind: ``read`` makes a local tensor, ``shapes`` says its shape first."""
+
+    read: LocalRead
+    shapes: dict[str, torch.Size]
 
 
 def _optim_file(tag_dir: Path, dp: int, mp: int) -> Path:
@@ -55,9 +63,9 @@ class _SavedRanks:
         self.groups: list[dict] = []
         self.state_keys: set[str] = set()
         self.adam_step: int | None = None
-        self._loaded: dict[tuple[str, int], LocalRead] = {}
+        self._loaded: dict[tuple[str, int], _Store] = {}
 
-    def _store(self, kind: str, tp_rank: int) -> LocalRead:
+    def _store(self, kind: str, tp_rank: int) -> _Store:
         if (kind, tp_rank) not in self._loaded:
             self._loaded[(kind, tp_rank)] = getattr(self, f"_{kind}")(tp_rank)
         return self._loaded[(kind, tp_rank)]
@@ -73,7 +81,14 @@ class _SavedRanks:
         return "partitioned"
 
     def local(self, tp_rank: int) -> LocalRead:
-        return lambda name, key: self._store(self._kind(key), tp_rank)(name, key)
+        return lambda name, key: self._store(self._kind(key), tp_rank).read(name, key)
+
+    def local_shape(self, tp_rank: int, name: str, key: str | None) -> torch.Size:
+        """The shape of TP rank ``tp_rank``'s shard of ``name``, without making it."""
+        shapes = self._store(self._kind(key), tp_rank).shapes
+        if name not in shapes:
+            raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved files")
+        return shapes[name]
 
     def load(self, key: str | None) -> _SavedRanks:
         """Load every TP rank's files holding the weights (key None) or the optimizer state (any key: also the
@@ -125,7 +140,7 @@ class _SavedRanks:
                 pieces.append(flat.narrow(0, start, numel))
             return torch.cat(pieces).view(shapes[name])
 
-        return read
+        return _Store(read, shapes)
 
     # ------------------------------------------------------------------ ZeRO-3
     def _zero3(self, tp_rank: int) -> LocalRead:
@@ -157,7 +172,7 @@ class _SavedRanks:
             pieces = [(flats[r][g] if key is None else states[r][g][key]).narrow(0, offset, part) for r in range(dp)]
             return torch.cat(pieces).narrow(0, 0, shape.numel()).view(shape)
 
-        return read
+        return _Store(read, {name: shape for name, (_, _, shape) in where.items()})
 
     # ------------------------------------------------------------------ the module's weights (fp32 below ZeRO-3)
     def _module(self, tp_rank: int) -> LocalRead:
@@ -176,7 +191,7 @@ class _SavedRanks:
                 raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved weights")
             return weights[name]
 
-        return read
+        return _Store(read, {name: tensor.shape for name, tensor in weights.items() if torch.is_tensor(tensor)})
 
     # ------------------------------------------------------------------ ZeRO-0, fp32
     def _plain(self, tp_rank: int) -> LocalRead:
@@ -200,42 +215,47 @@ class _SavedRanks:
         def read(name: str, key: str | None) -> torch.Tensor:
             return state[name][key]
 
-        return read
+        shapes = {name: next(iter(s.values())).shape for name, s in state.items() if s}
+        return _Store(read, shapes)
 
 
 def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None) -> LazyTensors:
-    """The one-piece fp32 tensors of ``key`` (None: the weights), each joined from the TP ranks when asked for."""
+    """The one-piece fp32 tensors of ``key`` (None: the weights), each joined from the saved TP ranks' shards when
+    asked for; a slice along the sharded dimension reads only the saved ranks holding those rows."""
     tp = saved.dims.tp
 
-    def split_dim(name: str, local: torch.Tensor) -> int | None:
-        dims = [d for d, (a, b) in enumerate(zip(local.shape, shapes[name])) if a != b]
-        return dims[0] if dims else None
+    def split(name: str) -> tuple[int | None, int]:
+        """(the dimension the saved shards split, each shard's size there): where a shard's shape differs from
+        the one-piece shape (a band smaller than TP keeps its only real rows on rank 0: no split needed)."""
+        shard_shape = saved.local_shape(0, name, key)
+        dims = [d for d, (a, b) in enumerate(zip(shard_shape, shapes[name])) if a != b]
+        return (dims[0], shard_shape[dims[0]]) if dims and tp > 1 else (None, 0)
 
-    def read(name: str) -> torch.Tensor:
-        first = saved.local(0)(name, key)
-        dim = split_dim(name, first)
-        tensor = first if dim is None else torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
-        if dim is not None:
-            tensor = tensor.narrow(dim, 0, shapes[name][dim])
-        if tensor.shape != shapes[name]:
-            raise CheckpointError(
-                f"{saved.tag_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shapes[name])}"
-            )
+    def finish(name: str, tensor: torch.Tensor, want: tuple[int, ...]) -> torch.Tensor:
+        if tuple(tensor.shape) != want:
+            got = tuple(tensor.shape)
+            raise CheckpointError(f"{saved.tag_dir}: {name} has shape {got}, expected {want}")
         return tensor.float().contiguous()
 
+    def read(name: str) -> torch.Tensor:
+        dim, _ = split(name)
+        if dim is None:
+            return finish(name, saved.local(0)(name, key), tuple(shapes[name]))
+        joined = torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
+        return finish(name, joined.narrow(dim, 0, shapes[name][dim]), tuple(shapes[name]))
+
     def read_slice(name: str, dim: int, start: int, length: int) -> torch.Tensor:
-        first = saved.local(0)(name, key)
-        if split_dim(name, first) != dim:
+        saved_dim, size = split(name)
+        want = tuple(length if d == dim else n for d, n in enumerate(shapes[name]))
+        if saved_dim != dim:
             return read(name).narrow(dim, start, length)
         if length == 0:
-            return first.new_zeros([0 if d == dim else n for d, n in enumerate(shapes[name])], dtype=torch.float32)
-        size = first.shape[dim]  # each saved TP rank's rows along ``dim``
+            return torch.zeros(want)
         pieces = []
-        for r in range(start // size, min(tp, -(-(start + length) // size))):
-            local = first if r == 0 else saved.local(r)(name, key)
+        for r in range(start // size, -(-(start + length) // size)):
             lo, hi = max(start, r * size), min(start + length, (r + 1) * size)
-            pieces.append(local.narrow(dim, lo - r * size, hi - lo))
-        return torch.cat(pieces, dim=dim).float().contiguous()
+            pieces.append(saved.local(r)(name, key).narrow(dim, lo - r * size, hi - lo))
+        return finish(name, torch.cat(pieces, dim=dim), want)
 
     return LazyTensors(shapes, read, read_slice)
 
