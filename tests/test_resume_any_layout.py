@@ -8,15 +8,23 @@ updates ``HALF+1..UPDATES`` must have the reference's per-update loss and gradie
 the weights, the momentum, NAG's ``lr_old``, the schedule and the data position all crossed the layouts.
 """
 
+import json
 import shutil
 
 import pytest
 import torch
 
-from adaptive_lm_ds.testing import run_on_ranks
+from adaptive_lm_ds import logs
+from adaptive_lm_ds.checkpoint import CheckpointError, integrity, load_file
+from adaptive_lm_ds.formats import state_reader
+from adaptive_lm_ds.formats.state_adapter import read_training_state
+from adaptive_lm_ds.testing import run_on_ranks, run_script
+from adaptive_lm_ds.training import resume
+from tests.oracle import REPO
 
 from .training_runs import grad_norms, per_token_losses, train_on_rank
 
+LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 UPDATES, HALF = 6, 3
 RTOL = 1e-5
 
@@ -133,3 +141,57 @@ def test_bf16_checkpoint_resumes_in_fp32_close_and_finite(tiny_run_setup, tmp_pa
     result = _resume(tiny_run_setup, tmp_path, phase_a("tp2-bf16"), "tp1")
     assert all(torch.isfinite(per_token_losses(result))) and all(torch.isfinite(grad_norms(result)))
     assert_continues_reference(result, reference("nag"), rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_layout_change_and_a_changed_update_size_are_each_said_in_one_line(tiny_run_setup, tmp_path, phase_a):
+    """TP1 (4 sequences per update) resumed at DP2 ZeRO-1 with --update-freq 2 (8 per update): one start-up line
+    names both layouts, one warning says the batch changed, and the run continues from update HALF + 1."""
+    data, init = tiny_run_setup
+    source = tmp_path / "source" / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp1"), source)
+    flags = ["--restore-file", str(source), "--save-dir", str(tmp_path / "resumed"), "--no-save"]
+    argv = _argv(data, init, "dp2-zero1", *flags, "--update-freq", "2", "--log-format", "json", "--log-interval", "1")
+    output = run_script(LAUNCHER, argv, nprocs=2, timeout=600).output
+    messages = [logs.message(line) for line in output.splitlines()]
+    said = [m for m in messages if m.startswith(f"resuming checkpoint_{HALF} saved at")]
+    assert said == [
+        f"resuming checkpoint_{HALF} saved at TP1 x PP1 x DP1 ZeRO-0 fp32 in TP1 x PP1 x DP2 ZeRO-1 fp32: weights, "
+        "NAG momentum, schedule and data position carried over; RNG not (layout changed)"
+    ]
+    warned = [m for m in messages if "sequences per update" in m]
+    assert len(warned) == 1 and "took 4 sequences per update, this run takes 8" in warned[0]
+    updates = [json.loads(m)["update"] for m in messages if m.startswith("{") and '"wps"' in m]
+    assert updates == list(range(HALF + 1, UPDATES + 1))
+
+
+@pytest.mark.slow
+def test_a_tp_ranks_rows_are_read_from_the_saved_ranks_holding_them(phase_a, monkeypatch):
+    """TP2 saved 20 of band 0's 40 rows per rank: rows 25-34 are made from saved rank 1 alone (no rank makes a
+    table it does not hold), and equal the same rows of the whole one-piece table."""
+    state = read_training_state(phase_a("tp2-pp2"))
+    name = "embed.tokens.bands.0.table.weight"
+    whole = state.weights[name]
+    touched = []
+    local = state_reader._SavedRanks.local
+    monkeypatch.setattr(state_reader._SavedRanks, "local", lambda self, r: touched.append(r) or local(self, r))
+    rows = state.weights.narrow(name, 0, 25, 10)
+    assert touched == [1]
+    assert torch.equal(rows, whole[25:35])
+
+
+@pytest.mark.slow
+def test_optimizer_files_of_a_format_this_version_cannot_read_are_refused_in_one_line(phase_a, tmp_path):
+    """An older DeepSpeed's ZeRO partitions without ``param_slice_mappings`` (re-hashed, so intact on disk)."""
+    tag = tmp_path / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp2-pp2"), tag)
+    optim = tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    saved = load_file(optim)
+    del saved["optimizer_state_dict"]["param_slice_mappings"]
+    torch.save(saved, optim)
+    integrity.write_manifest(tag)
+    with pytest.raises(CheckpointError) as error:
+        resume.read_state(tag, "TP2 x PP2 x DP1 ZeRO-1 fp32")
+    message = str(error.value)
+    assert "\n" not in message and "format this version cannot read" in message
+    assert "resume it at TP2 x PP2 x DP1 ZeRO-1 fp32" in message

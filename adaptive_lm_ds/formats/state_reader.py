@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -37,6 +38,13 @@ from adaptive_lm_ds.model.sharding import one_piece_shapes
 LocalRead = Callable[[str, str | None], torch.Tensor]
 
 
+class _Store(NamedTuple):
+    """One TP rank's loaded files of one kind: ``read`` makes a local tensor, ``shapes`` says its shape first."""
+
+    read: LocalRead
+    shapes: dict[str, torch.Size]
+
+
 def _optim_file(tag_dir: Path, dp: int, mp: int) -> Path:
     for prefix in ("", "bf16_"):
         path = tag_dir / f"{prefix}zero_pp_rank_{dp}_mp_rank_{mp:02d}_optim_states.pt"
@@ -46,24 +54,48 @@ def _optim_file(tag_dir: Path, dp: int, mp: int) -> Path:
 
 
 class _SavedRanks:
-    """The loaded files of one checkpoint: ``local(tp_rank)`` reads one TP rank's tensors; ``groups`` holds a
-    saved base optimizer's param groups and ``state_keys`` the optimizer state it keeps."""
+    """The files of one checkpoint, each loaded once, when first needed: :meth:`local` reads one TP rank's
+    tensors; ``groups`` holds a saved base optimizer's param groups and ``state_keys`` the state it keeps."""
 
     def __init__(self, tag_dir: Path, record: CheckpointRecord, names: list[str]):
-        self.tag_dir, self.record, self.names = tag_dir, record, set(names)
+        self.tag_dir, self.record, self.names = tag_dir, record, names
         self.dims = record.dims
         self.groups: list[dict] = []
         self.state_keys: set[str] = set()
         self.adam_step: int | None = None
-        if record.zero_stage == 3:
-            self._locals = [self._zero3(tp_rank) for tp_rank in range(self.dims.tp)]
-        elif record.zero_stage == 0 and record.precision == "fp32":
-            self._locals = [self._plain(tp_rank, names) for tp_rank in range(self.dims.tp)]
-        else:
-            self._locals = [self._partitioned(tp_rank) for tp_rank in range(self.dims.tp)]
+        self._loaded: dict[tuple[str, int], _Store] = {}
+
+    def _store(self, kind: str, tp_rank: int) -> _Store:
+        if (kind, tp_rank) not in self._loaded:
+            self._loaded[(kind, tp_rank)] = getattr(self, f"_{kind}")(tp_rank)
+        return self._loaded[(kind, tp_rank)]
+
+    def _kind(self, key: str | None) -> str:
+        """Which files hold the weights (key None) or optimizer state ``key``: fp32 weights below ZeRO-3 are
+        the module's own (the masters themselves); bf16/fp16 runs keep their fp32 masters in the partitions."""
+        stage, precision = self.record.zero_stage, self.record.precision
+        if stage == 3:
+            return "zero3"
+        if precision == "fp32" and (key is None or stage == 0):
+            return "module" if key is None else "plain"
+        return "partitioned"
 
     def local(self, tp_rank: int) -> LocalRead:
-        return self._locals[tp_rank]
+        return lambda name, key: self._store(self._kind(key), tp_rank).read(name, key)
+
+    def local_shape(self, tp_rank: int, name: str, key: str | None) -> torch.Size:
+        """The shape of TP rank ``tp_rank``'s shard of ``name``, without making it."""
+        shapes = self._store(self._kind(key), tp_rank).shapes
+        if name not in shapes:
+            raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved files")
+        return shapes[name]
+
+    def load(self, key: str | None) -> _SavedRanks:
+        """Load every TP rank's files holding the weights (key None) or the optimizer state (any key: also the
+        param groups, the state keys and Adam's step), so a damaged file is refused before any tensor is used."""
+        for tp_rank in range(self.dims.tp):
+            self._store(self._kind(key), tp_rank)
+        return self
 
     def _note_optimizer(self, optim: dict, states: list[dict]) -> None:
         """Remember the base optimizer's param groups (lr_old) and which state it keeps (Adam's step)."""
@@ -76,13 +108,14 @@ class _SavedRanks:
 
     # ------------------------------------------------------------------ ZeRO-1/2 and the bf16 optimizer
     def _partitioned(self, tp_rank: int) -> LocalRead:
+        wanted = set(self.names)
         where: dict[str, list[tuple[dict, int, int, int]]] = {}  # name -> [(file, group, start, numel)] by DP rank
         shapes: dict[str, torch.Size] = {}
         for pp_rank in range(self.dims.pp):
             mp = pp_rank * self.dims.tp + tp_rank
             model = load_file(self.tag_dir / ckpt_names.model_states_file(mp))
             for group in model.get("param_shapes") or []:
-                shapes.update({name: torch.Size(shape) for name, shape in group.items() if name in self.names})
+                shapes.update({name: torch.Size(shape) for name, shape in group.items() if name in wanted})
             for dp_rank in range(self.dims.dp):
                 optim = load_file(_optim_file(self.tag_dir, dp_rank, mp))["optimizer_state_dict"]
                 base = optim["base_optimizer_state"]
@@ -93,7 +126,7 @@ class _SavedRanks:
                 }
                 for g, mapping in enumerate(optim["param_slice_mappings"]):
                     for name, fragment in mapping.items():
-                        if name in self.names:
+                        if name in wanted:
                             where.setdefault(name, []).append((saved, g, int(fragment.start), int(fragment.numel)))
 
         def read(name: str, key: str | None) -> torch.Tensor:
@@ -107,7 +140,7 @@ class _SavedRanks:
                 pieces.append(flat.narrow(0, start, numel))
             return torch.cat(pieces).view(shapes[name])
 
-        return read
+        return _Store(read, shapes)
 
     # ------------------------------------------------------------------ ZeRO-3
     def _zero3(self, tp_rank: int) -> LocalRead:
@@ -139,17 +172,37 @@ class _SavedRanks:
             pieces = [(flats[r][g] if key is None else states[r][g][key]).narrow(0, offset, part) for r in range(dp)]
             return torch.cat(pieces).narrow(0, 0, shape.numel()).view(shape)
 
-        return read
+        return _Store(read, {name: shape for name, (_, _, shape) in where.items()})
+
+    # ------------------------------------------------------------------ the module's weights (fp32 below ZeRO-3)
+    def _module(self, tp_rank: int) -> LocalRead:
+        if self.dims.pp == 1:
+            weights = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))["module"]
+        else:
+            weights, num_layers = {}, self.record.model_config().num_layers
+            for layer in range(ckpt_names.pipeline_layer_count(num_layers)):
+                for key, tensor in load_file(self.tag_dir / ckpt_names.layer_states_file(layer, tp_rank)).items():
+                    name = ckpt_names.adaptive_lm_name(layer, key, num_layers)
+                    if name is not None:
+                        weights[name] = tensor
+
+        def read(name: str, key: str | None) -> torch.Tensor:
+            if name not in weights:
+                raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved weights")
+            return weights[name]
+
+        return _Store(read, {name: tensor.shape for name, tensor in weights.items() if torch.is_tensor(tensor)})
 
     # ------------------------------------------------------------------ ZeRO-0, fp32
-    def _plain(self, tp_rank: int, names: list[str]) -> LocalRead:
+    def _plain(self, tp_rank: int) -> LocalRead:
         if self.dims.pp > 1:
             raise CheckpointError(
                 f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
                 "read across layouts; resume it in the layout that wrote it"
             )
-        model = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))
-        weights, optim = model["module"], model.get("optimizer") or {"state": {}, "param_groups": []}
+        names = self.names
+        optim = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank)).get("optimizer")
+        optim = optim or {"state": {}, "param_groups": []}
         by_index = [i for g in optim["param_groups"] for i in g["params"]]
         if by_index and len(by_index) != len(names):
             raise CheckpointError(
@@ -160,51 +213,54 @@ class _SavedRanks:
             self._note_optimizer(optim, list(optim["state"].values()))
 
         def read(name: str, key: str | None) -> torch.Tensor:
-            if key is None:
-                return weights[name]
             return state[name][key]
 
-        return read
+        shapes = {name: next(iter(s.values())).shape for name, s in state.items() if s}
+        return _Store(read, shapes)
 
 
 def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None) -> LazyTensors:
-    """The one-piece fp32 tensors of ``key`` (None: the weights), each joined from the TP ranks when asked for."""
+    """The one-piece fp32 tensors of ``key`` (None: the weights), each joined from the saved TP ranks' shards when
+    asked for; a slice along the sharded dimension reads only the saved ranks holding those rows."""
     tp = saved.dims.tp
 
-    def split_dim(name: str, local: torch.Tensor) -> int | None:
-        dims = [d for d, (a, b) in enumerate(zip(local.shape, shapes[name])) if a != b]
-        return dims[0] if dims else None
+    def split(name: str) -> tuple[int | None, int]:
+        """(the dimension the saved shards split, each shard's size there): where a shard's shape differs from
+        the one-piece shape (a band smaller than TP keeps its only real rows on rank 0: no split needed)."""
+        shard_shape = saved.local_shape(0, name, key)
+        dims = [d for d, (a, b) in enumerate(zip(shard_shape, shapes[name])) if a != b]
+        return (dims[0], shard_shape[dims[0]]) if dims and tp > 1 else (None, 0)
 
-    def read(name: str) -> torch.Tensor:
-        first = saved.local(0)(name, key)
-        dim = split_dim(name, first)
-        tensor = first if dim is None else torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
-        if dim is not None:
-            tensor = tensor.narrow(dim, 0, shapes[name][dim])
-        if tensor.shape != shapes[name]:
-            raise CheckpointError(
-                f"{saved.tag_dir}: {name} has shape {tuple(tensor.shape)}, expected {tuple(shapes[name])}"
-            )
+    def finish(name: str, tensor: torch.Tensor, want: tuple[int, ...]) -> torch.Tensor:
+        if tuple(tensor.shape) != want:
+            got = tuple(tensor.shape)
+            raise CheckpointError(f"{saved.tag_dir}: {name} has shape {got}, expected {want}")
         return tensor.float().contiguous()
 
+    def read(name: str) -> torch.Tensor:
+        dim, _ = split(name)
+        if dim is None:
+            return finish(name, saved.local(0)(name, key), tuple(shapes[name]))
+        joined = torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
+        return finish(name, joined.narrow(dim, 0, shapes[name][dim]), tuple(shapes[name]))
+
     def read_slice(name: str, dim: int, start: int, length: int) -> torch.Tensor:
-        first = saved.local(0)(name, key)
-        if split_dim(name, first) != dim:
+        saved_dim, size = split(name)
+        want = tuple(length if d == dim else n for d, n in enumerate(shapes[name]))
+        if saved_dim != dim:
             return read(name).narrow(dim, start, length)
         if length == 0:
-            return first.new_zeros([0 if d == dim else n for d, n in enumerate(shapes[name])], dtype=torch.float32)
-        size = first.shape[dim]  # each saved TP rank's rows along ``dim``
+            return torch.zeros(want)
         pieces = []
-        for r in range(start // size, min(tp, -(-(start + length) // size))):
-            local = first if r == 0 else saved.local(r)(name, key)
+        for r in range(start // size, -(-(start + length) // size)):
             lo, hi = max(start, r * size), min(start + length, (r + 1) * size)
-            pieces.append(local.narrow(dim, lo - r * size, hi - lo))
-        return torch.cat(pieces, dim=dim).float().contiguous()
+            pieces.append(saved.local(r)(name, key).narrow(dim, lo - r * size, hi - lo))
+        return finish(name, torch.cat(pieces, dim=dim), want)
 
     return LazyTensors(shapes, read, read_slice)
 
 
-def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
+def data_position(record: CheckpointRecord) -> dict[str, int] | None:
     """The record's data position in samples of the epoch's order, and the samples each update took."""
     data = record.data
     if data is None or data.get("order") == "fairseq":  # fairseq's batch order: its own state, any DP size
@@ -218,11 +274,20 @@ def _data_position(record: CheckpointRecord) -> dict[str, int] | None:
     }  # fmt: skip
 
 
+def read_weights(tag_dir: Path, record: CheckpointRecord) -> LazyTensors:
+    """The one-piece fp32 weights of an opened checkpoint (:func:`open_checkpoint`); no optimizer file is read
+    unless it holds the only fp32 masters (ZeRO-3, bf16/fp16 runs)."""
+    shapes = one_piece_shapes(record.model_config())
+    return _assemble(_SavedRanks(tag_dir, record, list(shapes)).load(None), shapes, None)
+
+
 def read_training_state(tag_dir: str | Path) -> TrainingState:
     """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout."""
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
-    saved = _SavedRanks(tag_dir, record, list(shapes))
+    saved = _SavedRanks(tag_dir, record, list(shapes)).load(None)
+    if not record.optimizer_fresh:
+        saved.load("state")
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
     fresh = record.optimizer_fresh or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
@@ -234,6 +299,6 @@ def read_training_state(tag_dir: str | Path) -> TrainingState:
         num_updates=0 if fresh else int(record.num_updates),
         adam_step=saved.adam_step if optimizer == "adam" and not fresh else None,
         lr_old=float(next(iter(lr_olds))) if len(lr_olds) == 1 and not fresh else None,
-        data=None if fresh else _data_position(record),
+        data=None if fresh else data_position(record),
         extra={"layout": record.dims, "zero_stage": record.zero_stage, "precision": record.precision},
     )
