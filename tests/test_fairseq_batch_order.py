@@ -100,6 +100,10 @@ def test_later_epochs_reshuffle_the_batches_grouped_in_the_first():
     assert sorted(map(sorted, first)) == sorted(map(sorted, second))
 
 
+def test_samples_all_longer_than_the_block_give_no_batches():
+    assert len(iterator(Blocks([9, 12]))) == 0
+
+
 # ------------------------------------------------------------------ state
 def test_state_round_trip_continues_with_the_same_batches():
     it = iterator(update_freq=2)
@@ -203,21 +207,22 @@ COMMAND_LINES = {  # name: (DP size, fairseq-train data flags, the same for our 
 }  # fmt: skip
 
 
+def record_fairseq(oracle, out, data_bin, flags, shard=0, num_shards=1):
+    oracle.run(
+        "python", SCRIPTS / "record_fairseq_batches.py", out, shard, num_shards, data_bin, "--task",
+        "language_modeling", *TINY_MODEL, *BLOCK, *flags, "--optimizer", "nag", "--lr", "0.1", "--cpu",
+        "--disable-validation",
+    )  # fmt: skip
+    return torch.load(out, weights_only=True)["updates"]
+
+
 @pytest.fixture(scope="module", params=list(COMMAND_LINES), ids=list(COMMAND_LINES))
 def fairseq_shards(request, fairseq_oracle, oracle_data_bin, tmp_path_factory):
     """(DP size, flags, each rank's recorded updates) of fairseq-train over two epochs."""
     dp, flags = COMMAND_LINES[request.param]
     root = tmp_path_factory.mktemp("batch-order")
-    shards = []
-    for rank in range(dp):
-        out = root / f"rank{rank}.pt"
-        fairseq_oracle.run(
-            "python", SCRIPTS / "record_fairseq_batches.py", out, rank, dp, oracle_data_bin,
-            "--task", "language_modeling", *TINY_MODEL, *BLOCK, *flags,
-            "--max-epoch", str(EPOCHS), "--optimizer", "nag", "--lr", "0.1", "--cpu", "--no-save",
-            "--disable-validation",
-        )  # fmt: skip
-        shards.append(torch.load(out, weights_only=True)["updates"])
+    run = [*flags, "--max-epoch", str(EPOCHS), "--no-save"]
+    shards = [record_fairseq(fairseq_oracle, root / f"rank{r}.pt", oracle_data_bin, run, r, dp) for r in range(dp)]
     return dp, flags, shards
 
 
@@ -262,6 +267,25 @@ def test_a_fairseq_iterator_state_continues_on_fairseqs_next_batches(fairseq_sha
         assert_same_batch(next(stream), theirs, m)
 
 
+@pytest.mark.slow
+def test_a_fairseq_run_resumed_at_an_epoch_start_regroups_and_so_do_we(fairseq_oracle, oracle_data_bin, tmp_path):
+    """fairseq-train resumed from checkpoint_last.pt (epoch 2, 0 iterations) groups its batches under epoch 2's
+    seed, not epoch 1's as the uninterrupted run does; load_fairseq_state continues as the resumed run."""
+    flags = ["--sample-break-mode", "none", "--max-tokens", "256", "--seed", "1", "--save-dir", str(tmp_path)]
+    first = record_fairseq(fairseq_oracle, tmp_path / "epoch1.pt", oracle_data_bin, [*flags, "--max-epoch", "1"])
+    saved = first[-1]["state"]  # what checkpoint_last.pt holds: epoch 2, 0 iterations
+    resumed = record_fairseq(fairseq_oracle, tmp_path / "epoch2.pt", oracle_data_bin, [*flags, "--max-epoch", "2"])
+    assert saved["epoch"] == resumed[0]["epoch"] == 2
+    ours = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    ours.load_fairseq_state(saved)
+    for k, (o, update) in enumerate(zip(ours, resumed, strict=True)):
+        assert_same_batch(o, update["samples"][0], k)
+    uninterrupted = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    uninterrupted.set_epoch(1)  # epoch 2, grouped under epoch 1's seed
+    resumed_first = resumed[0]["samples"][0]["tokens"]
+    assert not torch.equal(next(iter(uninterrupted))["tokens"][: len(resumed_first)], resumed_first)
+
+
 # ------------------------------------------------------------------ in the trainer
 @pytest.fixture(scope="module")
 def odd_epoch_data(tmp_path_factory):
@@ -304,3 +328,22 @@ def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data)
     for k, (one, two) in enumerate(zip(dp1, dp2)):
         assert two["loss_sum"] == pytest.approx(one["loss_sum"], rel=1e-5), k
         assert two["gnorm"] == pytest.approx(one["gnorm"], rel=1e-5), k
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_on_the_uninterrupted_runs_batches_across_an_epoch(odd_epoch_data, tmp_path):
+    from adaptive_lm_ds.testing import run_on_ranks
+    from tests.training_runs import train_on_rank
+
+    data, init = odd_epoch_data
+    updates = len(batch_iterator([str(data), *FILL_FLAGS, "--update-freq", "2"])) // 2 + 2  # into epoch 2
+    argv = [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq", "--update-freq", "2",
+            "--max-update", str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1",
+            "--deepspeed_config", "ds_configs/zero1.json", "--save-dir", str(tmp_path), "--save-interval-updates",
+            "4", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100"]  # fmt: skip
+    straight = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=argv)[0]["history"]
+    resumed = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=[*argv, "--restore-file", "checkpoint_4"])
+    after = resumed[0]["history"]
+    assert [r["update"] for r in after] == list(range(5, updates + 1))
+    assert {r["epoch"] for r in after} == {1, 2}
+    assert [(r["ntokens"], r["loss_sum"]) for r in after] == [(r["ntokens"], r["loss_sum"]) for r in straight[4:]]

@@ -11,11 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adaptive_lm_ds.data.errors import DataError
-from adaptive_lm_ds.data.fairseq_order import (
-    FAIRSEQ_BREAK_MODES,
-    FAIRSEQ_REQUIRED_BATCH_SIZE_MULTIPLE,
-    FairseqBatchIterator,
-)
+from adaptive_lm_ds.data.fairseq_order import FAIRSEQ_BREAK_MODES, FairseqBatchIterator
 from adaptive_lm_ds.data.sampler import LMBatchIterator
 
 if TYPE_CHECKING:
@@ -47,5 +43,5 @@ def build_batch_iterator(
     return FairseqBatchIterator(
         dataset, micro, dp_rank, dp_size, seed,
         max_tokens=data.max_tokens, max_sentences=data.batch_size, update_freq=data.update_freq,
-        required_batch_size_multiple=FAIRSEQ_REQUIRED_BATCH_SIZE_MULTIPLE if multiple is None else multiple,
+        required_batch_size_multiple=multiple,
     )  # fmt: skip

@@ -34,9 +34,9 @@ import numpy as np
 from adaptive_lm_ds.data.blocks import block_bounds
 from adaptive_lm_ds.data.errors import DataError
 from adaptive_lm_ds.data.sampler import PAD, collate
+from adaptive_lm_ds.interop.fairseq_cfg import fairseq_defaults
 
 FAIRSEQ_BREAK_MODES = ("none", "complete", "eos")
-FAIRSEQ_REQUIRED_BATCH_SIZE_MULTIPLE = 8  # fairseq's default
 
 
 def batch_split_points(num_tokens: list[int], max_tokens: int, max_sentences: int, bsz_mult: int) -> list[int]:
@@ -96,7 +96,8 @@ class FairseqBatchIterator:
 
     ``epoch`` is 0-based as ours (fairseq's epoch ``epoch + 1``); ``position`` counts the micro batches
     yielded in this epoch (fills included). ``max_tokens`` / ``max_sentences`` are fairseq's
-    ``--max-tokens`` / ``--batch-size`` (0: not given); ``batch_size`` is the rows of every yielded batch
+    ``--max-tokens`` / ``--batch-size`` (0: not given), ``required_batch_size_multiple`` its flag of that
+    name (None: fairseq's default, 8); ``batch_size`` is the rows of every yielded batch
     and must hold fairseq's largest batch (checked here, once).
     """
 
@@ -110,7 +111,7 @@ class FairseqBatchIterator:
         *,
         max_tokens: int = 0,
         max_sentences: int = 0,
-        required_batch_size_multiple: int = FAIRSEQ_REQUIRED_BATCH_SIZE_MULTIPLE,
+        required_batch_size_multiple: int | None = None,
         update_freq: int = 1,
         shuffle: bool = True,
         length: int | None = None,
@@ -121,6 +122,8 @@ class FairseqBatchIterator:
                 f"need batch_size, update_freq >= 1 and 0 <= dp_rank < dp_size, got {batch_size}, {update_freq}, "
                 f"{dp_rank}, {dp_size}"
             )
+        if required_batch_size_multiple is None:  # fairseq-train's default
+            required_batch_size_multiple = fairseq_defaults()["cfg"]["dataset"]["required_batch_size_multiple"]
         if required_batch_size_multiple < 1:
             raise DataError(f"--required-batch-size-multiple must be >= 1, got {required_batch_size_multiple}")
         if max_tokens <= 0 and max_sentences <= 0:
@@ -132,7 +135,7 @@ class FairseqBatchIterator:
         self.sizes, self.our_index = _fairseq_sizes(dataset)
         kept_sizes = np.sort(self.sizes[self.sizes <= self.max_positions])
         points = batch_split_points(kept_sizes.tolist(), max_tokens, max_sentences, required_batch_size_multiple)
-        rows = np.diff([0, *points, len(kept_sizes)])
+        rows = np.diff([0, *points, len(kept_sizes)]) if len(kept_sizes) else np.zeros(0, np.int64)
         self.num_batches = len(rows)  # global batches per epoch
         if required_batch_size_multiple > 1 and len(kept_sizes) and rows[-1] % required_batch_size_multiple:
             self.num_batches -= 1  # fairseq drops such a last batch
