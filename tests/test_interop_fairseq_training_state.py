@@ -226,3 +226,34 @@ def test_restore_file_names_a_fairseq_checkpoint_as_given_or_inside_the_save_dir
     assert fairseq_restore_file("checkpoint_last.pt", tmp_path / "save") == tmp_path / "save" / "checkpoint_last.pt"
     assert fairseq_restore_file("checkpoint_7", tmp_path / "save") is None
     assert fairseq_restore_file("checkpoint_last", tmp_path / "save") is None
+
+
+# --------------------------------------------------------------------------- the trainer's side of a takeover
+
+
+def _train_config(*flags: str):
+    from adaptive_lm_ds.training.config import build_parser, config_from_args
+
+    return config_from_args(build_parser("takeover").parse_args(["--data", "data-bin", *flags]))
+
+
+def test_taking_over_a_fairseq_run_turns_on_fairseqs_batch_order(wiki103_tiny_fixture):
+    from adaptive_lm_ds.training.trainer import fairseq_takeover_order
+
+    takeover = _train_config("--restore-file", str(wiki103_tiny_fixture / "checkpoint.pt"))
+    assert takeover.data.batch_order == "ours"  # the flag's default...
+    assert fairseq_takeover_order(takeover).data.batch_order == "fairseq"  # ...which a takeover changes
+    ours = _train_config("--restore-file", "checkpoint_7")
+    assert fairseq_takeover_order(ours) is ours
+
+
+def test_a_fairseq_run_taken_over_keeps_its_model_with_this_runs_dropout(wiki103_tiny_fixture):
+    from adaptive_lm_ds.training.trainer import model_config_for
+
+    checkpoint = wiki103_tiny_fixture / "checkpoint.pt"
+    saved, _ = read_fairseq_training_state(checkpoint)
+    model, weights = model_config_for(
+        _train_config("--restore-file", str(checkpoint), "--dropout", "0"), saved.vocab_size
+    )
+    assert model == saved.replace(dropout=0.0)
+    assert weights is None  # they come with the training state, when the run resumes

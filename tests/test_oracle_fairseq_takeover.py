@@ -6,8 +6,8 @@ fairseq-train trains fixture A's weights for 10 updates of the recipe scaled dow
 (a) fairseq-train ``--restore-file`` continues it to update 20: the reference, its unrounded per-update lr,
     loss and gradient norm recorded (tests/oracle_scripts/record_fairseq_train.py);
 (b) our trainer, given the same command line (plus the layout), continues it at TP1, TP2 and PP2 on
-    fairseq's own batches (the restore turns on fairseq's batch order at the checkpoint's iterator
-    position): updates 11-20 have fairseq's lr exactly, its loss within LOSS_REL and its tokens;
+    fairseq's own batches (``--batch-order fairseq``, which the restore also turns on by itself, at the
+    checkpoint's iterator position): updates 11-20 have fairseq's lr exactly, its loss within LOSS_REL and its tokens;
 (c) our TP1 continuation's checkpoint at update 15 -> ``adaptive-lm-convert --to-fairseq`` ->
     fairseq-train ``--restore-file`` continues it: updates 16-20 have our lr exactly and our loss.
 

@@ -90,6 +90,14 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, di
     return model_cfg, state
 
 
+def fairseq_takeover_order(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``--batch-order fairseq`` when ``--restore-file`` names a fairseq checkpoint: a fairseq run
+    goes on with the batches fairseq would have used next."""
+    if fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir) is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_order="fairseq"))
+
+
 def check_block_fits(tokens_per_sample: int, model_cfg: ModelConfig) -> None:
     """A training block longer than the model's positions would run past its position table (or, with
     sinusoidal positions, train at lengths the model declares it never sees)."""
@@ -110,9 +118,7 @@ class Trainer(ResumeFromCheckpoint):
 
     def __init__(self, cfg: TrainConfig):
         host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
-        if fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir):  # a fairseq run goes on with its batches
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_order="fairseq"))
-        self.cfg = cfg
+        self.cfg = cfg = fairseq_takeover_order(cfg)
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
         layout = parallel.ParallelDims.for_world(
