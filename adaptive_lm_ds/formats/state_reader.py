@@ -281,15 +281,17 @@ def read_weights(tag_dir: Path, record: CheckpointRecord) -> LazyTensors:
     return _assemble(_SavedRanks(tag_dir, record, list(shapes)).load(None), shapes, None)
 
 
-def read_training_state(tag_dir: str | Path) -> TrainingState:
-    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout."""
+def read_training_state(tag_dir: str | Path, with_optimizer: bool = True) -> TrainingState:
+    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout;
+    ``with_optimizer=False``: no optimizer file is read; optimizer and schedule start anew, the data position stays."""
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
     saved = _SavedRanks(tag_dir, record, list(shapes)).load(None)
-    if not record.optimizer_fresh:
+    with_optimizer = with_optimizer and not record.optimizer_fresh
+    if with_optimizer:
         saved.load("state")
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
-    fresh = record.optimizer_fresh or not saved.state_keys
+    fresh = not with_optimizer or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
     lr_olds = {g.get("lr_old") for g in saved.groups} - {None}
     return TrainingState(
@@ -299,6 +301,6 @@ def read_training_state(tag_dir: str | Path) -> TrainingState:
         num_updates=0 if fresh else int(record.num_updates),
         adam_step=saved.adam_step if optimizer == "adam" and not fresh else None,
         lr_old=float(next(iter(lr_olds))) if len(lr_olds) == 1 and not fresh else None,
-        data=None if fresh else data_position(record),
+        data=None if record.optimizer_fresh else data_position(record),  # --reset-optimizer keeps it, as fairseq
         extra={"layout": record.dims, "zero_stage": record.zero_stage, "precision": record.precision},
     )
