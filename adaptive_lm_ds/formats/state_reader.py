@@ -107,7 +107,7 @@ class _SavedRanks:
                 self.adam_step = int(torch.as_tensor(state["step"]).item())
 
     # ------------------------------------------------------------------ ZeRO-1/2 and the bf16 optimizer
-    def _partitioned(self, tp_rank: int) -> LocalRead:
+    def _partitioned(self, tp_rank: int) -> _Store:
         wanted = set(self.names)
         where: dict[str, list[tuple[dict, int, int, int]]] = {}  # name -> [(file, group, start, numel)] by DP rank
         shapes: dict[str, torch.Size] = {}
@@ -143,7 +143,7 @@ class _SavedRanks:
         return _Store(read, shapes)
 
     # ------------------------------------------------------------------ ZeRO-3
-    def _zero3(self, tp_rank: int) -> LocalRead:
+    def _zero3(self, tp_rank: int) -> _Store:
         if self.dims.pp > 1:
             raise CheckpointError(f"{self.tag_dir}: a ZeRO-3 checkpoint with a pipeline is not one this project writes")
         model = load_file(self.tag_dir / f"zero_pp_rank_0_mp_rank_{tp_rank:02d}_model_states.pt")
@@ -175,7 +175,7 @@ class _SavedRanks:
         return _Store(read, {name: shape for name, (_, _, shape) in where.items()})
 
     # ------------------------------------------------------------------ the module's weights (fp32 below ZeRO-3)
-    def _module(self, tp_rank: int) -> LocalRead:
+    def _module(self, tp_rank: int) -> _Store:
         if self.dims.pp == 1:
             weights = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))["module"]
         else:
@@ -194,7 +194,7 @@ class _SavedRanks:
         return _Store(read, {name: tensor.shape for name, tensor in weights.items() if torch.is_tensor(tensor)})
 
     # ------------------------------------------------------------------ ZeRO-0, fp32
-    def _plain(self, tp_rank: int) -> LocalRead:
+    def _plain(self, tp_rank: int) -> _Store:
         if self.dims.pp > 1:
             raise CheckpointError(
                 f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
