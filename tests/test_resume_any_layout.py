@@ -118,6 +118,7 @@ PAIRS = [
     ("tp2-pp2", "tp2-zero3"),
     ("tp1", "tp2-pp2"),
     ("dp2-zero2", "pp2"),
+    ("tp2-pp2", "tp1"),  # into the plain fp32 engine: the module and optimizer.state directly
 ]
 
 

@@ -6,8 +6,8 @@
 ``adaptive-lm-convert`` starts these ranks when given a layout
 (launch.py). The result is ``OUT/checkpoint_0``
 with ``latest`` pointing at it, exactly what a training run saves: rerunning training with
-``--save-dir OUT`` and the same TP/PP resumes from it (any DP size: its optimizer state is fresh,
-so the trainer starts the optimizer anew and keeps the weights).
+``--save-dir OUT`` resumes from it in any layout (its optimizer state is fresh, so the trainer starts the
+optimizer anew and keeps the weights; another layout reads them through the state adapter).
 """
 
 from __future__ import annotations

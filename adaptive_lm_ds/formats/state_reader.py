@@ -107,7 +107,7 @@ class _SavedRanks:
                 self.adam_step = int(torch.as_tensor(state["step"]).item())
 
     # ------------------------------------------------------------------ ZeRO-1/2 and the bf16 optimizer
-    def _partitioned(self, tp_rank: int) -> LocalRead:
+    def _partitioned(self, tp_rank: int) -> _Store:
         wanted = set(self.names)
         where: dict[str, list[tuple[dict, int, int, int]]] = {}  # name -> [(file, group, start, numel)] by DP rank
         shapes: dict[str, torch.Size] = {}
@@ -143,7 +143,7 @@ class _SavedRanks:
         return _Store(read, shapes)
 
     # ------------------------------------------------------------------ ZeRO-3
-    def _zero3(self, tp_rank: int) -> LocalRead:
+    def _zero3(self, tp_rank: int) -> _Store:
         if self.dims.pp > 1:
             raise CheckpointError(f"{self.tag_dir}: a ZeRO-3 checkpoint with a pipeline is not one this project writes")
         model = load_file(self.tag_dir / f"zero_pp_rank_0_mp_rank_{tp_rank:02d}_model_states.pt")
@@ -175,7 +175,7 @@ class _SavedRanks:
         return _Store(read, {name: shape for name, (_, _, shape) in where.items()})
 
     # ------------------------------------------------------------------ the module's weights (fp32 below ZeRO-3)
-    def _module(self, tp_rank: int) -> LocalRead:
+    def _module(self, tp_rank: int) -> _Store:
         if self.dims.pp == 1:
             weights = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))["module"]
         else:
@@ -194,7 +194,7 @@ class _SavedRanks:
         return _Store(read, {name: tensor.shape for name, tensor in weights.items() if torch.is_tensor(tensor)})
 
     # ------------------------------------------------------------------ ZeRO-0, fp32
-    def _plain(self, tp_rank: int) -> LocalRead:
+    def _plain(self, tp_rank: int) -> _Store:
         if self.dims.pp > 1:
             raise CheckpointError(
                 f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
@@ -281,15 +281,17 @@ def read_weights(tag_dir: Path, record: CheckpointRecord) -> LazyTensors:
     return _assemble(_SavedRanks(tag_dir, record, list(shapes)).load(None), shapes, None)
 
 
-def read_training_state(tag_dir: str | Path) -> TrainingState:
-    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout."""
+def read_training_state(tag_dir: str | Path, with_optimizer: bool = True) -> TrainingState:
+    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout;
+    ``with_optimizer=False``: no optimizer file is read; optimizer and schedule start anew, the data position stays."""
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
     saved = _SavedRanks(tag_dir, record, list(shapes)).load(None)
-    if not record.optimizer_fresh:
+    with_optimizer = with_optimizer and not record.optimizer_fresh
+    if with_optimizer:
         saved.load("state")
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
-    fresh = record.optimizer_fresh or not saved.state_keys
+    fresh = not with_optimizer or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
     lr_olds = {g.get("lr_old") for g in saved.groups} - {None}
     return TrainingState(
@@ -299,6 +301,6 @@ def read_training_state(tag_dir: str | Path) -> TrainingState:
         num_updates=0 if fresh else int(record.num_updates),
         adam_step=saved.adam_step if optimizer == "adam" and not fresh else None,
         lr_old=float(next(iter(lr_olds))) if len(lr_olds) == 1 and not fresh else None,
-        data=None if fresh else data_position(record),
+        data=None if record.optimizer_fresh else data_position(record),  # --reset-optimizer keeps it, as fairseq
         extra={"layout": record.dims, "zero_stage": record.zero_stage, "precision": record.precision},
     )

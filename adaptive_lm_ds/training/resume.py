@@ -9,7 +9,6 @@ Another program's training state (a fairseq checkpoint) plugs into :meth:`Resume
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -52,9 +51,7 @@ class ResumeFromCheckpoint:
         if saved == now:
             self._resume_natively(load_dir, tag, record)
         else:
-            state = read_state(load_dir / tag, saved)
-            if run.reset_optimizer:
-                state = dataclasses.replace(state, moments={}, num_updates=0, adam_step=None, lr_old=None, data=None)
+            state = read_state(load_dir / tag, saved, with_optimizer=not run.reset_optimizer)
             self._resume_from_state(state, f"{tag} saved at {saved} in {now}")
         self.last_saved = tag
         return tag
@@ -151,10 +148,10 @@ def _describe_layout(dims: parallel.ParallelDims, zero_stage: int, precision: st
     return f"{dims.describe()} ZeRO-{zero_stage} {precision}"
 
 
-def read_state(tag_dir: Path, saved: str) -> TrainingState:
+def read_state(tag_dir: Path, saved: str, with_optimizer: bool = True) -> TrainingState:
     """:func:`read_training_state`; a checkpoint whose files this version cannot decode is refused in one line."""
     try:
-        return read_training_state(tag_dir)
+        return read_training_state(tag_dir, with_optimizer)
     except ckpt.CheckpointError:
         raise
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
