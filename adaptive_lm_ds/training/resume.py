@@ -9,6 +9,7 @@ Another program's training state (a fairseq checkpoint) plugs into :meth:`Resume
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
