@@ -95,6 +95,7 @@ def test_fixture_counters_are_the_files_own(wiki103_tiny_fixture):
     assert state.num_updates == checkpoint["optimizer_history"][-1]["num_updates"] == 300
     assert state.lr_old == checkpoint["last_optimizer_state"]["param_groups"][0]["lr_old"]
     assert state.extra["fairseq_iterator"] == checkpoint["extra_state"]["train_iterator"]
+    assert state.extra["fairseq_world_size"] == checkpoint["cfg"]["distributed_training"]["distributed_world_size"]
     assert state.data is None  # fairseq's batch order is not ours: the iterator state says where it stood
 
 

@@ -43,6 +43,7 @@ OPTIMIZER_CLASS = {"nag": "FairseqNAG", "adam": "FairseqAdam"}  # what optimizer
 _LAYER_ORDER = ("in_proj", "k_proj", "v_proj", "q_proj", "out_proj", "self_attn_layer_norm", "fc1", "fc2",
                 "final_layer_norm")  # fmt: skip
 FAIRSEQ_ITERATOR = "fairseq_iterator"  # TrainingState.extra key: fairseq's train_iterator state
+FAIRSEQ_WORLD_SIZE = "fairseq_world_size"  # ...and the data-parallel size its iterations_in_epoch counts per
 
 
 def fairseq_restore_file(restore_file: str, save_dir: str | os.PathLike) -> Path | None:
@@ -133,14 +134,21 @@ def _moments_to_ours(checkpoint: Mapping[str, Any], cfg: ModelConfig, moments: d
     return fairseq_to_ours(dict(checkpoint, model=as_model))[1]
 
 
+def _world_size(checkpoint: Mapping[str, Any]) -> int | None:
+    """fairseq's ``distributed_world_size`` (its data-parallel ranks), from ``cfg`` or older ``args``."""
+    section = (checkpoint.get("cfg") or {}).get("distributed_training") or {}
+    world = section.get("distributed_world_size") or getattr(checkpoint.get("args"), "distributed_world_size", None)
+    return int(world) if world else None
+
+
 def read_fairseq_training_state(path: str | os.PathLike) -> tuple[ModelConfig, TrainingState]:
     """``(ModelConfig, TrainingState)`` of a fairseq training checkpoint, read weights-only.
 
     ``moments``: NAG's ``momentum_buffer`` or Adam's ``exp_avg``/``exp_avg_sq`` (``adam_step`` its
     step), one-piece under our names; ``lr_old``: NAG's last applied lr; ``num_updates``:
-    ``optimizer_history[-1]``; ``data`` None (fairseq's order is not ours) and
-    ``extra["fairseq_iterator"]`` fairseq's ``train_iterator`` state. Refuses (one line) a checkpoint
-    without optimizer state, a sharded or unknown optimizer.
+    ``optimizer_history[-1]``; ``data`` None (fairseq's order is not ours), ``extra["fairseq_iterator"]``
+    fairseq's ``train_iterator`` state and ``extra["fairseq_world_size"]`` the DP size it counts for.
+    Refuses (one line) a checkpoint without optimizer state, a sharded or unknown optimizer.
     """
     path = Path(path)
     checkpoint = safe_load(path)
@@ -170,7 +178,7 @@ def read_fairseq_training_state(path: str | os.PathLike) -> tuple[ModelConfig, T
     state = TrainingState(
         weights=weights, optimizer=kind, moments=moments, num_updates=int(history[-1]["num_updates"]),
         adam_step=step, lr_old=float(group["lr_old"]) if kind == "nag" else None, data=None,
-        extra={FAIRSEQ_ITERATOR: iterator, "source": str(path)},
+        extra={FAIRSEQ_ITERATOR: iterator, FAIRSEQ_WORLD_SIZE: _world_size(checkpoint), "source": str(path)},
     )  # fmt: skip
     return cfg, state
 

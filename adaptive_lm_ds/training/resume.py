@@ -22,6 +22,7 @@ from adaptive_lm_ds.formats.state_adapter import TrainingState, load_training_st
 from adaptive_lm_ds.formats.state_reader import data_position
 from adaptive_lm_ds.interop.fairseq_training_state import (
     FAIRSEQ_ITERATOR,
+    FAIRSEQ_WORLD_SIZE,
     fairseq_restore_file,
     read_fairseq_training_state,
 )
@@ -80,7 +81,7 @@ class ResumeFromCheckpoint:
             state = dataclasses.replace(state, moments={}, num_updates=0, lr_old=None)
         self._resume_from_state(state, f"fairseq checkpoint {path}")
         if not self.cfg.run.reset_dataloader:
-            self.batches.load_fairseq_state(state.extra[FAIRSEQ_ITERATOR])
+            self.batches.load_fairseq_state(state.extra[FAIRSEQ_ITERATOR], state.extra[FAIRSEQ_WORLD_SIZE])
         return path
 
     def _resume_natively(self, load_dir: Path, tag: str, record: CheckpointRecord) -> None:
