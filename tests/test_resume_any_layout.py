@@ -167,18 +167,20 @@ def test_layout_change_and_a_changed_update_size_are_each_said_in_one_line(tiny_
 
 
 @pytest.mark.slow
-def test_a_tp_ranks_rows_are_read_from_the_saved_ranks_holding_them(phase_a, monkeypatch):
-    """TP2 saved 20 of band 0's 40 rows per rank: rows 25-34 are made from saved rank 1 alone (no rank makes a
-    table it does not hold), and equal the same rows of the whole one-piece table."""
+def test_a_tp_ranks_rows_are_read_from_the_saved_rank_holding_them(phase_a, monkeypatch):
+    """TP2 saved 20 of band 0's 40 rows per rank: rows 25-34 load saved rank 1's weight files alone (no saved
+    rank's weights are loaded, nor a table made whole, for rows it did not hold), and equal those rows of the
+    whole one-piece table."""
     state = read_training_state(phase_a("tp2-pp2"))
     name = "embed.tokens.bands.0.table.weight"
-    whole = state.weights[name]
-    touched = []
-    local = state_reader._SavedRanks.local
-    monkeypatch.setattr(state_reader._SavedRanks, "local", lambda self, r: touched.append(r) or local(self, r))
+    loaded = []
+    store = state_reader._SavedRanks._store
+    monkeypatch.setattr(
+        state_reader._SavedRanks, "_store", lambda self, kind, r: loaded.append(r) or store(self, kind, r)
+    )
     rows = state.weights.narrow(name, 0, 25, 10)
-    assert touched == [1]
-    assert torch.equal(rows, whole[25:35])
+    assert set(loaded) == {1}
+    assert torch.equal(rows, state.weights[name][25:35])
 
 
 @pytest.mark.slow

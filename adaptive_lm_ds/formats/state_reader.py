@@ -90,10 +90,15 @@ class _SavedRanks:
             raise CheckpointError(f"{self.tag_dir}: parameter {name} is missing from the saved files")
         return shapes[name]
 
-    def load(self, key: str | None) -> _SavedRanks:
-        """Load every TP rank's files holding the weights (key None) or the optimizer state (any key: also the
-        param groups, the state keys and Adam's step), so a damaged file is refused before any tensor is used."""
-        for tp_rank in range(self.dims.tp):
+    def loaded_rank(self, key: str | None, prefer: int) -> int:
+        """A TP rank whose files holding ``key`` are loaded already (any holds a replicated tensor), else
+        ``prefer``: a rank never loads another saved rank's files it does not need."""
+        return next((r for r in range(self.dims.tp) if (self._kind(key), r) in self._loaded), prefer)
+
+    def load(self, key: str | None, tp_ranks: range | None = None) -> _SavedRanks:
+        """Load the files of ``tp_ranks`` (default all) holding the weights (key None) or the optimizer state (any
+        key: also the param groups, the state keys and Adam's step)."""
+        for tp_rank in tp_ranks or range(self.dims.tp):
             self._store(self._kind(key), tp_rank)
         return self
 
@@ -224,10 +229,10 @@ def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None
     asked for; a slice along the sharded dimension reads only the saved ranks holding those rows."""
     tp = saved.dims.tp
 
-    def split(name: str) -> tuple[int | None, int]:
+    def split(name: str, prefer: int = 0) -> tuple[int | None, int]:
         """(the dimension the saved shards split, each shard's size there): where a shard's shape differs from
         the one-piece shape (a band smaller than TP keeps its only real rows on rank 0: no split needed)."""
-        shard_shape = saved.local_shape(0, name, key)
+        shard_shape = saved.local_shape(saved.loaded_rank(key, prefer), name, key)
         dims = [d for d, (a, b) in enumerate(zip(shard_shape, shapes[name])) if a != b]
         return (dims[0], shard_shape[dims[0]]) if dims and tp > 1 else (None, 0)
 
@@ -240,12 +245,13 @@ def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None
     def read(name: str) -> torch.Tensor:
         dim, _ = split(name)
         if dim is None:
-            return finish(name, saved.local(0)(name, key), tuple(shapes[name]))
+            return finish(name, saved.local(saved.loaded_rank(key, 0))(name, key), tuple(shapes[name]))
         joined = torch.cat([saved.local(r)(name, key) for r in range(tp)], dim=dim)
         return finish(name, joined.narrow(dim, 0, shapes[name][dim]), tuple(shapes[name]))
 
     def read_slice(name: str, dim: int, start: int, length: int) -> torch.Tensor:
-        saved_dim, size = split(name)
+        holder = min(tp - 1, start // -(-shapes[name][dim] // tp))  # the saved rank holding row ``start``
+        saved_dim, size = split(name, holder)
         want = tuple(length if d == dim else n for d, n in enumerate(shapes[name]))
         if saved_dim != dim:
             return read(name).narrow(dim, start, length)
@@ -286,10 +292,10 @@ def read_training_state(tag_dir: str | Path, with_optimizer: bool = True) -> Tra
     ``with_optimizer=False``: no optimizer file is read; optimizer and schedule start anew, the data position stays."""
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
-    saved = _SavedRanks(tag_dir, record, list(shapes)).load(None)
+    saved = _SavedRanks(tag_dir, record, list(shapes))  # each rank loads the saved ranks it reads from
     with_optimizer = with_optimizer and not record.optimizer_fresh
     if with_optimizer:
-        saved.load("state")
+        saved.load("state", range(1))  # the param groups, the state keys, Adam's step
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
     fresh = not with_optimizer or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}
