@@ -10,7 +10,7 @@ from deepspeed.accelerator import get_accelerator
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
-from adaptive_lm_ds.formats.consolidated import load_into
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.model import AdaptiveLM
 
 
@@ -34,7 +34,7 @@ def test_eval_tool_puts_the_model_on_the_accelerator():
         model = build_model(cfg, state, pp=1)
         assert {p.device for p in model.parameters()} == {parallel.accelerator_device()}
         reference = AdaptiveLM(cfg).eval()
-        load_into(reference, state)
+        load_weights(reference, state)
         tokens = torch.tensor([[5, 6, 7, 8]])
         device = parallel.accelerator_device()
         got = model.target_log_probs(tokens.to(device), (tokens + 1).to(device))

@@ -67,10 +67,30 @@ def test_resume_from_state_dict_is_exact():
     assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
-def test_resume_refuses_a_different_global_batch():
-    state = LMBatchIterator(Blocks(50), 4, dp_size=2).state_dict()
-    with pytest.raises(DataError, match="global_batch_size=8 but now 12"):
-        LMBatchIterator(Blocks(50), 4, dp_size=3).load_state_dict(state)
+def test_resume_at_another_global_batch_continues_after_the_same_samples():
+    """Saved at global batch 4 (DP1) after 3 batches = 12 samples; resumed at global batch 6 (DP2 x 3): the next
+    batches start at sample 12 of the same epoch order."""
+    saved = LMBatchIterator(Blocks(50), 4, seed=7)
+    list(itertools.islice(saved, 3))
+    order = saved.epoch_order(0)
+    resumed = [LMBatchIterator(Blocks(50), 3, dp_rank=r, dp_size=2, seed=7) for r in range(2)]
+    for it in resumed:
+        it.load_state_dict(saved.state_dict())
+    rows = [i for it in resumed for i in sample_ids(next(iter(it)))]
+    assert rows == [int(i) for i in order[12:18]]
+
+
+def test_resume_rounds_down_to_a_whole_update():
+    """14 samples consumed, updates of 4 samples now: continue after 12 (never inside an update)."""
+    it = LMBatchIterator(Blocks(50), 2, seed=7)
+    it.seek({"epoch": 0, "samples": 14}, update_samples=4)
+    assert (it.epoch, it.position) == (0, 6)
+
+
+def test_resume_refuses_another_seed():
+    state = LMBatchIterator(Blocks(50), 4, dp_size=2, seed=1).state_dict()
+    with pytest.raises(DataError, match="seed=1 but now 2"):
+        LMBatchIterator(Blocks(50), 4, dp_size=3, seed=2).load_state_dict(state)
 
 
 def test_without_drop_last_every_sample_is_seen_once_and_rows_pad():

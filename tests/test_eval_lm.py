@@ -11,7 +11,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.data import IndexedTokens, build_lm_dataset
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.evaluation import eval_block_size, evaluate_lm, windows
-from adaptive_lm_ds.formats.consolidated import load_into
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.testing import run_on_ranks, run_script
@@ -32,7 +32,7 @@ def _expected(fixture, mode):
 def _evaluate(fixture, mode, max_samples=None, words=False, progress=False):
     cfg, state = load_fairseq_checkpoint(fixture / "checkpoint.pt")
     model = AdaptiveLM(cfg).eval()
-    load_into(model, state)
+    load_weights(model, state)
     break_mode, window = MODES[mode]
     dataset = build_lm_dataset(
         fixture / "data-bin", "test", eval_block_size(128, window), break_mode, drop_oversize=False

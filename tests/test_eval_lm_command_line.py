@@ -6,7 +6,7 @@ import torch
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.commands import eval_lm, preprocess_data
 from adaptive_lm_ds.data import Dictionary
-from adaptive_lm_ds.formats.consolidated import load_into
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM, output_log_probs
 from adaptive_lm_ds.word_scores import SubwordMerge, WordScores
@@ -54,7 +54,7 @@ def fixture_model():
     with parallel.single_process():
         cfg, state = load_fairseq_checkpoint(shared_or_skip(FIXTURE_A) / "checkpoint.pt")
         model = AdaptiveLM(cfg).eval()
-        load_into(model, state)
+        load_weights(model, state)
         yield model
 
 

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.checkpoint import integrity
+from adaptive_lm_ds.checkpoint import CheckpointError, integrity
 from adaptive_lm_ds.config import tiny
 from adaptive_lm_ds.data import Dictionary
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.consolidated import (
     ConsolidatedFormatError,
     load_consolidated,
-    load_into,
     save_consolidated,
-    tied_names,
 )
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.sharding import tied_names
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +144,10 @@ def test_dictionary_of_the_wrong_size_is_refused(tmp_path, model_and_state):
         save_consolidated(tmp_path / "m", model.cfg, state, _dictionary(201))
 
 
-def test_load_into_rejects_a_state_dict_of_another_model(model_and_state):
+def test_load_weights_rejects_a_state_dict_of_another_model(model_and_state):
     model, state = model_and_state
     wrong = dict(state)
     wrong.pop("layers.0.ffn.fc1.bias")
     wrong["unexpected.weight"] = torch.zeros(1)
-    with pytest.raises(ConsolidatedFormatError, match="fc1.bias.*unexpected.weight"):
-        load_into(model, wrong)
+    with pytest.raises(CheckpointError, match="fc1.bias.*unexpected.weight"):
+        load_weights(model, wrong)

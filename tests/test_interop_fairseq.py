@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptive_lm_ds import parallel
-from adaptive_lm_ds.formats.consolidated import load_into
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.interop import (
     FairseqConversionError,
     fairseq_to_ours,
@@ -26,7 +26,7 @@ def tp1():
 
 def _our_model(cfg, state):
     model = AdaptiveLM(cfg).eval()
-    load_into(model, state)
+    load_weights(model, state)
     return model
 
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import tiny
-from adaptive_lm_ds.formats.consolidated import load_into
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.model import AdaptiveLM
 from adaptive_lm_ds.model.sharding import gather_one_piece
 from adaptive_lm_ds.testing import run_on_ranks
@@ -83,8 +83,8 @@ def _tp_matches_tp1(tp):
         model = AdaptiveLM(cfg, tp_group=group)
         report[f"{name}_init_differs"] = _init_differences(reference, model, group)
         full = _reference_weights(reference)
-        load_into(reference, full)
-        load_into(model, full)
+        load_weights(reference, full)
+        load_weights(model, full)
         want, got = _run(reference, tokens, targets, segments), _run(model, tokens, targets, segments)
         errors = {k: _rel_err(got[k], want[k]) for k in ("loss", "target_lp", "full_lp")}
         errors["ntokens_equal"] = bool(got["ntokens"] == want["ntokens"])

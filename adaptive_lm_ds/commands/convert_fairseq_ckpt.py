@@ -2,6 +2,7 @@
 
     adaptive-lm-convert --input model.pt [--dict dict.txt] --output DIR [--verify]
     adaptive-lm-convert --to-fairseq --input DIR --output model.pt [--verify]
+    adaptive-lm-convert --to-fairseq --input SAVE_DIR_OR_TAG --output checkpoint_last.pt [--verify]
 
 The architecture comes from the checkpoint (its ``cfg``/``args`` and tensor shapes), never a preset.
 The fairseq file is read with ``torch.load(weights_only=True)`` and an explicit allowlist. Training
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from adaptive_lm_ds import cli
+from adaptive_lm_ds.checkpoint.reader import is_training_checkpoint, open_checkpoint
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
 from adaptive_lm_ds.data.fingerprint import check_data_bin_dictionary
@@ -37,6 +39,11 @@ from adaptive_lm_ds.interop import (
     save_fairseq_checkpoint,
 )
 from adaptive_lm_ds.interop.fairseq_cfg import fairseq_archs
+from adaptive_lm_ds.interop.fairseq_training_state import (
+    fairseq_iterator_state,
+    read_fairseq_training_state,
+    write_fairseq_training_checkpoint,
+)
 from adaptive_lm_ds.launch import run_program_on_ranks
 from adaptive_lm_ds.outputs import check_output_file
 
@@ -46,7 +53,11 @@ LAYOUT_DIR = "deepspeed"  # OUTPUT/deepspeed: the training checkpoint for a TP x
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(description=__doc__)
-    p.add_argument("--input", required=True, help="fairseq .pt (or, with --to-fairseq, a consolidated folder)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="fairseq .pt (or, with --to-fairseq, a consolidated folder or a training checkpoint: save dir or tag)",
+    )
     p.add_argument("--output", required=True, help="consolidated folder (or, with --to-fairseq, a .pt file)")
     p.add_argument("--dict", help="fairseq dict.txt to store with the model (default: dict.txt beside --input)")
     p.add_argument("--to-fairseq", action="store_true", help="convert a consolidated folder to a fairseq checkpoint")
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         for out in (args.output, args.save_dict):
             if out:
                 check_output_file(out, force=args.force, inputs=[args.input])
+        if is_training_checkpoint(args.input):
+            return training_checkpoint_to_fairseq(args)
         cfg, state, dictionary = load_consolidated(args.input)
         if args.save_dict and dictionary is None:
             raise UserError(f"{args.input} holds no dict.txt, so --save-dict has nothing to write")
@@ -146,6 +159,34 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.output}: {params:,} parameters, V={cfg.vocab_size}, {cfg.num_layers} layers, d={cfg.embed_dim}")
     if layout:
         write_deepspeed_layout(args)
+
+
+def training_checkpoint_to_fairseq(args: argparse.Namespace) -> None:
+    """A training checkpoint of any layout as a fairseq checkpoint that ``fairseq-train --restore-file``
+    continues: weights, optimizer state (its hyper-parameters from the run's config), ``num_updates``, data
+    position. With ``--verify`` the file is read back and compared tensor for tensor."""
+    from adaptive_lm_ds.formats.state_adapter import read_training_state
+
+    tag_dir, record = open_checkpoint(args.input)
+    if record.optimizer_fresh or record.run_config is None:
+        raise UserError(f"{tag_dir} holds no optimizer history (a converted model); convert its weights instead")
+    cfg, state = record.model_config(), read_training_state(tag_dir)
+    iterator = fairseq_iterator_state(record.data)
+    dictionary = Dictionary.load(tag_dir / "dict.txt") if (tag_dir / "dict.txt").is_file() else None
+    if args.save_dict and dictionary is None:
+        raise UserError(f"{tag_dir} holds no dict.txt, so --save-dict has nothing to write")
+    data = str(Path(args.save_dict).parent) if args.save_dict else ""
+    write_fairseq_training_checkpoint(args.output, cfg, state, optimizer_settings=record.run_config["optim"],
+                                      iterator=iterator, data=data, arch=args.arch)  # fmt: skip
+    if args.save_dict:
+        dictionary.save(args.save_dict)
+    if args.verify:
+        _, again = read_fairseq_training_state(args.output)
+        for key, tensors in (("weights", state.weights), *state.moments.items()):
+            theirs = again.weights if key == "weights" else again.moments[key]
+            _same({n: torch.as_tensor(t).float() for n, t in tensors.items()}, dict(theirs), f"{args.output} ({key})")
+    print(f"wrote {args.output}: {tag_dir} at update {state.num_updates}, {state.optimizer} state, fairseq epoch "
+          f"{iterator['epoch']} after {iterator['iterations_in_epoch']} batches per rank")  # fmt: skip
 
 
 def write_deepspeed_layout(args: argparse.Namespace) -> None:

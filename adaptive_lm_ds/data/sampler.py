@@ -124,12 +124,24 @@ class LMBatchIterator:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``; refuses a state whose batches would differ (other data/seed/size)."""
+        """Resume at ``state`` (a :meth:`state_dict`, of any global batch size: converted through samples);
+        refuses a state whose order would differ (other data, seed or shuffling)."""
+        self.seek({**state, "samples": int(state["position"]) * int(state["global_batch_size"])})
+
+    def seek(self, position: dict, update_samples: int | None = None) -> None:
+        """Continue after ``position["samples"]`` samples of epoch ``position["epoch"]``'s order, rounded down to a
+        whole ``update_samples`` (default: one global batch) so that updates stay whole.
+
+        ``position`` may also name the ``seed``, ``shuffle`` and ``num_samples`` it was counted under; a
+        different one is refused, as its order differs.
+        """
         mine = self.state_dict()
-        for key in ("seed", "shuffle", "global_batch_size", "num_samples"):
-            if state[key] != mine[key]:
+        for key in ("seed", "shuffle", "num_samples"):
+            if key in position and position[key] != mine[key]:
                 raise DataError(
-                    f"cannot resume the data iterator exactly: saved {key}={state[key]} but now {mine[key]}; "
-                    "use the same data, seed and global batch size (batch_size * dp_size)"
+                    f"cannot resume the data iterator exactly: saved {key}={position[key]} but now {mine[key]}; "
+                    "use the same data and seed"
                 )
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        whole = update_samples or self.global_batch_size
+        samples = int(position["samples"]) // whole * whole
+        self.epoch, self.position = int(position["epoch"]), samples // self.global_batch_size

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from torch import nn
 
 from adaptive_lm_ds.checkpoint import durable, integrity
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
@@ -39,7 +38,7 @@ from adaptive_lm_ds.data import DataError, Dictionary
 from adaptive_lm_ds.data.dictionary import current_umask
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.formats.streaming import read_safetensors, write_safetensors
-from adaptive_lm_ds.model.sharding import shard_of
+from adaptive_lm_ds.model.sharding import tied_names
 from adaptive_lm_ds.outputs import check_output_folder, replace_folder, temp_folder_beside
 
 FORMAT = "adaptive-lm-ds/consolidated"
@@ -50,19 +49,6 @@ DEFAULT_WRITER = "adaptive_lm_ds"
 
 class ConsolidatedFormatError(UserError, ValueError):
     """A consolidated folder that is missing, incomplete or corrupt; the message names the file."""
-
-
-def tied_names(cfg: ModelConfig) -> dict[str, str]:
-    """``{alias: owner}``: the output layer's names for tensors owned by the input layer (one-piece model)."""
-    if not cfg.ties_tables:
-        return {}
-    ties = {
-        f"output.bands.{i}.table.weight": f"embed.tokens.bands.{i}.table.weight" for i in range(len(cfg.input_bands()))
-    }
-    if cfg.tie_adaptive_proj:
-        for i in range(1, len(cfg.input_bands())):
-            ties[f"output.bands.{i}.proj.weight"] = f"embed.tokens.bands.{i}.proj.weight"
-    return ties
 
 
 def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
@@ -191,33 +177,3 @@ def load_consolidated(path: str | os.PathLike) -> tuple[ModelConfig, Mapping[str
         except DataError as err:
             raise ConsolidatedFormatError(str(err)) from None
     return cfg, state, dictionary
-
-
-@torch.no_grad()
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Copy a one-piece state dict (as a consolidated folder stores it; a lazy mapping streams) into
-    ``model``'s parameters, sharded for its TP rank.
-
-    ``model`` is an :class:`AdaptiveLM` (or a stage of one) built for any TP size; tied parameters the
-    model holds under an alias name (a separate pipeline stage) read the owner's tensor. Every
-    parameter must be found and have the shape of its shard's one-piece tensor.
-    """
-    owners = tied_names(model.cfg) if hasattr(model, "cfg") else {}
-    tp_rank = model.tp_group.rank() if hasattr(model, "tp_group") else 0
-    missing, params = [], dict(model.named_parameters())
-    for name, param in params.items():
-        source = name if name in state_dict else owners.get(name)
-        if source not in state_dict:
-            missing.append(name)
-            continue
-        full = state_dict[source]  # a lazy mapping reads it now; dropped after the copy
-        shard = shard_of(param, full, tp_rank)
-        if shard.shape != param.shape:
-            raise ConsolidatedFormatError(f"{name}: stored shape {tuple(full.shape)} does not fit the model")
-        param.copy_(shard)
-        del full, shard
-    unused = sorted(set(state_dict) - set(params) - set(owners.values()))
-    if missing or unused:
-        raise ConsolidatedFormatError(
-            f"state dict does not match the model: missing {missing[:8]}, unexpected {unused[:8]}"
-        )

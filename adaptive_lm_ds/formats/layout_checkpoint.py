@@ -6,8 +6,8 @@
 ``adaptive-lm-convert`` starts these ranks when given a layout
 (launch.py). The result is ``OUT/checkpoint_0``
 with ``latest`` pointing at it, exactly what a training run saves: rerunning training with
-``--save-dir OUT`` and the same TP/PP resumes from it (any DP size: its optimizer state is fresh,
-so the trainer starts the optimizer anew and keeps the weights).
+``--save-dir OUT`` resumes from it in any layout (its optimizer state is fresh, so the trainer starts the
+optimizer anew and keeps the weights; another layout reads them through the state adapter).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from adaptive_lm_ds import cli, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.formats.consolidated import load_consolidated
-from adaptive_lm_ds.formats.resharding import load_one_piece_state
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.optim.config import OptimConfig
 from adaptive_lm_ds.training.ds_config import DeepSpeedPlan, complete_ds_config
 from adaptive_lm_ds.training.engine import build_module
@@ -37,7 +37,7 @@ def write_layout_checkpoint(consolidated: str, save_dir: str, tp: int, pp: int, 
     dims = parallel.initialize_parallel(parallel.ParallelDims.for_world(dist.get_world_size(), tp, pp), seed)
     try:
         module = build_module(cfg, checkpoint_activations=False, seed=seed)
-        load_one_piece_state(module, state, cfg)
+        load_weights(module, state)
         plan = DeepSpeedPlan.resolve(
             complete_ds_config(LAYOUT_DS_JSON, micro=1, gas=1, dp_size=dims.dp, pp_size=dims.pp, clip_norm=0.0)
         )

@@ -25,11 +25,29 @@ _NUMPY = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int
 
 
 class LazyTensors(Mapping):
-    """``name -> tensor`` whose values are made by ``read(name)`` on access; ``shapes`` names them."""
+    """``name -> tensor`` whose values are made by ``read(name)`` on access; ``shapes`` names them.
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], read: Callable[[str], torch.Tensor]):
+    ``read_slice(name, dim, start, length)``, when given, makes only that slice of a value (a TP rank's rows of
+    a vocabulary table without the whole table); :meth:`narrow` falls back to reading the whole value.
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, tuple[int, ...]],
+        read: Callable[[str], torch.Tensor],
+        read_slice: Callable[[str, int, int, int], torch.Tensor] | None = None,
+    ):
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self._read = read
+        self._read_slice = read_slice
+
+    def narrow(self, name: str, dim: int, start: int, length: int) -> torch.Tensor:
+        """``self[name].narrow(dim, start, length)``, made without the whole value where the source allows."""
+        if name not in self.shapes:
+            raise KeyError(name)
+        if self._read_slice is None:
+            return self._read(name).narrow(dim, start, length)
+        return self._read_slice(name, dim, start, length)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.shapes:

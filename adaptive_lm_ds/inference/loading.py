@@ -19,8 +19,9 @@ from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import STATE_FILE, CheckpointError, is_training_checkpoint
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.data import Dictionary
-from adaptive_lm_ds.formats.consolidated import is_consolidated, load_consolidated, load_into, tied_names
+from adaptive_lm_ds.formats.consolidated import is_consolidated, load_consolidated
 from adaptive_lm_ds.formats.export import consolidate_checkpoint
+from adaptive_lm_ds.formats.state_adapter import load_weights
 from adaptive_lm_ds.interop import load_fairseq_checkpoint
 from adaptive_lm_ds.model.lm import AdaptiveLM
 from adaptive_lm_ds.model.pipeline_stage import PipelineStageLM
@@ -70,18 +71,12 @@ def build_model(
     cfg: ModelConfig, state: dict[str, torch.Tensor], pp: int = 1, device: str | torch.device | None = None
 ) -> torch.nn.Module:
     """This rank's model in eval mode, loaded from consolidated weights: the one-piece ``AdaptiveLM`` (its TP
-    shard) at ``pp == 1``, else its ``PipelineStageLM`` with only the tensors that stage holds (a tied
-    weight is read under its owner's name). On ``device``, by default the accelerator's. Ends the loading's
-    start-up phase (:func:`adaptive_lm_ds.host_memory.steady_phase`): the forwards that follow reuse the heap."""
-    if pp == 1:
-        model = AdaptiveLM(cfg).eval()
-        load_into(model, state)
-    else:
-        model = PipelineStageLM(cfg).eval()
-        owners = tied_names(cfg)
-        mine = {n for n, _ in model.named_parameters()}
-        needed = mine | {owners[n] for n in mine if n in owners}
-        load_into(model, {k: v for k, v in state.items() if k in needed})
+    shard) at ``pp == 1``, else its ``PipelineStageLM`` with only the tensors that stage holds (through the
+    state adapter: a lazy state makes only those; a tied weight is read under its owner's name). On ``device``,
+    by default the accelerator's. Ends the loading's start-up phase
+    (:func:`adaptive_lm_ds.host_memory.steady_phase`): the forwards that follow reuse the heap."""
+    model = (AdaptiveLM(cfg) if pp == 1 else PipelineStageLM(cfg)).eval()
+    load_weights(model, state)
     model = model.to(device or parallel.accelerator_device())
     host_memory.steady_phase()
     return model

@@ -102,7 +102,11 @@ class RunConfig:
     save_interval_updates: int = _f(1000, "save a checkpoint every N updates (0: only at the end)")
     keep_last_n: int = _f(5, "keep only the newest N update checkpoints (-1: all)")
     no_save: bool = _f(False, "do not save checkpoints")
-    restore_file: str = _f("checkpoint_last", "checkpoint tag (or path) to resume from when it exists")
+    restore_file: str = _f(
+        "checkpoint_last",
+        "checkpoint tag (or path) to resume from when it exists; a fairseq checkpoint file (FILE.pt) continues "
+        "that fairseq run here mid-schedule, on fairseq's batch order",
+    )
     reset_optimizer: bool = _f(False, "resume weights only: fresh optimizer and lr schedule state")
     reset_dataloader: bool = _f(False, "resume weights but restart the data from the beginning")
     init_from: str = _f("", "consolidated model (adaptive-lm-convert or export) to start from")

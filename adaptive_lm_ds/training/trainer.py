@@ -22,12 +22,14 @@ import torch.distributed as dist
 from adaptive_lm_ds import checkpoint as ckpt
 from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
-from adaptive_lm_ds.config import DROPOUT_FIELDS, ConfigError, ModelConfig
+from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_batch_iterator, build_lm_dataset
 from adaptive_lm_ds.errors import UserError
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
-from adaptive_lm_ds.formats.resharding import load_one_piece_state
+from adaptive_lm_ds.formats.state_adapter import load_weights
+from adaptive_lm_ds.interop import load_fairseq_checkpoint
+from adaptive_lm_ds.interop.fairseq_training_state import fairseq_restore_file
 from adaptive_lm_ds.layers.adaptive_softmax import set_criterion
 from adaptive_lm_ds.metrics_log import TrainLogger, base2_loss
 from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
@@ -36,6 +38,7 @@ from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_plan
 from adaptive_lm_ds.training.engine import build_module
 from adaptive_lm_ds.training.engine_build import build_engine
+from adaptive_lm_ds.training.resume import ResumeFromCheckpoint
 from adaptive_lm_ds.training.signals import StopRequests
 
 LOG = logging.getLogger("adaptive_lm_ds.train")
@@ -59,22 +62,40 @@ class TrainingAborted(UserError, RuntimeError):
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
-    """The model config (preset, or the consolidated model's own) and its initial weights if any."""
-    if not cfg.run.init_from:
+    """The model config (preset, or the consolidated model's own) and its initial weights if any.
+
+    A fairseq checkpoint to take over (``--restore-file X.pt``) fixes the model as ``--init-from`` does,
+    unless the command line builds the model itself (fairseq's ``--arch`` and shape flags, checked
+    against the checkpoint when it is loaded); its weights come with its training state."""
+    fairseq_file = fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir)
+    takeover = fairseq_file is not None and not (cfg.model.shape_flags() or cfg.run.arch)
+    if not cfg.run.init_from and not takeover:
         return model_config(cfg, vocab_size), None
+    source = f"--init-from {cfg.run.init_from}" if cfg.run.init_from else f"--restore-file {cfg.run.restore_file}"
     if cfg.model.shape_flags() or cfg.run.arch:
         raise ckpt.CheckpointError(
-            f"--init-from {cfg.run.init_from} fixes the model's shape: drop --arch and the fairseq shape flags "
+            f"{source} fixes the model's shape: drop --arch and the fairseq shape flags "
             f"{sorted(cfg.model.shape_flags())}"
         )
-    model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    if cfg.run.init_from:
+        model_cfg, state, _ = load_consolidated(cfg.run.init_from)
+    else:
+        (model_cfg, _), state = load_fairseq_checkpoint(fairseq_file), None
     model_cfg = model_cfg.replace(**cfg.model.regularisation())
     if model_cfg.vocab_size != vocab_size:
         raise ckpt.CheckpointError(
-            f"--init-from {cfg.run.init_from} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
+            f"{source} has vocab_size {model_cfg.vocab_size} but {cfg.data.data}/dict.txt "
             f"gives {vocab_size}; preprocess with the model's dictionary (--srcdict)"
         )
     return model_cfg, state
+
+
+def fairseq_takeover_order(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``--batch-order fairseq`` when ``--restore-file`` names a fairseq checkpoint: a fairseq run
+    goes on with the batches fairseq would have used next."""
+    if fairseq_restore_file(cfg.run.restore_file, cfg.run.save_dir) is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_order="fairseq"))
 
 
 def check_block_fits(tokens_per_sample: int, model_cfg: ModelConfig) -> None:
@@ -92,12 +113,12 @@ def _endless(iterator: LMBatchIterator):
         yield from iterator
 
 
-class Trainer:
+class Trainer(ResumeFromCheckpoint):
     """One training run on this rank (call :meth:`run`)."""
 
     def __init__(self, cfg: TrainConfig):
         host_memory.start_up_phase()  # tensors freed while the model is built go back to the OS
-        self.cfg = cfg
+        self.cfg = cfg = fairseq_takeover_order(cfg)
         run, data = cfg.run, cfg.data
         world = dist.get_world_size()
         layout = parallel.ParallelDims.for_world(
@@ -127,7 +148,7 @@ class Trainer:
         module = build_module(self.model_cfg, run.checkpoint_activations, run.seed, run.compile)
         set_criterion(module, cfg.optim.criterion)
         if init_state is not None:
-            load_one_piece_state(module, init_state, self.model_cfg)
+            load_weights(module, init_state)
         built = build_engine(module, cfg.optim, self.plan, packed=data.sample_break_mode == "packed",
                              max_update=run.max_update)  # fmt: skip
         self.engine, self.stepper, self.scheduler = built.engine, built.stepper, built.scheduler
@@ -157,46 +178,6 @@ class Trainer:
         still_owner = self.lock.check_owned if self.lock is not None else None
         tag = save_checkpoint(self.engine, run.save_dir, self._record(), dictionary=self.dictionary,
                               keep_last_n=run.keep_last_n, still_owner=still_owner)  # fmt: skip
-        self.last_saved = tag
-        return tag
-
-    def try_resume(self) -> str | None:
-        run = self.cfg.run
-        found = ckpt.resume_point(run.save_dir, run.restore_file)  # rank 0 decides and verifies
-        if found is None:
-            return None
-        load_dir, tag, record = found
-        saved_model = record.model_config()
-        saved_model = saved_model.replace(**{name: getattr(self.model_cfg, name) for name in DROPOUT_FIELDS})
-        if saved_model != self.model_cfg:
-            diff = {k: (getattr(saved_model, k), getattr(self.model_cfg, k))
-                    for k in record.model if getattr(saved_model, k) != getattr(self.model_cfg, k)}  # fmt: skip
-            raise ckpt.CheckpointError(
-                f"checkpoint {load_dir / tag} was trained with another model config (saved, now): {diff}; "
-                "use the same --preset/--init-from or a fresh --save-dir"
-            )
-        # A converted model's checkpoint (layout_checkpoint.py) carries no optimizer history: start it anew.
-        reset_optimizer = run.reset_optimizer or record.optimizer_fresh
-        try:
-            path, _ = self.engine.load_checkpoint(
-                str(load_dir), tag=tag,
-                load_optimizer_states=not reset_optimizer, load_lr_scheduler_states=not reset_optimizer,
-            )  # fmt: skip
-        except ckpt.CheckpointError as e:  # our safe engine: unsafe or unreadable file, already one line
-            raise ckpt.CheckpointError(f"cannot load checkpoint {load_dir / tag}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - DeepSpeed raises many types on a broken checkpoint
-            first = (str(e).splitlines() or [""])[0]
-            raise ckpt.CheckpointError(
-                f"cannot load checkpoint {load_dir / tag}: {type(e).__name__}: {first}"
-            ) from None
-        if path is None:
-            raise ckpt.CheckpointError(f"DeepSpeed found no checkpoint files in {load_dir / tag}; it is corrupt")
-        self.num_updates = 0 if reset_optimizer else int(record.num_updates)
-        if not reset_optimizer:
-            self.scheduler.num_updates = self.num_updates
-        if not run.reset_dataloader and record.data is not None:
-            self.batches.load_state_dict(record.data)
-            ckpt.load_rng(load_dir, tag, self.rank)
         self.last_saved = tag
         return tag
 

@@ -1,0 +1,200 @@
+"""A run interrupted in one layout and resumed in another trains exactly like one uninterrupted process.
+
+Recipe (the layout tests'): NAG lr 1.0 momentum 0.99, cosine schedule with 2 warmup updates, ``--clip-norm
+0.1``, dropout 0, fp32, 4 sequences per update (DP1 ``--update-freq 2`` = DP2 ``--update-freq 1``). Reference:
+one process (plain fp32 engine) running all ``UPDATES``. Phase A: layout A runs the same command and saves at
+update ``HALF``; phase B: layout B resumes from that checkpoint (``--restore-file``) and runs to the end. Its
+updates ``HALF+1..UPDATES`` must have the reference's per-update loss and gradient norm within 1e-5 relative:
+the weights, the momentum, NAG's ``lr_old``, the schedule and the data position all crossed the layouts.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from adaptive_lm_ds import logs
+from adaptive_lm_ds.checkpoint import CheckpointError, integrity, load_file
+from adaptive_lm_ds.formats import state_reader
+from adaptive_lm_ds.formats.state_adapter import read_training_state
+from adaptive_lm_ds.testing import run_on_ranks, run_script
+from adaptive_lm_ds.training import resume
+from tests.oracle import REPO
+
+from .training_runs import grad_norms, per_token_losses, train_on_rank
+
+LAUNCHER = REPO / "launchers" / "train_wiki103.py"
+UPDATES, HALF = 6, 3
+RTOL = 1e-5
+
+# name: (world size, tp, pp, DeepSpeed JSON or None for the plain fp32 engine)
+LAYOUTS = {
+    "tp1": (1, 1, 1, None),
+    "tp2-pp2": (4, 2, 2, "pipeline_zero1"),
+    "dp2-zero1": (2, 1, 1, "zero1"),
+    "dp2-zero2": (2, 1, 1, "zero2"),
+    "tp2-zero3": (2, 2, 1, "zero3"),
+    "pp2": (2, 1, 2, "pipeline_zero1"),
+    "tp2-bf16": (2, 2, 1, "zero1_bf16"),
+}
+
+
+def _argv(data, init, name: str, *extra: str, optimizer: str = "nag") -> list[str]:
+    world, tp, pp, ds = LAYOUTS[name]
+    dp = world // (tp * pp)
+    optim = ["--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99"]
+    if optimizer == "adam":
+        optim = ["--optimizer", "adam", "--lr", "0.01"]
+    argv = [
+        "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", "2",
+        "--update-freq", str(2 // dp), "--max-update", str(UPDATES), *optim, "--lr-scheduler", "cosine",
+        "--warmup-updates", "2", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1", "--clip-norm", "0.1",
+        "--dropout", "0", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100",
+        "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra,
+    ]  # fmt: skip
+    return argv + (["--deepspeed_config", f"ds_configs/{ds}.json"] if ds else [])
+
+
+def _train(name: str, argv: list[str]) -> dict:
+    world = LAYOUTS[name][0]
+    results = run_on_ranks(train_on_rank, nprocs=world, timeout=600, argv=argv)
+    for result in results:
+        assert result["error"] is None, (name, result["error"])
+    return results[0]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run_setup):
+    """{optimizer: the uninterrupted one-process run}, made on first use."""
+    data, init = tiny_run_setup
+    made = {}
+
+    def get(optimizer: str) -> dict:
+        if optimizer not in made:
+            made[optimizer] = _train("tp1", _argv(data, init, "tp1", "--no-save", optimizer=optimizer))
+        return made[optimizer]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def phase_a(tiny_run_setup, tmp_path_factory):
+    """{(layout, optimizer): the tag folder its run saved at update HALF}, each made on first use."""
+    data, init = tiny_run_setup
+    made = {}
+
+    def get(name: str, optimizer: str = "nag"):
+        if (name, optimizer) not in made:
+            save = tmp_path_factory.mktemp(f"phase-a-{name}-{optimizer}") / "save"
+            flags = ["--save-dir", str(save), "--save-interval-updates", str(HALF), "--keep-last-n", "-1"]
+            _train(name, _argv(data, init, name, *flags, optimizer=optimizer))
+            made[(name, optimizer)] = save / f"checkpoint_{HALF}"
+        return made[(name, optimizer)]
+
+    return get
+
+
+def _resume(tiny_run_setup, tmp_path, checkpoint, name: str, optimizer: str = "nag", *extra: str) -> dict:
+    data, init = tiny_run_setup
+    source = tmp_path / "source" / checkpoint.name
+    shutil.copytree(checkpoint, source)  # a tag folder of its own: the resumed run never touches phase A's
+    flags = ["--restore-file", str(source), "--save-dir", str(tmp_path / "resumed"), "--no-save", *extra]
+    return _train(name, _argv(data, init, name, *flags, optimizer=optimizer))
+
+
+def assert_continues_reference(resumed: dict, reference: dict, rtol: float = RTOL) -> None:
+    assert [h["update"] for h in resumed["history"]] == list(range(HALF + 1, UPDATES + 1))
+    want = {"loss": per_token_losses(reference)[HALF:], "gnorm": grad_norms(reference)[HALF:]}
+    got = {"loss": per_token_losses(resumed), "gnorm": grad_norms(resumed)}
+    for what in want:
+        torch.testing.assert_close(got[what], want[what], rtol=rtol, atol=0, msg=what)
+    lrs = [h["lr"] for h in resumed["history"]]
+    assert lrs == pytest.approx([h["lr"] for h in reference["history"]][HALF:], rel=1e-12)
+
+
+PAIRS = [
+    ("tp2-pp2", "dp2-zero1"),
+    ("tp2-pp2", "tp2-zero3"),
+    ("tp1", "tp2-pp2"),
+    ("dp2-zero2", "pp2"),
+    ("tp2-pp2", "tp1"),  # into the plain fp32 engine: the module and optimizer.state directly
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("saved", "resumed"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def test_resume_in_another_layout_matches_one_process(tiny_run_setup, tmp_path, reference, phase_a, saved, resumed):
+    result = _resume(tiny_run_setup, tmp_path, phase_a(saved), resumed)
+    assert_continues_reference(result, reference("nag"))
+
+
+@pytest.mark.slow
+def test_adam_moments_and_step_cross_layouts(tiny_run_setup, tmp_path, reference, phase_a):
+    result = _resume(tiny_run_setup, tmp_path, phase_a("dp2-zero1", "adam"), "tp2-zero3", "adam")
+    assert_continues_reference(result, reference("adam"))
+
+
+@pytest.mark.slow
+def test_bf16_checkpoint_resumes_in_fp32_close_and_finite(tiny_run_setup, tmp_path, reference, phase_a):
+    """bf16 ZeRO-1 TP2 -> fp32 TP1: the fp32 masters cross; phase A's bf16 forward differs from fp32 by
+    bf16 rounding (~1e-3 relative here), so the continuation is close, not equal."""
+    result = _resume(tiny_run_setup, tmp_path, phase_a("tp2-bf16"), "tp1")
+    assert all(torch.isfinite(per_token_losses(result))) and all(torch.isfinite(grad_norms(result)))
+    assert_continues_reference(result, reference("nag"), rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_layout_change_and_a_changed_update_size_are_each_said_in_one_line(tiny_run_setup, tmp_path, phase_a):
+    """TP1 (4 sequences per update) resumed at DP2 ZeRO-1 with --update-freq 2 (8 per update): one start-up line
+    names both layouts, one warning says the batch changed, and the run continues from update HALF + 1."""
+    data, init = tiny_run_setup
+    source = tmp_path / "source" / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp1"), source)
+    flags = ["--restore-file", str(source), "--save-dir", str(tmp_path / "resumed"), "--no-save"]
+    argv = _argv(data, init, "dp2-zero1", *flags, "--update-freq", "2", "--log-format", "json", "--log-interval", "1")
+    output = run_script(LAUNCHER, argv, nprocs=2, timeout=600).output
+    messages = [logs.message(line) for line in output.splitlines()]
+    said = [m for m in messages if m.startswith(f"resuming checkpoint_{HALF} saved at")]
+    assert said == [
+        f"resuming checkpoint_{HALF} saved at TP1 x PP1 x DP1 ZeRO-0 fp32 in TP1 x PP1 x DP2 ZeRO-1 fp32: weights, "
+        "NAG momentum, schedule and data position carried over; RNG not (layout changed)"
+    ]
+    warned = [m for m in messages if "sequences per update" in m]
+    assert len(warned) == 1 and "took 4 sequences per update, this run takes 8" in warned[0]
+    updates = [json.loads(m)["update"] for m in messages if m.startswith("{") and '"wps"' in m]
+    assert updates == list(range(HALF + 1, UPDATES + 1))
+
+
+@pytest.mark.slow
+def test_a_tp_ranks_rows_are_read_from_the_saved_rank_holding_them(phase_a, monkeypatch):
+    """TP2 saved 20 of band 0's 40 rows per rank: rows 25-34 load saved rank 1's weight files alone (no saved
+    rank's weights are loaded, nor a table made whole, for rows it did not hold), and equal those rows of the
+    whole one-piece table."""
+    state = read_training_state(phase_a("tp2-pp2"))
+    name = "embed.tokens.bands.0.table.weight"
+    loaded = []
+    store = state_reader._SavedRanks._store
+    monkeypatch.setattr(
+        state_reader._SavedRanks, "_store", lambda self, kind, r: loaded.append(r) or store(self, kind, r)
+    )
+    rows = state.weights.narrow(name, 0, 25, 10)
+    assert set(loaded) == {1}
+    assert torch.equal(rows, state.weights[name][25:35])
+
+
+@pytest.mark.slow
+def test_optimizer_files_of_a_format_this_version_cannot_read_are_refused_in_one_line(phase_a, tmp_path):
+    """An older DeepSpeed's ZeRO partitions without ``param_slice_mappings`` (re-hashed, so intact on disk)."""
+    tag = tmp_path / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp2-pp2"), tag)
+    optim = tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    saved = load_file(optim)
+    del saved["optimizer_state_dict"]["param_slice_mappings"]
+    torch.save(saved, optim)
+    integrity.write_manifest(tag)
+    with pytest.raises(CheckpointError) as error:
+        resume.read_state(tag, "TP2 x PP2 x DP1 ZeRO-1 fp32")
+    message = str(error.value)
+    assert "\n" not in message and "format this version cannot read" in message
+    assert "resume it at TP2 x PP2 x DP1 ZeRO-1 fp32" in message
