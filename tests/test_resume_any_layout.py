@@ -198,3 +198,69 @@ def test_optimizer_files_of_a_format_this_version_cannot_read_are_refused_in_one
     message = str(error.value)
     assert "\n" not in message and "format this version cannot read" in message
     assert "resume it at TP2 x PP2 x DP1 ZeRO-1 fp32" in message
+
+
+@pytest.fixture(scope="module")
+def gbw_huge_tables(tmp_path_factory):
+    """(data-bin with a 793,475-word dictionary, consolidated initial weights): gbw_huge's vocabulary tables at
+    their real shape (d 1536, bands 60K / 100K / 633K words: 191M parameters) under 2 small blocks."""
+    from adaptive_lm_ds.data.preprocess import binarize_file, build_dictionary
+    from adaptive_lm_ds.synthetic_corpus import CorpusSpec, generate_corpus
+
+    from .training_runs import save_initial_weights
+
+    root = tmp_path_factory.mktemp("gbw-huge-tables")
+    spec = CorpusSpec(vocab_size=400, num_classes=8, favourites_per_class=40, train_tokens=8000,
+                      valid_tokens=1000, test_tokens=1000, seed=7)  # fmt: skip
+    generate_corpus(root / "text", spec)
+    dictionary = build_dictionary([str(root / "text" / "train.txt")])
+    for i in range(GBW_VOCAB - len(dictionary)):  # the corpus's words, then unseen ones up to gbw's size
+        dictionary.add_symbol(f"unseen{i}")
+    (root / "data").mkdir()
+    dictionary.save(root / "data" / "dict.txt")
+    for split in ("train", "valid", "test"):
+        binarize_file(str(root / "text" / f"{split}.txt"), dictionary, str(root / "data" / split), progress=False)
+    init = root / "init"
+    run_on_ranks(save_initial_weights, nprocs=1, timeout=900, data_bin=str(root / "data"), out_dir=str(init),
+                 preset="gbw_huge", num_layers=2, ffn_dim=256)  # fmt: skip
+    return root / "data", init
+
+
+GBW_VOCAB = 793_475
+
+
+def _gbw_argv(data, init, ds: str, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", "2",
+        "--max-update", "4", "--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99", "--lr-scheduler", "cosine",
+        "--warmup-updates", "1", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1", "--clip-norm", "0.1",
+        "--dropout", "0", "--attention-dropout", "0", "--adaptive-softmax-dropout", "0",
+        "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100",
+        "--tensor-model-parallel-size", "2", "--deepspeed_config", f"ds_configs/{ds}.json", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gbw_huge_tables_resume_in_another_layout_loading_only_their_own_shards(gbw_huge_tables, tmp_path):
+    """TP2 ZeRO-1 saves at update 2 of 4; TP2 ZeRO-2 resumes: updates 3-4 equal the uninterrupted TP2 ZeRO-1
+    run's (itself equal to one process: test_train_layouts.py), and each resuming rank's peak RSS grows over the
+    uninterrupted run's by at most its own saved shard's files plus one one-piece table (band 0), not by the
+    other rank's files (1.2 GiB more) or whole tables."""
+    data, init = gbw_huge_tables
+    save = tmp_path / "save"
+    flags = ["--save-dir", str(save), "--save-interval-updates", "2"]
+    straight = run_on_ranks(train_on_rank, nprocs=2, timeout=900, argv=_gbw_argv(data, init, "zero1", *flags))
+    resume = ["--restore-file", str(save / "checkpoint_2"), "--no-save", "--save-dir", str(tmp_path / "b")]
+    resumed = run_on_ranks(train_on_rank, nprocs=2, timeout=900, argv=_gbw_argv(data, init, "zero2", *resume))
+    for result in (*straight, *resumed):
+        assert result["error"] is None, result["error"]
+    torch.testing.assert_close(per_token_losses(resumed[0]), per_token_losses(straight[0])[2:], rtol=RTOL, atol=0)
+    torch.testing.assert_close(grad_norms(resumed[0]), grad_norms(straight[0])[2:], rtol=RTOL, atol=0)
+    tag = save / "checkpoint_2"
+    own_files = (tag / "mp_rank_00_model_states.pt").stat().st_size
+    own_files += (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").stat().st_size
+    band0_table = 60_000 * 1536 * 4
+    for before, after in zip(straight, resumed):
+        peak = {name: max(h["extra"]["memory_gb"] for h in r["history"]) * 2**30 for name, r in
+                (("straight", before), ("resumed", after))}  # fmt: skip
+        assert peak["resumed"] - peak["straight"] < own_files + band0_table, peak

@@ -287,15 +287,22 @@ def read_weights(tag_dir: Path, record: CheckpointRecord) -> LazyTensors:
     return _assemble(_SavedRanks(tag_dir, record, list(shapes)).load(None), shapes, None)
 
 
-def read_training_state(tag_dir: str | Path, with_optimizer: bool = True) -> TrainingState:
-    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout;
-    ``with_optimizer=False``: no optimizer file is read; optimizer and schedule start anew, the data position stays."""
+def read_training_state(
+    tag_dir: str | Path, with_optimizer: bool = True, reader_tp: tuple[int, int] = (0, 1)
+) -> TrainingState:
+    """The :class:`TrainingState` of a training checkpoint (a tag folder or a save dir) of any layout.
+
+    ``with_optimizer=False``: no optimizer file is read; optimizer and schedule start anew, the data position
+    stays. ``reader_tp``: (TP rank, TP size) of the rank that will read the state: the param groups come from
+    the saved TP rank whose rows it holds first, so it loads no saved rank's files it does not need.
+    """
     tag_dir, record = open_checkpoint(tag_dir)
     shapes = one_piece_shapes(record.model_config())
     saved = _SavedRanks(tag_dir, record, list(shapes))  # each rank loads the saved ranks it reads from
     with_optimizer = with_optimizer and not record.optimizer_fresh
     if with_optimizer:
-        saved.load("state", range(1))  # the param groups, the state keys, Adam's step
+        first = min(saved.dims.tp - 1, reader_tp[0] * saved.dims.tp // reader_tp[1])
+        saved.load("state", range(first, first + 1))  # the param groups, the state keys, Adam's step
     optimizer = "adam" if "exp_avg" in saved.state_keys else "nag"
     fresh = not with_optimizer or not saved.state_keys
     moments = {} if fresh else {key: _assemble(saved, shapes, key) for key in STATE_KEYS[optimizer]}

@@ -53,7 +53,7 @@ class ResumeFromCheckpoint:
         if saved == now:
             self._resume_natively(load_dir, tag, record)
         else:
-            state = read_state(load_dir / tag, saved, with_optimizer=not run.reset_optimizer)
+            state = read_state(load_dir / tag, saved, not run.reset_optimizer, (self.dims.tp_rank, self.dims.tp))
             self._resume_from_state(state, f"{tag} saved at {saved} in {now}")
         self.last_saved = tag
         return tag
@@ -150,10 +150,12 @@ def _describe_layout(dims: parallel.ParallelDims, zero_stage: int, precision: st
     return f"{dims.describe()} ZeRO-{zero_stage} {precision}"
 
 
-def read_state(tag_dir: Path, saved: str, with_optimizer: bool = True) -> TrainingState:
+def read_state(
+    tag_dir: Path, saved: str, with_optimizer: bool = True, reader_tp: tuple[int, int] = (0, 1)
+) -> TrainingState:
     """:func:`read_training_state`; a checkpoint whose files this version cannot decode is refused in one line."""
     try:
-        return read_training_state(tag_dir, with_optimizer)
+        return read_training_state(tag_dir, with_optimizer, reader_tp)
     except ckpt.CheckpointError:
         raise
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
