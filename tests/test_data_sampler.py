@@ -117,3 +117,13 @@ def test_collate_pads_with_pad_and_continues_segments():
 def test_bad_rank_is_refused():
     with pytest.raises(DataError, match="dp_rank < dp_size"):
         LMBatchIterator(Blocks(4), 2, dp_rank=2, dp_size=2)
+
+
+def test_resume_refuses_a_position_in_fairseqs_batch_order():
+    from adaptive_lm_ds.data.fairseq_order import FairseqBatchIterator
+
+    blocks = Blocks(50)
+    blocks.sizes = np.array([len(blocks[i]["targets"]) for i in range(len(blocks))])
+    state = FairseqBatchIterator(blocks, 4, max_sentences=4, required_batch_size_multiple=1).state_dict()
+    with pytest.raises(DataError, match="--batch-order fairseq, not ours"):
+        LMBatchIterator(blocks, 4).load_state_dict(state)

@@ -65,3 +65,12 @@ def test_a_second_signal_never_stops_one_rank_alone_it_asks_every_rank_to_skip_t
     err = capfd.readouterr().err
     assert "finishing this update, saving" in err and "every rank stops after this update without saving" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_under_no_save_the_first_signal_promises_no_save(capfd):
+    with StopRequests(saves=False) as requests:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert requests.received == signal.SIGTERM
+    err = capfd.readouterr().err
+    assert "finishing this update, then exiting (--no-save: nothing is saved)" in err and "saving," not in err

@@ -125,7 +125,8 @@ class LMBatchIterator:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state`` (a :meth:`state_dict`, of any global batch size: converted through samples);
-        refuses a state whose order would differ (other data, seed or shuffling)."""
+        refuses a state whose order would differ (other data, seed or shuffling, or fairseq's batch order)."""
+        _refuse_other_order(state)
         self.seek({**state, "samples": int(state["position"]) * int(state["global_batch_size"])})
 
     def seek(self, position: dict, update_samples: int | None = None) -> None:
@@ -135,6 +136,7 @@ class LMBatchIterator:
         ``position`` may also name the ``seed``, ``shuffle`` and ``num_samples`` it was counted under; a
         different one is refused, as its order differs.
         """
+        _refuse_other_order(position)
         mine = self.state_dict()
         for key in ("seed", "shuffle", "num_samples"):
             if key in position and position[key] != mine[key]:
@@ -145,3 +147,12 @@ class LMBatchIterator:
         whole = update_samples or self.global_batch_size
         samples = int(position["samples"]) // whole * whole
         self.epoch, self.position = int(position["epoch"]), samples // self.global_batch_size
+
+
+def _refuse_other_order(state: dict) -> None:
+    """A position counted in another batch order (``--batch-order fairseq`` saves ``order``) means other batches."""
+    if state.get("order", "ours") != "ours":
+        raise DataError(
+            f"the checkpoint's data position is for --batch-order {state['order']}, not ours; resume with "
+            f"--batch-order {state['order']}, or pass --reset-dataloader to start this order from the beginning"
+        )

@@ -30,8 +30,9 @@ def _say(text: str) -> None:
 class StopRequests:
     """Context manager installing the handlers (main thread only; elsewhere it does nothing)."""
 
-    def __init__(self, verbose: bool = True):
+    def __init__(self, verbose: bool = True, saves: bool = True):
         self.received: signal.Signals | None = None
+        self.saves = saves  # False under --no-save: the first signal's message must not promise a save
         self.urgent = False  # a later signal: stop without saving, on every rank together
         self.first_at = 0.0
         self.verbose = verbose
@@ -42,10 +43,13 @@ class StopRequests:
         if self.received is None:
             self.received, self.first_at = sig, time.monotonic()
             if self.verbose:
-                _say(
-                    f"| received {sig.name}: finishing this update, saving, then exiting "
-                    "(signal again to skip the save; SIGKILL stops at once)"
-                )
+                if self.saves:
+                    _say(
+                        f"| received {sig.name}: finishing this update, saving, then exiting "
+                        "(signal again to skip the save; SIGKILL stops at once)"
+                    )
+                else:
+                    _say(f"| received {sig.name}: finishing this update, then exiting (--no-save: nothing is saved)")
             return
         if time.monotonic() - self.first_at < SAME_REQUEST_S or self.urgent:
             return  # the launcher forwarding the same request, or one already taken

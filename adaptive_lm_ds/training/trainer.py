@@ -265,7 +265,7 @@ class Trainer(ResumeFromCheckpoint):
     def run(self) -> dict:
         lock = self.lock = self._startup_checks()
         try:
-            with StopRequests(verbose=self.rank == 0) as self.stop_requests:
+            with StopRequests(verbose=self.rank == 0, saves=not self.cfg.run.no_save) as self.stop_requests:
                 return self._run()
         finally:
             if lock is not None:
