@@ -32,6 +32,11 @@ def run(argv: list[str], **env: str) -> None:
     subprocess.run(argv, check=True, cwd=REPO, env=full_env)
 
 
+def program(name: str) -> str:
+    """The installed program ``name`` beside this interpreter (``make venv`` registers them in ``.venv/bin``)."""
+    return str(Path(sys.executable).parent / name)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--out-dir", default="demo_out", help="where everything is written")
@@ -44,13 +49,13 @@ def main(argv=None) -> int:
 
     banner("1/5 synthetic corpus")
     corpus = out / "corpus"
-    run([py, "tools/make_synthetic_corpus.py", "--out-dir", str(corpus)])
+    run([program("adaptive-lm-synthetic-corpus"), "--out-dir", str(corpus)])
     stats = json.loads((corpus / "corpus_stats.json").read_text())
 
     banner("2/5 preprocess to a data-bin")
     data_bin = out / "data-bin"
     run(
-        [py, "tools/preprocess_data.py", "--trainpref", str(corpus / "train.txt"),
+        [program("adaptive-lm-preprocess"), "--only-source", "--trainpref", str(corpus / "train.txt"),
          "--validpref", str(corpus / "valid.txt"), "--testpref", str(corpus / "test.txt"),
          "--destdir", str(data_bin), "--workers", "2"]
     )  # fmt: skip
@@ -73,9 +78,9 @@ def main(argv=None) -> int:
 
     banner("4/5 export the checkpoint and evaluate validation perplexity")
     model_dir = out / "model"
-    run([py, "tools/export_checkpoint.py", "--checkpoint", str(save_dir), "--output", str(model_dir)])
+    run([program("adaptive-lm-export"), "--checkpoint", str(save_dir), "--output", str(model_dir)])
     result_json = out / "valid_eval.json"
-    run([py, "tools/eval_lm.py", "--path", str(model_dir), "--data", str(data_bin), "--gen-subset", "valid",
+    run([program("adaptive-lm-eval"), "--path", str(model_dir), "--data", str(data_bin), "--gen-subset", "valid",
          "--tokens-per-sample", "128", "--context-window", "64", "--json", str(result_json)])  # fmt: skip
     result = json.loads(result_json.read_text())
 
@@ -92,16 +97,17 @@ def main(argv=None) -> int:
     print(f"tensorboard     {tb_dir}")
     print()
     print("look at them with:")
-    print(f"  {Path(py).parent / 'tensorboard'} --logdir {tb_dir}")
-    print(f"  {py} tools/eval_lm.py --path {model_dir} --data {data_bin} --gen-subset test --tokens-per-sample 128")
-    print(f"  {py} tools/convert_fairseq_ckpt.py --input {model_dir} --to-fairseq --output {out / 'fairseq.pt'}")
-    print(f"  {py} tools/generate.py --path {model_dir} --prefix 'WORDS ...' --sampling --sampling-topk 10")
+    print(f"  {program('tensorboard')} --logdir {tb_dir}")
+    print(f"  {program('adaptive-lm-eval')} --path {model_dir} --data {data_bin} --gen-subset test "
+          "--tokens-per-sample 128")  # fmt: skip
+    print(f"  {program('adaptive-lm-convert')} --input {model_dir} --to-fairseq --output {out / 'fairseq.pt'}")
+    print(f"  {program('adaptive-lm-generate')} --path {model_dir} --prefix 'WORDS ...' --sampling --sampling-topk 10")
 
     banner("5/5 sample continuations from the trained model (prompt: the first words of test lines)")
     prompts = out / "prompts.txt"
     lines = [line.split() for line in (corpus / "test.txt").read_text().splitlines() if len(line.split()) >= 8]
     prompts.write_text("".join(" ".join(words[:4]) + "\n" for words in lines[:4]))
-    run([py, "tools/generate.py", "--path", str(model_dir), "--input", str(prompts), "--max-len-b", "24",
+    run([program("adaptive-lm-generate"), "--path", str(model_dir), "--input", str(prompts), "--max-len-b", "24",
          "--min-len", "12", "--sampling", "--sampling-topk", "10", "--seed", "1"])  # fmt: skip
     print(f"finished in {time.perf_counter() - start:.0f}s")
     return 0
