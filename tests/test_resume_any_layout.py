@@ -32,6 +32,7 @@ RTOL = 1e-5
 LAYOUTS = {
     "tp1": (1, 1, 1, None),
     "tp2-pp2": (4, 2, 2, "pipeline_zero1"),
+    "tp2-pp2-plain": (4, 2, 2, None),  # no --deepspeed_config: ZeRO-0, each stage's torch optimizer state
     "dp2-zero1": (2, 1, 1, "zero1"),
     "dp2-zero2": (2, 1, 1, "zero2"),
     "tp2-zero3": (2, 2, 1, "zero3"),
@@ -119,6 +120,7 @@ PAIRS = [
     ("tp1", "tp2-pp2"),
     ("dp2-zero2", "pp2"),
     ("tp2-pp2", "tp1"),  # into the plain fp32 engine: the module and optimizer.state directly
+    ("tp2-pp2-plain", "dp2-zero1"),  # out of a ZeRO-0 pipeline: its stages' momentum in their parameter order
 ]
 
 
