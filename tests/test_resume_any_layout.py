@@ -202,6 +202,27 @@ def test_optimizer_files_of_a_format_this_version_cannot_read_are_refused_in_one
     assert "resume it at TP2 x PP2 x DP1 ZeRO-1 fp32" in message
 
 
+@pytest.mark.slow
+def test_a_plain_pipeline_optimizer_state_out_of_its_parameter_order_is_refused_in_one_line(phase_a, tmp_path):
+    """The last stage's momentum buffers of its last two parameters of different shapes swapped (re-hashed, so intact on
+    disk): the state no longer lines up with the stage's parameters, and reading it says so."""
+    tag = tmp_path / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp2-pp2-plain"), tag)
+    last_stage = tag / "mp_rank_02_model_states.pt"  # pp rank 1 x TP 2 + tp rank 0
+    saved = load_file(last_stage)
+    state = saved["optimizer"]["state"]
+    last = max(state)  # the last block's last parameter (the tied copies come first)
+    shape = state[last]["momentum_buffer"].shape
+    other = next(i for i in sorted(state, reverse=True) if state[i]["momentum_buffer"].shape != shape)
+    state[last], state[other] = state[other], state[last]
+    torch.save(saved, last_stage)
+    integrity.write_manifest(tag)
+    with pytest.raises(CheckpointError) as error:
+        read_training_state(tag)
+    message = str(error.value)
+    assert "\n" not in message and "the optimizer state does not match the model" in message
+
+
 @pytest.fixture(scope="module")
 def gbw_huge_tables(tmp_path_factory):
     """(data-bin with a 793,475-word dictionary, consolidated initial weights): gbw_huge's vocabulary tables at
