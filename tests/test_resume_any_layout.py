@@ -32,6 +32,7 @@ RTOL = 1e-5
 LAYOUTS = {
     "tp1": (1, 1, 1, None),
     "tp2-pp2": (4, 2, 2, "pipeline_zero1"),
+    "tp2-pp2-plain": (4, 2, 2, None),  # no --deepspeed_config: ZeRO-0, each stage's torch optimizer state
     "dp2-zero1": (2, 1, 1, "zero1"),
     "dp2-zero2": (2, 1, 1, "zero2"),
     "tp2-zero3": (2, 2, 1, "zero3"),
@@ -119,6 +120,7 @@ PAIRS = [
     ("tp1", "tp2-pp2"),
     ("dp2-zero2", "pp2"),
     ("tp2-pp2", "tp1"),  # into the plain fp32 engine: the module and optimizer.state directly
+    ("tp2-pp2-plain", "dp2-zero1"),  # out of a ZeRO-0 pipeline: its stages' momentum in their parameter order
 ]
 
 
@@ -198,6 +200,27 @@ def test_optimizer_files_of_a_format_this_version_cannot_read_are_refused_in_one
     message = str(error.value)
     assert "\n" not in message and "format this version cannot read" in message
     assert "resume it at TP2 x PP2 x DP1 ZeRO-1 fp32" in message
+
+
+@pytest.mark.slow
+def test_a_plain_pipeline_optimizer_state_out_of_its_parameter_order_is_refused_in_one_line(phase_a, tmp_path):
+    """The last stage's momentum buffers of its last two parameters of different shapes swapped (re-hashed, so intact on
+    disk): the state no longer lines up with the stage's parameters, and reading it says so."""
+    tag = tmp_path / f"checkpoint_{HALF}"
+    shutil.copytree(phase_a("tp2-pp2-plain"), tag)
+    last_stage = tag / "mp_rank_02_model_states.pt"  # pp rank 1 x TP 2 + tp rank 0
+    saved = load_file(last_stage)
+    state = saved["optimizer"]["state"]
+    last = max(state)  # the last block's last parameter (the tied copies come first)
+    shape = state[last]["momentum_buffer"].shape
+    other = next(i for i in sorted(state, reverse=True) if state[i]["momentum_buffer"].shape != shape)
+    state[last], state[other] = state[other], state[last]
+    torch.save(saved, last_stage)
+    integrity.write_manifest(tag)
+    with pytest.raises(CheckpointError) as error:
+        read_training_state(tag)
+    message = str(error.value)
+    assert "\n" not in message and "the optimizer state does not match the model" in message
 
 
 @pytest.fixture(scope="module")

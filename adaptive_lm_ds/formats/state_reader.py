@@ -9,8 +9,10 @@ Where DeepSpeed keeps each rank's fp32 master weights and optimizer state depend
   parameter's local (TP-shard) tensor is its fragments over the DP ranks, in rank order.
 * **ZeRO-3** (``zero_pp_rank_D_mp_rank_TT_*_states.pt``): per group a flat fp32 buffer laying out, parameter
   after parameter in ``param_shapes`` order, the DP rank's ``ceil(numel / DP)`` elements of each.
-* **ZeRO-0** (``mp_rank_TT_model_states.pt``, one stage): the module's weights are the masters and the
-  optimizer's ``state_dict`` is keyed by the parameter's index in ``AdaptiveLM.parameters()``.
+* **ZeRO-0** (``mp_rank_MM_model_states.pt``, one per stage): the module's weights are the masters and each
+  stage's optimizer ``state_dict`` is keyed by the parameter's index in that stage's engine
+  ``module.parameters()``: ``AdaptiveLM.parameters()`` with one stage; with a pipeline, the stage's parts in
+  the order ``AdaptiveLMPipeline`` registers them (found by building the stage on the meta device).
 
 ``MM`` is DeepSpeed's model-parallel rank, ``pp_rank * TP + tp_rank`` (its pipeline grid's order). The TP
 shards of a tensor are joined as in :mod:`adaptive_lm_ds.formats.export` (the dimension where a shard's
@@ -24,15 +26,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
 
+from adaptive_lm_ds import parallel
 from adaptive_lm_ds.checkpoint import CheckpointError, CheckpointRecord, load_file, open_checkpoint
 from adaptive_lm_ds.checkpoint import names as ckpt_names
 from adaptive_lm_ds.formats.streaming import LazyTensors
 from adaptive_lm_ds.formats.training_state import STATE_KEYS, TrainingState
-from adaptive_lm_ds.model.sharding import one_piece_shapes
+from adaptive_lm_ds.model.lm import AdaptiveLM
+from adaptive_lm_ds.model.sharding import one_piece_shapes, tied_names
 
 # (name, optimizer state key or None for the fp32 weight) -> one TP rank's local tensor
 LocalRead = Callable[[str, str | None], torch.Tensor]
@@ -199,29 +204,60 @@ class _SavedRanks:
         return _Store(read, {name: tensor.shape for name, tensor in weights.items() if torch.is_tensor(tensor)})
 
     # ------------------------------------------------------------------ ZeRO-0, fp32
+    def _stage_parameters(self, pp_rank: int) -> list[str]:
+        """One-piece names of pipeline stage ``pp_rank``'s parameters in its engine's ``module.parameters()``
+        order, which is how its optimizer numbers them: the stage built on the meta device, its parts in the
+        order :class:`AdaptiveLMPipeline` registers them (the tied end first on the last stage)."""
+        if self.dims.pp == 1:
+            return self.names  # the one-stage engine's module is AdaptiveLM itself
+        from adaptive_lm_ds.training.pipeline import TIED_KEY, AdaptiveLMPipeline, TransformerBlockPipe
+
+        cfg = self.record.model_config()
+        with torch.device("meta"):
+            stage = AdaptiveLM(cfg, parallel.ShapeOnlyGroup(self.dims.tp), stage=pp_rank, num_stages=self.dims.pp)
+        registered = SimpleNamespace(tied_modules={TIED_KEY: None} if cfg.ties_tables else {})  # as its _build
+        blocks = [TransformerBlockPipe(stage, i + 1) for i in stage.layers.indices]
+        children = AdaptiveLMPipeline.stage_children(registered, blocks)
+        return [name for child, module in children for name, _ in module.named_parameters(prefix=child)]
+
     def _plain(self, tp_rank: int) -> _Store:
-        if self.dims.pp > 1:
-            raise CheckpointError(
-                f"{self.tag_dir}: the optimizer state of a plain fp32 pipeline checkpoint (ZeRO-0, PP > 1) cannot be "
-                "read across layouts; resume it in the layout that wrote it"
-            )
-        names = self.names
-        optim = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank)).get("optimizer")
-        optim = optim or {"state": {}, "param_groups": []}
-        by_index = [i for g in optim["param_groups"] for i in g["params"]]
-        if by_index and len(by_index) != len(names):
-            raise CheckpointError(
-                f"{self.tag_dir}: the optimizer holds {len(by_index)} parameters, the model {len(names)}"
-            )
-        state = {names[k]: optim["state"].get(i, {}) for k, i in enumerate(by_index)}
-        if optim["param_groups"]:
+        """Each stage's torch optimizer ``state_dict`` (in ``mp_rank_MM_model_states.pt``), its parameters by
+        index in :meth:`_stage_parameters` order; a last stage's tied copies are skipped (their momentum is the
+        owner's). Every state tensor must have its saved weight's shape: a wrong order cannot pass unseen."""
+        tied_copies = tied_names(self.record.model_config())
+        weight_shapes = self._store("module", tp_rank).shapes
+        state: dict[str, dict] = {}
+        for pp_rank in range(self.dims.pp):
+            mp = pp_rank * self.dims.tp + tp_rank
+            optim = load_file(self.tag_dir / ckpt_names.model_states_file(mp)).get("optimizer")
+            if not optim or not optim["param_groups"]:
+                continue
+            names = self._stage_parameters(pp_rank)
+            by_index = [i for g in optim["param_groups"] for i in g["params"]]
+            if len(by_index) != len(names):
+                raise CheckpointError(
+                    f"{self.tag_dir}: the optimizer of model-parallel rank {mp} holds {len(by_index)} parameters, "
+                    f"its pipeline stage {len(names)}; this checkpoint was not written by this model"
+                )
             self._note_optimizer(optim, list(optim["state"].values()))
+            for name, index in zip(names, by_index):
+                if self.dims.pp > 1 and name in tied_copies:
+                    continue  # the last stage's copy of a tied tensor
+                state[name] = optim["state"].get(index, {})
+                for key, tensor in state[name].items():
+                    if torch.is_tensor(tensor) and tensor.dim() > 0 and tensor.shape != weight_shapes.get(name):
+                        raise CheckpointError(
+                            f"{self.tag_dir}: the optimizer's {key} of {name} (model-parallel rank {mp}) has shape "
+                            f"{tuple(tensor.shape)}, its weight {tuple(weight_shapes.get(name, ()))}; the "
+                            "optimizer state does not match the model, resume it in the layout that wrote it"
+                        )
 
         def read(name: str, key: str | None) -> torch.Tensor:
+            if key not in state.get(name, {}):
+                raise CheckpointError(f"{self.tag_dir}: the optimizer state holds no {key!r} for {name}")
             return state[name][key]
 
-        shapes = {name: next(iter(s.values())).shape for name, s in state.items() if s}
-        return _Store(read, shapes)
+        return _Store(read, {name: weight_shapes[name] for name in state})
 
 
 def _assemble(saved: _SavedRanks, shapes: dict[str, torch.Size], key: str | None) -> LazyTensors:
