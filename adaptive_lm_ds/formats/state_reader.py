@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -207,17 +206,15 @@ class _SavedRanks:
     def _stage_parameters(self, pp_rank: int) -> list[str]:
         """One-piece names of pipeline stage ``pp_rank``'s parameters in its engine's ``module.parameters()``
         order, which is how its optimizer numbers them: the stage built on the meta device, its parts in the
-        order :class:`AdaptiveLMPipeline` registers them (the tied end first on the last stage)."""
+        order DeepSpeed registers them (:func:`~adaptive_lm_ds.training.pipeline.stage_parts`)."""
         if self.dims.pp == 1:
             return self.names  # the one-stage engine's module is AdaptiveLM itself
-        from adaptive_lm_ds.training.pipeline import TIED_KEY, AdaptiveLMPipeline, TransformerBlockPipe
+        from adaptive_lm_ds.training.pipeline import stage_parts
 
         cfg = self.record.model_config()
         with torch.device("meta"):
             stage = AdaptiveLM(cfg, parallel.ShapeOnlyGroup(self.dims.tp), stage=pp_rank, num_stages=self.dims.pp)
-        registered = SimpleNamespace(tied_modules={TIED_KEY: None} if cfg.ties_tables else {})  # as its _build
-        blocks = [TransformerBlockPipe(stage, i + 1) for i in stage.layers.indices]
-        children = AdaptiveLMPipeline.stage_children(registered, blocks)
+        children = stage_parts(stage, tied=cfg.ties_tables)
         return [name for child, module in children for name, _ in module.named_parameters(prefix=child)]
 
     def _plain(self, tp_rank: int) -> _Store:

@@ -115,15 +115,22 @@ class AdaptiveLMPipeline(deepspeed_compat.stage_pipeline_module()):
                 f"DeepSpeed gave this pipeline stage blocks {blocks}, the model's split says "
                 f"{stage.layers.indices}; the two partitioners disagree"
             )
-        children = dict(stage.named_children())
-        order = list(children)  # embed, layers, final_norm, output: the one-piece order
-        if TIED_KEY in self.tied_modules and stage.output is not None:  # DeepSpeed's order: the tied end first
-            order = [n for n in ("final_norm", "output") if n in children] + ["layers"]
-        return [(name, children[name]) for name in order]
+        return stage_parts(stage, tied=TIED_KEY in self.tied_modules)
 
     def tied_module(self, layer: _PipeLayer) -> torch.nn.Module:
         """The stage part holding the tied tables: the embedding at the first end, the output at the last."""
         return layer.stage.embed if layer.layer == 0 else layer.stage.output
+
+
+def stage_parts(stage: AdaptiveLM, tied: bool) -> list[tuple[str, torch.nn.Module]]:
+    """A pipeline stage's parts by name in the order DeepSpeed registers them, hence the order of the stage's
+    parameters (a ZeRO-0 pipeline checkpoint's optimizer state is by that index): the one-piece order (embed,
+    layers, final_norm, output), but a tied last stage's end first."""
+    children = dict(stage.named_children())
+    order = list(children)
+    if tied and stage.output is not None:
+        order = [n for n in ("final_norm", "output") if n in children] + ["layers"]
+    return [(name, children[name]) for name in order]
 
 
 def scaled_loss(loss_sum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
