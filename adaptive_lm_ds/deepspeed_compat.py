@@ -9,9 +9,10 @@ and :func:`check_engine` does the same for the attributes a built engine must ca
 
 Adaptations (what, which DeepSpeed names, why):
 
-* :func:`keep_fp32_grad_norm` -- ``DeepSpeedEngine._take_model_step``, ``clip_fp32_gradients`` and
-  ``_global_grad_norm`` (what ``get_global_grad_norm`` reads): a plain fp32 engine clips with a norm it
-  throws away, computes none without clipping, and counts a pipeline's tied tensors twice.
+* :func:`keep_fp32_grad_norm` -- ``DeepSpeedEngine._take_model_step``, ``clip_fp32_gradients``,
+  ``_global_grad_norm`` (what ``get_global_grad_norm`` reads) and the optimizer's ``overflow`` flag that
+  ``_take_model_step`` reads: a plain fp32 engine clips with a norm it throws away, computes none without
+  clipping, counts a pipeline's tied tensors twice, and applies a step with non-finite gradients.
 * :func:`stage_pipeline_module` -- ``PipelineModule._build``, ``_index_tied_modules``, ``_layer_specs``,
   ``_local_start``/``_local_stop``, ``forward_funcs``, ``tied_modules``, ``tied_weight_attrs``, the
   ``ds_pipe_replicated`` flag: a stage is one pre-built module under the one-piece parameter names.
@@ -33,6 +34,8 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from adaptive_lm_ds.errors import UserError
 
@@ -127,20 +130,39 @@ def check_engine(engine) -> None:
 def keep_fp32_grad_norm(engine, norm_and_clip: Callable[[], object]) -> bool:
     """On a plain fp32 engine (no ZeRO, no fp16/bf16 optimizer), run ``norm_and_clip`` before every optimizer
     step instead of DeepSpeed's ``clip_fp32_gradients``; its result (the pre-clip global norm) is what
-    ``engine.get_global_grad_norm()`` returns. Returns False (nothing patched) where DeepSpeed's optimizer
-    wrappers compute and keep the norm themselves."""
+    ``engine.get_global_grad_norm()`` returns, and a step whose norm is not finite is skipped as DeepSpeed's
+    wrappers skip one (``engine.was_step_applied()`` False, the lr schedule held). Returns False (nothing
+    patched) where DeepSpeed's optimizer wrappers compute and keep the norm themselves."""
     if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
         return False
     take_model_step = engine._take_model_step
+    optimizer = engine.optimizer  # the client's torch optimizer itself: no DeepSpeed wrapper on this engine
 
     def step_with_norm(lr_kwargs=None):
-        engine._global_grad_norm = norm_and_clip()
-        take_model_step(lr_kwargs)
+        norm = engine._global_grad_norm = norm_and_clip()
+        # DeepSpeed's wrappers skip a step whose norm is not finite (one host read of it per update, inside
+        # DeepSpeed); a client optimizer would apply it. The same read and skip, through DeepSpeed's own path:
+        # ``_take_model_step`` reads ``optimizer.overflow`` (no lr-schedule step, was_step_applied() False).
+        # Unavoidable here: NAG's momentum, AdamW's moments and step count and the host's update count
+        # cannot be held back by a device flag without a second copy of the weights and optimizer state.
+        optimizer.overflow = not bool(torch.isfinite(norm))
+        skip = optimizer.overflow
+        if skip:
+            optimizer.step = _skipped_step  # this call only: the class's step shows again below
+        try:
+            take_model_step(lr_kwargs)
+        finally:
+            if skip:
+                del optimizer.step
 
     step_with_norm.keeps_fp32_grad_norm = True  # what patched() looks for
     engine.clip_fp32_gradients = _clipped_elsewhere
     engine._take_model_step = step_with_norm
     return True
+
+
+def _skipped_step(closure=None) -> None:
+    """The client optimizer's step for an update with a non-finite gradient norm: nothing changes."""
 
 
 def _clipped_elsewhere() -> None:

@@ -12,8 +12,11 @@ tensor counted once over the TP x PP x DP grid (the quantity ``--clip-norm`` com
 ZeRO, fp16 and bf16 optimizers compute and keep it; a plain fp32 engine clips with a norm it throws
 away, so :func:`clip_fp32_grad_norm` computes it (:func:`grad_norm`) and clips with it instead.
 
-Non-finite losses need no special path: their gradients are non-finite, DeepSpeed's ZeRO / fp16
-optimizers detect that and skip the step (``engine.was_step_applied()``), and the caller counts it.
+**Non-finite updates.** A non-finite loss makes the gradients non-finite, and a step whose gradient
+norm is not finite is skipped before it reaches the weights (``engine.was_step_applied()`` is False; the
+caller counts it). DeepSpeed's optimizer wrappers decide that themselves (ZeRO-1/2/3 and bf16: the norm's
+validity, fp16: the overflow flag, each one host read per update inside DeepSpeed); on a plain fp32
+engine :func:`deepspeed_compat.keep_fp32_grad_norm` makes the same one read and the same skip.
 """
 
 from __future__ import annotations
@@ -121,8 +124,9 @@ def clip_fp32_grad_norm(engine, parameters: list[torch.nn.Parameter]) -> torch.T
 
 @dataclass
 class StepResult:
-    """One update's numbers. The step reads nothing back from the device: ``loss_sum``, ``gnorm`` (and
-    ``ntokens`` when DP > 1) are device scalars until :meth:`read` fetches them in one transfer."""
+    """One update's numbers. The step reads no metric back from the device: ``loss_sum``, ``gnorm`` (and
+    ``ntokens`` when DP > 1) are device scalars until :func:`read_step_results` fetches them (with those of
+    the other updates of a log interval) in one transfer. ``applied`` is the engine's host flag."""
 
     loss_sum: torch.Tensor | float  # summed NLL (nats) of the update's targets, all DP ranks
     ntokens: torch.Tensor | int  # the update's target tokens, all DP ranks
@@ -132,10 +136,19 @@ class StepResult:
 
     def read(self) -> tuple[float, int, float]:
         """``(loss_sum, ntokens, gnorm)`` as host numbers: one device-to-host copy for all three."""
-        values = [torch.as_tensor(v, dtype=torch.float64) for v in (self.loss_sum, self.ntokens, self.gnorm)]
-        device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
-        loss_sum, ntokens, gnorm = torch.stack([v.to(device) for v in values]).tolist()
-        return loss_sum, int(ntokens), gnorm
+        (numbers,) = read_step_results([self])
+        return numbers
+
+
+def read_step_results(results: list[StepResult]) -> list[tuple[float, int, float]]:
+    """Each result's ``(loss_sum, ntokens, gnorm)`` as host numbers, all of them in one device-to-host copy
+    (a ``(3 * len(results),)`` fp64 vector): the trainer reads a log interval's updates at once."""
+    if not results:
+        return []
+    values = [torch.as_tensor(v, dtype=torch.float64) for r in results for v in (r.loss_sum, r.ntokens, r.gnorm)]
+    device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+    flat = torch.stack([v.to(device) for v in values]).tolist()
+    return [(flat[i], int(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)]
 
 
 def _batch_inputs(batch: dict, packed: bool) -> tuple[torch.Tensor, ...]:

@@ -13,10 +13,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from adaptive_lm_ds import checkpoint as ckpt
@@ -36,25 +34,13 @@ from adaptive_lm_ds.optim.lr_schedules import should_stop_for_min_lr
 from adaptive_lm_ds.training import preflight
 from adaptive_lm_ds.training.config import TrainConfig, model_config
 from adaptive_lm_ds.training.ds_config import build_plan
-from adaptive_lm_ds.training.engine import build_module
+from adaptive_lm_ds.training.engine import StepResult, build_module, read_step_results
 from adaptive_lm_ds.training.engine_build import build_engine
 from adaptive_lm_ds.training.resume import ResumeFromCheckpoint
 from adaptive_lm_ds.training.signals import StopRequests
+from adaptive_lm_ds.training.updates import PendingUpdate, UpdateRecord, memory_gb
 
 LOG = logging.getLogger("adaptive_lm_ds.train")
-
-
-@dataclass(frozen=True)
-class UpdateRecord:
-    """One applied update, as every subscriber of :attr:`Trainer.on_update` receives it (the logger is one)."""
-
-    update: int  # 1-based count of applied updates
-    loss_sum: float  # nats, summed over the update's target tokens on all DP ranks
-    ntokens: int
-    gnorm: float  # global gradient norm before clipping
-    lr: float  # the scheduler's lr once this update is applied (what the log shows)
-    epoch: int  # 1-based
-    extra: dict[str, float]  # logged scalars: bsz, step_time, memory_gb, tflops_per_rank, loss_scale, mfu, clip
 
 
 class TrainingAborted(UserError, RuntimeError):
@@ -160,7 +146,9 @@ class Trainer(ResumeFromCheckpoint):
         self.consecutive_bad = 0
         self.skipped_overflow = 0  # fp16 steps DeepSpeed skipped to lower the loss scale
         self.logger: TrainLogger | None = None
-        self.on_update: list[Callable[[UpdateRecord], None]] = []  # called after each applied update, after the logger
+        # called for each applied update, after the logger, when the pending updates are read (UpdateRecord)
+        self.on_update: list[Callable[[UpdateRecord], None]] = []
+        self.pending: list[PendingUpdate] = []  # applied updates not yet read back from the device
         self.flops_per_token = training_flops_per_token(self.model_cfg, self.dictionary, self.train_data)
         self.peak_flops = peak_flops(run.peak_tflops)
         host_memory.steady_phase()  # start-up's garbage returned; the steps reuse the heap
@@ -182,21 +170,50 @@ class Trainer(ResumeFromCheckpoint):
         return tag
 
     # ------------------------------------------------------------------ loop
-    def _update_record(self, result, step_time: float) -> UpdateRecord:
-        per_rank_flops = result.ntokens * self.flops_per_token / step_time / dist.get_world_size()
+    def train_update(self, stream) -> bool:
+        """One update attempt from the next ``update-freq`` micro batches; False when the step was skipped.
+
+        An applied update reads nothing back: its numbers join :attr:`pending`, read at the log interval."""
+        t0 = time.perf_counter()
+        result = self.stepper.train_step([next(stream) for _ in range(self.cfg.data.update_freq)])
+        step_time = time.perf_counter() - t0
+        if not result.applied:
+            self.deliver_updates()  # the updates before it are reported first
+            self._skipped_step(result)
+            return False
+        self.num_updates += 1
+        self.pending.append(PendingUpdate(self.num_updates, result, step_time, self.scheduler.get_last_lr()[0],
+                                          self.batches.epoch + 1, memory_gb()))  # fmt: skip
+        if self.num_updates % self.cfg.run.log_interval == 0:
+            self.deliver_updates()
+        return True
+
+    def deliver_updates(self) -> None:
+        """Read the pending updates back in one transfer and hand their records, in order, to the logger and
+        every :attr:`on_update` subscriber."""
+        pending, self.pending = self.pending, []
+        for update, (loss_sum, ntokens, gnorm) in zip(pending, read_step_results([p.result for p in pending])):
+            if math.isfinite(loss_sum):
+                self.consecutive_bad = 0
+            else:  # applied with finite gradients yet a non-finite loss: counted as bad all the same
+                self._count_bad(update.update, loss_sum)
+            record = self._update_record(update, loss_sum, ntokens, gnorm)
+            for subscriber in (self._log_update, *self.on_update):
+                subscriber(record)
+
+    def _update_record(self, update: PendingUpdate, loss_sum: float, ntokens: int, gnorm: float) -> UpdateRecord:
+        per_rank_flops = ntokens * self.flops_per_token / update.step_time / dist.get_world_size()
         extra = {
             "bsz": self.plan.train_batch,
-            "step_time": step_time, "memory_gb": _memory_gb(), "tflops_per_rank": per_rank_flops / 1e12,
-            "loss_scale": result.loss_scale,
+            "step_time": update.step_time, "memory_gb": update.memory_gb, "tflops_per_rank": per_rank_flops / 1e12,
+            "loss_scale": update.result.loss_scale,
         }  # fmt: skip
         if self.peak_flops:
             extra["mfu"] = per_rank_flops / self.peak_flops
         if self.cfg.optim.clip_norm > 0:  # fairseq's "clip": % of the interval's updates that were clipped
-            extra["clip"] = 100.0 * (result.gnorm > self.cfg.optim.clip_norm)
-        return UpdateRecord(
-            update=self.num_updates, loss_sum=result.loss_sum, ntokens=result.ntokens, gnorm=result.gnorm,
-            lr=self.scheduler.get_last_lr()[0], epoch=self.batches.epoch + 1, extra=extra,
-        )  # fmt: skip
+            extra["clip"] = 100.0 * (gnorm > self.cfg.optim.clip_norm)
+        return UpdateRecord(update=update.update, loss_sum=loss_sum, ntokens=ntokens, gnorm=gnorm, lr=update.lr,
+                            epoch=update.epoch, extra=extra)  # fmt: skip
 
     def _log_update(self, r: UpdateRecord) -> None:
         self.logger.update(r.update, r.loss_sum, r.ntokens, lr=r.lr, gnorm=r.gnorm, epoch=r.epoch, **r.extra)
@@ -224,10 +241,23 @@ class Trainer(ResumeFromCheckpoint):
             self.num_updates > self.cfg.optim.warmup_updates
         )
 
-    def _handle_bad_step(self, loss_sum: float) -> None:
+    def _skipped_step(self, result: StepResult) -> None:
+        """A step the engine did not apply: an fp16 overflow (DeepSpeed lowered the loss scale) or non-finite
+        gradients (counted; too many in a row abort the run)."""
+        if self.engine.fp16_enabled():
+            self.skipped_overflow += 1
+            if self.rank == 0:
+                LOG.warning(f"gradient overflow at update {self.num_updates + 1}: step skipped, "
+                            f"loss scale now {result.loss_scale:g}")  # fmt: skip
+            return
+        (loss_sum, _, _) = read_step_results([result])[0]  # a skipped update's loss, for the warning only
+        self._count_bad(self.num_updates + 1, loss_sum, skipped=True)
+
+    def _count_bad(self, update: int, loss_sum: float, skipped: bool = False) -> None:
         self.consecutive_bad += 1
         if self.rank == 0:
-            LOG.warning(f"skipped update {self.num_updates + 1}: non-finite loss or gradients "
+            what = "skipped update" if skipped else "applied update"
+            LOG.warning(f"{what} {update}: non-finite loss or gradients "
                         f"(loss {loss_sum}, {self.consecutive_bad} in a row)")  # fmt: skip
         if self.consecutive_bad >= self.cfg.run.max_consecutive_nan:
             raise TrainingAborted(
@@ -285,35 +315,20 @@ class Trainer(ResumeFromCheckpoint):
             for line in self.describe(resumed).splitlines():
                 LOG.info(line)
         stream = _endless(self.batches)
-        gas = self.cfg.data.update_freq
         started = time.monotonic()
         last_saved = self.num_updates if resumed else None
         valid_loss = None
         while not self._should_stop(started):
-            t0 = time.perf_counter()
-            result = self.stepper.train_step([next(stream) for _ in range(gas)])
-            loss_sum, ntokens, gnorm = result.read()  # the update's one read-back from the device
-            result = dataclasses.replace(result, loss_sum=loss_sum, ntokens=ntokens, gnorm=gnorm)
-            step_time = time.perf_counter() - t0
-            if not math.isfinite(result.loss_sum) or (not result.applied and not self.engine.fp16_enabled()):
-                self._handle_bad_step(result.loss_sum)
+            if not self.train_update(stream):
                 continue
-            if not result.applied:  # fp16 gradient overflow: DeepSpeed lowered the loss scale, skipped the step
-                self.skipped_overflow += 1
-                if self.rank == 0:
-                    LOG.warning(f"gradient overflow at update {self.num_updates + 1}: step skipped, "
-                                f"loss scale now {result.loss_scale:g}")  # fmt: skip
-                continue
-            self.consecutive_bad = 0
-            self.num_updates += 1
-            record = self._update_record(result, step_time)
-            for subscriber in (self._log_update, *self.on_update):
-                subscriber(record)
             if run.validate_interval_updates and self.num_updates % run.validate_interval_updates == 0:
+                self.deliver_updates()
                 valid_loss = self.validate()
             if not run.no_save and run.save_interval_updates and self.num_updates % run.save_interval_updates == 0:
+                self.deliver_updates()  # a run that must abort does so before it saves
                 self.save()
                 last_saved = self.num_updates
+        self.deliver_updates()
         self.logger.flush(self.num_updates, epoch=self.batches.epoch + 1)
         if self.stopped_by is not None:  # preempted: save now, skip the final validation
             return self._stop_for_signal(last_saved)
@@ -360,10 +375,3 @@ class Trainer(ResumeFromCheckpoint):
         if self.cfg.run.init_from:
             return f"starting at update 0 from the weights of --init-from {self.cfg.run.init_from}"
         return f"starting from scratch (seed {self.cfg.run.seed})"
-
-
-def _memory_gb() -> float:
-    """Peak accelerator memory, or the process's peak RSS on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return host_memory.peak_rss_bytes() / 2**30
