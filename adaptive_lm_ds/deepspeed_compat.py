@@ -20,6 +20,12 @@ Adaptations (what, which DeepSpeed names, why):
   is unpickled weights-only (``checkpoint/safe_files.py``).
 * :func:`skip_backward_allreduce` -- ``DeepSpeedEngine.enable_backward_allreduce``: at one data-parallel
   rank there is nothing to all-reduce, yet DeepSpeed copies every gradient into one flat buffer.
+* :func:`relink_optimizer_state` -- ``DeepSpeedZeroOptimizer`` / ``BF16_Optimizer``'s
+  ``_lazy_init_hp_params_optimizer_state`` and ``_hp_optimizer_states_linked``: the state writer
+  (``formats/state_writer.py``) replaces the base optimizer's state over the flat partitions and must
+  link DeepSpeed's per-parameter fragments to the new tensors again.
+* :func:`zero3_partition` -- ``DeepSpeedZeroOptimizer_Stage3._get_param_partition_rank`` /
+  ``_get_param_partition_world_size``: which slice of a parameter this ZeRO-3 rank holds, for the state writer.
 * :func:`shm_buffer_name`, :func:`makes_shm_buffer` -- ``shm.cpp``'s ``SHM_BUFFER_NAME`` and name format,
   ``LOCAL_SIZE`` (``shm_interface.cpp``): the ``/dev/shm`` files DeepSpeed never removes
   (``ds_runtime.py``).
@@ -50,6 +56,9 @@ PIPELINE_METHODS = ("_build", "_index_tied_modules", "_recursive_getattr")
 PIPELINE_ATTRIBUTES = ("_layer_specs", "_local_start", "_local_stop", "forward_funcs", "tied_modules",
                        "tied_weight_attrs")  # fmt: skip
 TIED_SPEC_ATTRIBUTES = ("key", "module_args", "tied_weight_attr")
+FRAGMENT_OPTIMIZER_METHODS = ("_lazy_init_hp_params_optimizer_state",)  # ZeRO-1/2 and bf16 optimizers
+FRAGMENT_OPTIMIZER_ATTRIBUTES = ("_hp_optimizer_states_linked",)  # set by their __init__
+ZERO3_OPTIMIZER_METHODS = ("_get_param_partition_rank", "_get_param_partition_world_size")
 CHECKPOINT_ENGINE_METHODS = ("load", "save")  # SafeCheckpointEngine overrides them and calls save
 PIPE_REPLICATED = "ds_pipe_replicated"  # deepspeed.runtime.utils.PIPE_REPLICATED
 
@@ -98,6 +107,9 @@ def _check_supported_once() -> None:
     _require(deepspeed.DeepSpeedEngine, ENGINE_METHODS, "DeepSpeedEngine")
     _require(PipelineModule, PIPELINE_METHODS, "PipelineModule")
     _require(TorchCheckpointEngine, CHECKPOINT_ENGINE_METHODS, "TorchCheckpointEngine")
+    for optimizer_class in _fragment_optimizer_classes():
+        _require(optimizer_class, FRAGMENT_OPTIMIZER_METHODS, optimizer_class.__name__)
+    _require(_zero3_optimizer_class(), ZERO3_OPTIMIZER_METHODS, _zero3_optimizer_class().__name__)
     if getattr(ds_utils, "PIPE_REPLICATED", None) != PIPE_REPLICATED:
         raise _unsupported(f"does not flag tied copies as {PIPE_REPLICATED}")
     if not _tied_spec_has_fields(TiedLayerSpec):
@@ -116,14 +128,47 @@ def _tied_spec_has_fields(spec_class) -> bool:
     return all(name in params for name in ("key", "typename", "tied_weight_attr"))
 
 
+def _fragment_optimizer_classes() -> tuple[type, ...]:
+    """DeepSpeed's optimizer wrappers that link per-parameter fragments to the flat fp32 state."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    return (DeepSpeedZeroOptimizer, BF16_Optimizer)
+
+
+def _zero3_optimizer_class() -> type:
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+    return DeepSpeedZeroOptimizer_Stage3
+
+
 def check_supported() -> None:
     """At start-up (every engine assembly): the pinned version, and every DeepSpeed name patched here exists."""
     _check_supported_once()
 
 
 def check_engine(engine) -> None:
-    """After ``deepspeed.initialize``: the instance attributes the patches below write are there."""
+    """After ``deepspeed.initialize``: the instance attributes the patches below write are there, on the
+    engine and, for a ZeRO-1/2 or bf16 optimizer wrapper, on its optimizer."""
     _require(engine, ENGINE_ATTRIBUTES, type(engine).__name__)
+    optimizer = getattr(engine, "optimizer", None)
+    if isinstance(optimizer, _fragment_optimizer_classes()):
+        _require(optimizer, FRAGMENT_OPTIMIZER_ATTRIBUTES, type(optimizer).__name__)
+
+
+# ---------------------------------------------------------------- optimizer state fragments
+def relink_optimizer_state(optimizer) -> None:
+    """After the base optimizer's state over the flat partitions was replaced: link DeepSpeed's per-parameter
+    fragments (what ``safe_set_full_optimizer_state`` writes through) to the new tensors. A wrapper without
+    fragments (ZeRO-3) needs nothing."""
+    if isinstance(optimizer, _fragment_optimizer_classes()):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def zero3_partition(optimizer, param) -> tuple[int, int]:
+    """``(rank, world)``: which of ``world`` equal slices of ``param`` this ZeRO-3 rank holds."""
+    return optimizer._get_param_partition_rank(param), optimizer._get_param_partition_world_size(param)
 
 
 # ---------------------------------------------------------------- fp32 gradient norm

@@ -43,17 +43,28 @@ def test_a_local_build_of_the_supported_release_passes():
 def _patched_classes():
     import deepspeed
     from deepspeed.pipe import PipelineModule
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
     return [
         *((deepspeed.DeepSpeedEngine, n) for n in deepspeed_compat.ENGINE_METHODS),
         *((PipelineModule, n) for n in deepspeed_compat.PIPELINE_METHODS),
         *((TorchCheckpointEngine, n) for n in deepspeed_compat.CHECKPOINT_ENGINE_METHODS),
+        *((DeepSpeedZeroOptimizer, n) for n in deepspeed_compat.FRAGMENT_OPTIMIZER_METHODS),
+        *((BF16_Optimizer, n) for n in deepspeed_compat.FRAGMENT_OPTIMIZER_METHODS),
+        *((DeepSpeedZeroOptimizer_Stage3, n) for n in deepspeed_compat.ZERO3_OPTIMIZER_METHODS),
     ]
 
 
-@pytest.mark.parametrize("index", range(len(deepspeed_compat.ENGINE_METHODS + deepspeed_compat.PIPELINE_METHODS
-                                             + deepspeed_compat.CHECKPOINT_ENGINE_METHODS)))  # fmt: skip
+PATCHED_CLASS_NAMES = (
+    deepspeed_compat.ENGINE_METHODS + deepspeed_compat.PIPELINE_METHODS + deepspeed_compat.CHECKPOINT_ENGINE_METHODS
+    + 2 * deepspeed_compat.FRAGMENT_OPTIMIZER_METHODS + deepspeed_compat.ZERO3_OPTIMIZER_METHODS
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(len(PATCHED_CLASS_NAMES)))
 def test_a_missing_patched_method_stops_the_start_up_naming_it(index, fresh_check, monkeypatch):
     owner, name = _patched_classes()[index]
     monkeypatch.delattr(owner, name)
@@ -79,6 +90,21 @@ def test_an_engine_without_a_patched_attribute_is_refused(name):
             setattr(engine, other, None)
     with pytest.raises(deepspeed_compat.DeepSpeedCompatError, match=f"Engine.{name}"):
         deepspeed_compat.check_engine(engine)
+
+
+@pytest.mark.parametrize("name", deepspeed_compat.FRAGMENT_OPTIMIZER_ATTRIBUTES)
+def test_a_zero_optimizer_without_a_fragment_attribute_is_refused(name):
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    class Engine:  # a real engine's attributes, over a ZeRO optimizer whose __init__ no longer sets ``name``
+        optimizer = object.__new__(DeepSpeedZeroOptimizer)
+
+    engine = Engine()
+    for attribute in deepspeed_compat.ENGINE_ATTRIBUTES:
+        setattr(engine, attribute, None)
+    with pytest.raises(deepspeed_compat.DeepSpeedCompatError, match=f"DeepSpeedZeroOptimizer.{name}") as err:
+        deepspeed_compat.check_engine(engine)
+    assert deepspeed_compat.SUPPORTED_VERSION in str(err.value)
 
 
 def _real_engine_observations(clip: float) -> dict:

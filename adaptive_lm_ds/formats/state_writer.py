@@ -25,7 +25,7 @@ from deepspeed.utils import (
     safe_set_local_optimizer_state,
 )
 
-from adaptive_lm_ds import parallel
+from adaptive_lm_ds import deepspeed_compat, parallel
 from adaptive_lm_ds.checkpoint import CheckpointError
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.formats.training_state import STATE_KEYS, TrainingState
@@ -70,9 +70,7 @@ def _prepare_flat_state(optimizer, kind: str, adam_step: int | None) -> list[tor
         flats = [p for group in base.param_groups for p in group["params"]]
     for flat in flats:
         base.state[flat] = _new_state(flat, kind, adam_step)
-    if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
-        optimizer._hp_optimizer_states_linked = False
-        optimizer._lazy_init_hp_params_optimizer_state()
+    deepspeed_compat.relink_optimizer_state(optimizer)
     return flats
 
 
@@ -127,7 +125,7 @@ def load_training_state(engine, state: TrainingState) -> None:
 def _set_zero3(optimizer, param, values: list[tuple[str | None, torch.Tensor]]) -> None:
     """ZeRO-3: this DP rank's slice of each one-piece-shard value, into the fp32 partition, the state and the
     parameter's own partition."""
-    rank, world = optimizer._get_param_partition_rank(param), optimizer._get_param_partition_world_size(param)
+    rank, world = deepspeed_compat.zero3_partition(optimizer, param)
     part = param.ds_tensor.numel()
     for key, value in values:
         flat = value.reshape(-1)
