@@ -188,10 +188,11 @@ class _SavedRanks:
         if self.dims.pp == 1:
             weights = load_file(self.tag_dir / ckpt_names.model_states_file(tp_rank))["module"]
         else:
-            weights, num_layers = {}, self.record.model_config().num_layers
+            cfg, weights = self.record.model_config(), {}
+            num_layers, tied_copies = cfg.num_layers, tied_names(cfg)
             for layer in range(ckpt_names.pipeline_layer_count(num_layers)):
                 for key, tensor in load_file(self.tag_dir / ckpt_names.layer_states_file(layer, tp_rank)).items():
-                    name = ckpt_names.adaptive_lm_name(layer, key, num_layers)
+                    name = ckpt_names.adaptive_lm_name(layer, key, num_layers, tied_copies)
                     if name is not None:
                         weights[name] = tensor
 
