@@ -27,13 +27,11 @@ first (in fairseq's row order), the rest ``<pad>`` (targets too, so the loss ign
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from adaptive_lm_ds.data.blocks import block_bounds
 from adaptive_lm_ds.data.errors import DataError
-from adaptive_lm_ds.data.sampler import PAD, collate
+from adaptive_lm_ds.data.sampler import PAD, RankBatchIterator
 from adaptive_lm_ds.interop.fairseq_cfg import fairseq_defaults
 
 FAIRSEQ_BREAK_MODES = ("none", "complete", "eos")
@@ -91,7 +89,7 @@ def _fairseq_sizes(dataset) -> tuple[np.ndarray, np.ndarray]:
     return full, ours
 
 
-class FairseqBatchIterator:
+class FairseqBatchIterator(RankBatchIterator):
     """This DP rank's micro batches in fairseq-train's order; the interface of ``LMBatchIterator``.
 
     ``epoch`` is 0-based as ours (fairseq's epoch ``epoch + 1``); ``position`` counts the micro batches
@@ -128,9 +126,8 @@ class FairseqBatchIterator:
             raise DataError(f"--required-batch-size-multiple must be >= 1, got {required_batch_size_multiple}")
         if max_tokens <= 0 and max_sentences <= 0:
             raise DataError("fairseq's batch order needs --max-tokens or --batch-size")
-        self.dataset, self.batch_size, self.dp_rank, self.dp_size = dataset, batch_size, dp_rank, dp_size
-        self.seed, self.shuffle, self.update_freq, self.pad = seed, shuffle, update_freq, pad
-        self.length = length or dataset.tokens_per_sample
+        super().__init__(dataset, batch_size, dp_rank, dp_size, seed, shuffle, length, pad)
+        self.update_freq = update_freq
         self.max_positions = min(self.length, max_tokens) if max_tokens > 0 else self.length
         self.sizes, self.our_index = _fairseq_sizes(dataset)
         kept_sizes = np.sort(self.sizes[self.sizes <= self.max_positions])
@@ -147,15 +144,9 @@ class FairseqBatchIterator:
                 f"than --tokens-per-sample), more than the {batch_size} rows of a micro batch here; "
                 f"give both programs --batch-size {batch_size} to cap fairseq's batches"
             )
-        self.epoch, self.position = 0, 0
         self.frozen_epoch = 0  # fairseq's e0 - 1: the epoch whose seed grouped the samples into batches
         self._frozen: tuple[int, list[np.ndarray]] | None = None
         self._shard: tuple[int, int, list[np.ndarray]] | None = None
-
-    @property
-    def global_batch_size(self) -> int:
-        """The most sequences one micro batch step sees over all DP ranks (fairseq's batches vary)."""
-        return self.batch_size * self.dp_size
 
     @property
     def shard_length(self) -> int:
@@ -164,10 +155,6 @@ class FairseqBatchIterator:
 
     def __len__(self) -> int:
         return -(-self.shard_length // self.update_freq) * self.update_freq
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (0-based; fairseq's ``epoch + 1``) from its first batch."""
-        self.epoch, self.position = epoch, 0
 
     def frozen_batches(self) -> list[np.ndarray]:
         """fairseq's batches before shuffling, as its block indices (int64 arrays), grouped under ``frozen_epoch``."""
@@ -193,13 +180,9 @@ class FairseqBatchIterator:
             self._shard = (epoch, self.frozen_epoch, mine + [empty] * (len(self) - len(mine)))
         return self._shard[2]
 
-    def __iter__(self) -> Iterator[dict]:
-        while self.position < len(self):
-            indices = self.shard(self.epoch)[self.position]
-            batch = collate([self.dataset[int(i)] for i in indices], self.batch_size, self.length, self.pad)
-            self.position += 1
-            yield batch
-        self.set_epoch(self.epoch + 1)
+    def batch_indices(self, epoch: int, k: int) -> np.ndarray:
+        """Our dataset's indices of this rank's k-th micro batch of ``epoch`` (empty for a fill)."""
+        return self.shard(epoch)[k]
 
     # ------------------------------------------------------------------ state
     def _resume_at(self, epoch: int, position: int, saved_dp_size: int) -> None:

@@ -49,7 +49,48 @@ def collate(samples: Sequence[dict[str, np.ndarray]], batch_size: int, length: i
     return batch
 
 
-class LMBatchIterator:
+class RankBatchIterator:
+    """What every iterator of a data-parallel rank's micro batches shares (this one and fairseq's order,
+    :class:`~adaptive_lm_ds.data.fairseq_order.FairseqBatchIterator`): the fixed ``[batch_size, length]``
+    batches it collates from ``dataset``, its place among ``dp_size`` ranks, and where it is (``position``:
+    batches already yielded in ``epoch``). A subclass says which samples make its k-th batch of an epoch
+    (:meth:`batch_indices`) and how many batches an epoch has (``__len__``).
+    """
+
+    def __init__(self, dataset, batch_size: int, dp_rank: int, dp_size: int, seed: int, shuffle: bool,
+                 length: int | None, pad: int) -> None:  # fmt: skip
+        self.dataset, self.batch_size, self.dp_rank, self.dp_size = dataset, batch_size, dp_rank, dp_size
+        self.seed, self.shuffle, self.pad = seed, shuffle, pad
+        self.length = length or dataset.tokens_per_sample
+        self.epoch, self.position = 0, 0
+
+    @property
+    def global_batch_size(self) -> int:
+        """Rows of one micro batch step over all DP ranks (fairseq's batches may fill fewer of them)."""
+        return self.batch_size * self.dp_size
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (0-based) from its first batch."""
+        self.epoch, self.position = epoch, 0
+
+    def batch_indices(self, epoch: int, k: int) -> np.ndarray:
+        """Sample indices (into ``dataset``) of this rank's k-th batch of ``epoch``."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict]:
+        """The rest of the current epoch's batches; then the next epoch starts."""
+        while self.position < len(self):
+            indices = self.batch_indices(self.epoch, self.position)
+            batch = collate([self.dataset[int(i)] for i in indices], self.batch_size, self.length, self.pad)
+            self.position += 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+
+class LMBatchIterator(RankBatchIterator):
     """Iterates this DP rank's batches of an :class:`LMBlockDataset`-like dataset.
 
     ``for batch in it`` yields the rest of the current epoch, then moves to the next epoch
@@ -73,23 +114,13 @@ class LMBatchIterator:
     ) -> None:
         if batch_size < 1 or dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise DataError(f"need batch_size >= 1 and 0 <= dp_rank < dp_size, got {batch_size}, {dp_rank}, {dp_size}")
-        self.dataset, self.batch_size, self.dp_rank, self.dp_size = dataset, batch_size, dp_rank, dp_size
-        self.seed, self.shuffle, self.drop_last, self.pad = seed, shuffle, drop_last, pad
-        self.length = length or dataset.tokens_per_sample
-        self.epoch, self.position = 0, 0  # position: batches already yielded in this epoch
+        super().__init__(dataset, batch_size, dp_rank, dp_size, seed, shuffle, length, pad)
+        self.drop_last = drop_last
         self._order: tuple[int, np.ndarray] | None = None
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.dp_size
 
     def __len__(self) -> int:
         n, g = len(self.dataset), self.global_batch_size
         return n // g if self.drop_last else -(-n // g)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its first batch."""
-        self.epoch, self.position = epoch, 0
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Global sample order of ``epoch`` (int64 [len(dataset)]); the same on every rank."""
@@ -103,14 +134,6 @@ class LMBatchIterator:
         """Sample indices of this rank's k-th batch in ``epoch`` (may be short at the very end)."""
         start = k * self.global_batch_size + self.dp_rank * self.batch_size
         return self.epoch_order(epoch)[start : start + self.batch_size]
-
-    def __iter__(self) -> Iterator[dict]:
-        while self.position < len(self):
-            idx = self.batch_indices(self.epoch, self.position)
-            batch = collate([self.dataset[int(i)] for i in idx], self.batch_size, self.length, self.pad)
-            self.position += 1
-            yield batch
-        self.set_epoch(self.epoch + 1)
 
     def state_dict(self) -> dict:
         """Position to resume from exactly (plain ints, checkpoint friendly)."""
