@@ -100,8 +100,8 @@ def run(program: str, argv: list[str] | None = None) -> int:
     The one error boundary of every program: a :class:`~adaptive_lm_ds.errors.UserError` raised anywhere
     in it ends the program with one line ``PROGRAM: error: MESSAGE`` on stderr (argparse's own format, so
     a bad flag and a bad file read alike) and exit code :data:`USER_ERROR_EXIT`, no traceback. On several
-    ranks (``RANK`` set by the launcher) only rank 0 prints it: every rank raises the same error
-    (training broadcasts it), and the programs that init a process group shut it down on the way out.
+    ranks (``RANK`` set by the launcher) see :func:`refuse`: an error every rank agrees on is printed once,
+    one raised on a rank alone by that rank; the programs that init a process group shut it down on the way out.
     """
     name = program if program in PROGRAMS else f"adaptive-lm-{program}"  # the short name also does
     if name not in PROGRAMS:
@@ -114,17 +114,27 @@ def run(program: str, argv: list[str] | None = None) -> int:
     try:
         return main(argv) or 0
     except UserError as err:
-        return refuse(name, str(err))
+        return refuse(name, str(err), same_on_every_rank=err.same_on_every_rank)
     except KeyboardInterrupt:  # Ctrl-C outside training's update loop (which saves and stops on its own)
         return refuse(name, "interrupted (Ctrl-C) before it finished", INTERRUPTED_EXIT)
     finally:
         _running = outer
 
 
-def refuse(program: str, message: str, exit_code: int = USER_ERROR_EXIT) -> int:
-    """Print ``PROGRAM: error: MESSAGE`` (rank 0 only) and return ``exit_code``."""
-    if os.environ.get("RANK", "0") == "0":
+def refuse(program: str, message: str, exit_code: int = USER_ERROR_EXIT, same_on_every_rank: bool = True) -> int:
+    """Print ``PROGRAM: error: MESSAGE`` and return ``exit_code``.
+
+    Rank 0 prints it. A non-zero rank prints it too, as ``PROGRAM: error: [rank N] MESSAGE``, unless
+    ``same_on_every_rank`` (the unknown program name and Ctrl-C reach every rank alike; a
+    :class:`~adaptive_lm_ds.errors.UserError` says so itself): an error raised on rank 1 alone (its
+    shard, a file unreadable there) would otherwise end the job with exit code 2 and no line at all,
+    and an agreed one would be printed once per rank.
+    """
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
         print(f"{program}: error: {message}", file=sys.stderr, flush=True)
+    elif not same_on_every_rank:
+        print(f"{program}: error: [rank {rank}] {message}", file=sys.stderr, flush=True)
     return exit_code
 
 

@@ -6,10 +6,32 @@ exit code 2) instead of a hand-kept list where a forgotten class becomes a trace
 (``ValueError``, ``RuntimeError``, ``FileNotFoundError``) so callers catching that still do.
 Programming errors (a wrong call, an uninitialised process group) do not derive from it: they
 should show their traceback.
+
+On several ranks the boundary prints rank 0's error, and a non-zero rank's own error too (prefixed
+``[rank N]``): a file unreadable on one rank alone must not end the job in silence. An error every rank
+is known to raise identically says so (:attr:`UserError.same_on_every_rank`) and is printed once, by
+rank 0: a decision shared by :func:`adaptive_lm_ds.checkpoint.agreement.decided_on_rank0` marks its
+error with :func:`raised_on_every_rank`, and a class whose errors follow from the command line and the
+world size alone (the same on every rank) sets the attribute to ``True`` for all its instances.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class UserError(Exception):
     """Bad input, a bad setting or a fault the user can act on; the message is one line that says what to change."""
+
+    same_on_every_rank: bool = False
+    """Every rank of the job raises this same error, so rank 0's line is the only one printed. False by
+    default: an error no rank shares must still be printed by the rank that raised it."""
+
+
+E = TypeVar("E", bound=UserError)
+
+
+def raised_on_every_rank(error: E) -> E:
+    """Mark ``error`` as one every rank raises identically (its line is printed once, by rank 0); returns it."""
+    error.same_on_every_rank = True
+    return error

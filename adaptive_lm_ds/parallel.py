@@ -52,7 +52,10 @@ def _megatron():
 
 
 class LayoutError(UserError, ValueError):
-    """A parallel layout that does not fit the job; the message says what to change."""
+    """A parallel layout that does not fit the job; the message says what to change. It follows from the
+    layout flags and the world size, the same on every rank, so it is printed once."""
+
+    same_on_every_rank = True
 
 
 class ParallelNotInitialized(RuntimeError):

@@ -4,7 +4,8 @@ A checkpoint decision that each rank makes alone (which tag to resume, whether i
 intact, whether pruning worked) can differ between ranks, and a rank that raises while the others
 enter a collective leaves them waiting until a timeout. :func:`decided_on_rank0` runs the decision
 on rank 0 only and broadcasts ``(value, error line)``; every rank returns the same value or raises
-the same :class:`CheckpointError`.
+the same :class:`CheckpointError`, marked as raised on every rank
+(:func:`~adaptive_lm_ds.errors.raised_on_every_rank`) so the programs print its line once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TypeVar
 import torch.distributed as dist
 
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
-from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.errors import UserError, raised_on_every_rank
 
 T = TypeVar("T")
 
@@ -43,5 +44,5 @@ def decided_on_rank0(decide: Callable[[], T], describe_os_error: Callable[[OSErr
         dist.broadcast_object_list(outcome, src=0)
     value, error = outcome
     if error is not None:
-        raise CheckpointError(error)
+        raise raised_on_every_rank(CheckpointError(error))
     return value

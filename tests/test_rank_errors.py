@@ -1,0 +1,35 @@
+"""A user error on several ranks: one line per distinct error, exit code 2, no traceback.
+
+Rank 0 prints its error; a non-zero rank prints its own as ``[rank N]`` unless every rank is known to
+raise the same one (an agreed decision), which rank 0 alone prints. The ranks are real processes under
+DeepSpeed's launcher, which ends with the failing rank's exit code and adds no traceback of its own.
+"""
+
+from adaptive_lm_ds.launch import free_port
+from adaptive_lm_ds.testing.distributed import launch, launcher_argv, rank_env
+from tests import rank_errors_program
+from tests.oracle import REPO
+
+PROGRAM = "adaptive-lm-model-summary"
+
+
+def run_two_ranks(mode: str):
+    port = free_port()
+    argv = launcher_argv("deepspeed", 2, port) + [str(REPO / "tests" / "rank_errors_program.py"), mode]
+    return launch(argv, timeout=300, env=rank_env(), shm_job=(port, 2))
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(f"{PROGRAM}: error:")]
+
+
+def test_an_error_on_rank_1_alone_is_printed_by_rank_1():
+    result = run_two_ranks("rank1-alone")
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert error_lines(result.output) == [f"{PROGRAM}: error: [rank 1] {rank_errors_program.SHARD_ERROR}"]
+
+
+def test_an_error_every_rank_agreed_on_is_printed_once():
+    result = run_two_ranks("agreed")
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert error_lines(result.output) == [f"{PROGRAM}: error: {rank_errors_program.DECIDED_ERROR}"]
