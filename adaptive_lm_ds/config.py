@@ -22,6 +22,8 @@ from adaptive_lm_ds.errors import UserError
 class ConfigError(UserError, ValueError):
     """A model configuration that cannot be built; the message says what to change."""
 
+    same_on_every_rank = True  # follows from the flags alone: every rank raises it, rank 0 prints it
+
 
 ACTIVATIONS = ("relu", "gelu")  # the FFN activations the model implements
 

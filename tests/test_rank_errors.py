@@ -63,3 +63,11 @@ def test_a_layout_error_follows_from_the_flags_and_is_left_to_rank_0(monkeypatch
 def test_a_user_error_not_known_to_be_shared_is_printed_by_its_rank(monkeypatch, capsys):
     err = raise_on_rank_1(UserError("the input is bad; pass a good one"), monkeypatch, capsys)
     assert err.splitlines() == [f"{PROGRAM}: error: [rank 1] the input is bad; pass a good one"]
+
+
+def test_a_config_error_from_the_flags_is_left_to_rank_0(monkeypatch, capsys):
+    from adaptive_lm_ds.config import ModelConfig
+
+    with pytest.raises(UserError) as config:  # the same flags fail the same check on every rank
+        ModelConfig(vocab_size=100, embed_dim=250, num_heads=8).validate()
+    assert raise_on_rank_1(config.value, monkeypatch, capsys) == ""

@@ -21,6 +21,7 @@ from adaptive_lm_ds.checkpoint.agreement import decided_on_rank0
 from adaptive_lm_ds.checkpoint.errors import CheckpointError
 from adaptive_lm_ds.checkpoint.record import STATE_FILE, CheckpointRecord
 from adaptive_lm_ds.checkpoint.safe_files import SafeCheckpointEngine, install
+from adaptive_lm_ds.errors import raised_on_every_rank
 
 
 def mount_point(path: str | Path) -> Path:
@@ -119,7 +120,7 @@ def save_checkpoint(
         message = describe_write_failure(save_dir, tag, f"{causes[culprit]}{where}")
         if rank == 0 and not existed:
             shutil.rmtree(save_dir / tag, ignore_errors=True)
-        raise CheckpointError(message)
+        raise raised_on_every_rank(CheckpointError(message))  # every rank gathered the same cause
     folders.commit_checkpoint(
         save_dir, tag, keep_last_n, still_owner=still_owner,
         describe_os_error=lambda e: describe_write_failure(save_dir, tag, what_failed(e)),

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the run's optim section (a type only: optim/config.py impor
 class ScheduleConfigError(UserError, ValueError):
     """A schedule setting that cannot work; the message says which flag to change."""
 
+    same_on_every_rank = True  # follows from the flags alone: every rank raises it, rank 0 prints it
+
 
 class LRSchedule(Protocol):
     """Anything that maps an update count to a learning rate."""

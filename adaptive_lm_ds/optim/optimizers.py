@@ -32,6 +32,8 @@ PARAM_GROUPS = 16
 class OptimizerConfigError(UserError, ValueError):
     """An optimiser name or hyper-parameter that cannot work; the message says what to change."""
 
+    same_on_every_rank = True  # follows from the flags alone: every rank raises it, rank 0 prints it
+
 
 class NAG(torch.optim.Optimizer):
     """Nesterov accelerated gradient in fairseq's formulation (``fairseq/optim/nag.py``).

@@ -23,6 +23,8 @@ from adaptive_lm_ds.training.config import TrainConfig
 class TrainConfigError(UserError, ValueError):
     """A configuration that cannot run; the message says what to change."""
 
+    same_on_every_rank = True  # follows from the flags alone: every rank raises it, rank 0 prints it
+
 
 def micro_batch_sequences(cfg: TrainConfig) -> int:
     """Sequences per micro batch from fairseq's ``--max-tokens`` or ``--batch-size``.

@@ -22,7 +22,7 @@ from adaptive_lm_ds import host_memory, parallel
 from adaptive_lm_ds.checkpoint import CheckpointRecord, SaveDirLock, save_checkpoint
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.data import DataError, Dictionary, LMBatchIterator, build_batch_iterator, build_lm_dataset
-from adaptive_lm_ds.errors import UserError
+from adaptive_lm_ds.errors import UserError, raised_on_every_rank
 from adaptive_lm_ds.flops import peak_flops, training_flops_per_token
 from adaptive_lm_ds.formats.consolidated import load_consolidated
 from adaptive_lm_ds.formats.state_adapter import load_weights
@@ -44,7 +44,10 @@ LOG = logging.getLogger("adaptive_lm_ds.train")
 
 
 class TrainingAborted(UserError, RuntimeError):
-    """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact."""
+    """Training stopped on purpose (too many non-finite losses); the last good checkpoint is intact. Every rank
+    stops at the same update (the skip follows the all-reduced gradient norm), so rank 0 alone prints it."""
+
+    same_on_every_rank = True
 
 
 def model_config_for(cfg: TrainConfig, vocab_size: int) -> tuple[ModelConfig, dict | None]:
@@ -289,7 +292,9 @@ class Trainer(ResumeFromCheckpoint):
             except UserError as e:  # any user error on rank 0 must reach every rank, or they wait forever
                 error = e
         if self.stepper.any_rank(error is not None):
-            raise error if error is not None else preflight.StartupError("a start-up check failed on rank 0")
+            if error is not None:
+                raise error
+            raise raised_on_every_rank(preflight.StartupError("a start-up check failed on rank 0"))
         return lock
 
     def run(self) -> dict:
