@@ -35,6 +35,7 @@ from torch import nn
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers import seeded_init
+from adaptive_lm_ds.model.causal_attention import block_causal_attention
 
 
 def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
@@ -190,7 +191,10 @@ class SelfAttention(nn.Module):
             causal = past == 0 and length > 1
         p = self.dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            if p > 0.0 and causal and cache is None:  # SDPA's dropout path is dense: skip the upper triangle
+                out = block_causal_attention(q, k, v, p)
+            else:  # no dropout: SDPA's causal flash kernel already skips it
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
         return self.out_proj(out)[0]
 
