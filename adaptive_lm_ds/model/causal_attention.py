@@ -9,10 +9,12 @@ products, forward and backward.
 
 The maths is the dense one: ``P = softmax(q k^T / sqrt(hd) + causal)``, ``P_d = P * m / (1 - p)`` with
 ``m ~ Bernoulli(1 - p)`` independent per element (the same distribution as SDPA's dropout, drawn from the
-current generator), ``out = P_d v``. Backward (per block, from the saved ``P`` and ``P_d``)::
+current generator), ``out = P_d v``; the mask is :func:`~adaptive_lm_ds.model.dropout.keep_mask`'s, and
+``1 / (1 - p)`` is applied to ``out`` (``[N, T, hd]``) rather than to the tiles. Backward (per block,
+from the saved ``P`` and ``P * m``; ``g = dout / (1 - p)``)::
 
-    dP_d = dout v^T;  dv += P_d^T dout
-    dS = P * (dP - rowsum(dP * P)) = P_d * dP_d - P * rowsum(P_d * dP_d)     (dP = dP_d * m / (1 - p))
+    dv += (P * m)^T g;   P * dP = (g v^T) * (P * m)
+    dS = P * dP - P * rowsum(P * dP)
     dq = dS k / sqrt(hd);  dk += dS^T q / sqrt(hd)
 """
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from adaptive_lm_ds.model.dropout import keep_mask
 
 QUERY_BLOCK = 128
 
@@ -42,46 +46,41 @@ class _BlockCausalAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, dropout_p: float, block: int):
         length = q.shape[1]
         q = q * (1.0 / math.sqrt(q.shape[-1]))  # scaled once here, not on every score tile
-        keep_scale = 1.0 / (1.0 - dropout_p)
         out = torch.empty_like(v)
-        probs, dropped = [], []
+        probs, kept = [], []
         for start, end in _blocks(length, block):
             scores = torch.bmm(q[:, start:end], k[:, :end].transpose(1, 2))  # [N, b, end]
             scores[:, :, start:].masked_fill_(_diagonal_mask(end - start, q.device), float("-inf"))
             prob = torch.softmax(scores, dim=-1)
-            if dropout_p > 0.0:
-                keep = torch.empty_like(prob).bernoulli_(1.0 - dropout_p)
-                prob_dropped = keep.mul_(prob).mul_(keep_scale)
-            else:
-                prob_dropped = prob
-            out[:, start:end] = torch.bmm(prob_dropped, v[:, :end])
+            prob_kept = keep_mask(prob, dropout_p).mul_(prob) if dropout_p > 0.0 else prob  # P * m
+            out[:, start:end] = torch.bmm(prob_kept, v[:, :end])
             probs.append(prob)
-            dropped.append(prob_dropped)
-        ctx.save_for_backward(q, k, v, *probs, *dropped)
-        ctx.block = block
+            kept.append(prob_kept)
+        keep_scale = 1.0 / (1.0 - dropout_p)
+        if dropout_p > 0.0:
+            out.mul_(keep_scale)  # P_d v = (P * m) v / (1 - p): the scale on [N, T, hd], not on the tiles
+        ctx.save_for_backward(q, k, v, *probs, *kept)
+        ctx.block, ctx.keep_scale = block, keep_scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, *saved = ctx.saved_tensors
-        length = q.shape[1]
-        spans = _blocks(length, ctx.block)
-        probs, dropped = saved[: len(spans)], saved[len(spans) :]
-        grad_out = grad_out.contiguous()
+        spans = _blocks(q.shape[1], ctx.block)
+        probs, kept = saved[: len(spans)], saved[len(spans) :]
+        grad_out = grad_out * ctx.keep_scale  # so that (P * m) stands for P_d below
         grad_q = torch.empty_like(q)
         grad_k = torch.zeros_like(k)
         grad_v = torch.zeros_like(v)
-        for (start, end), prob, prob_dropped in zip(spans, probs, dropped):
+        for (start, end), prob, prob_kept in zip(spans, probs, kept):
             g = grad_out[:, start:end]
-            grad_v[:, :end].baddbmm_(prob_dropped.transpose(1, 2), g)
-            grad_dropped = torch.bmm(g, v[:, :end].transpose(1, 2))  # [N, b, end]
-            grad_scores = grad_dropped.mul_(prob_dropped)
+            grad_v[:, :end] += torch.bmm(prob_kept.transpose(1, 2), g)
+            grad_scores = torch.bmm(g, v[:, :end].transpose(1, 2)).mul_(prob_kept)  # P * dP  [N, b, end]
             row = grad_scores.sum(dim=-1, keepdim=True)
-            grad_scores.addcmul_(prob, row, value=-1.0)
+            grad_scores.addcmul_(prob, row, value=-1.0)  # dS = P * dP - P * rowsum(P * dP)
             grad_q[:, start:end] = torch.bmm(grad_scores, k[:, :end])
-            grad_k[:, :end].baddbmm_(grad_scores.transpose(1, 2), q[:, start:end])
-        scale = 1.0 / math.sqrt(q.shape[-1])
-        grad_q.mul_(scale)  # q was saved scaled: grad_k above already carries the scale
+            grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q[:, start:end])
+        grad_q.mul_(1.0 / math.sqrt(q.shape[-1]))  # q was saved scaled: grad_k above already carries the scale
         return grad_q, grad_k, grad_v, None, None
 
 

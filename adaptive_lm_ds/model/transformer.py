@@ -36,6 +36,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers import seeded_init
 from adaptive_lm_ds.model.causal_attention import block_causal_attention
+from adaptive_lm_ds.model.dropout import dropout, residual_dropout_add
 
 
 def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
@@ -214,7 +215,7 @@ class FeedForward(nn.Module):
         hidden = self.activation(self.fc1(x)[0])
         p = self.activation_dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            hidden = F.dropout(hidden, p, self.training)
+            hidden = dropout(hidden, p, self.training)
         return self.fc2(hidden)[0]
 
 
@@ -235,5 +236,7 @@ class TransformerBlock(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask, cache), self.dropout, self.training)
-        return x + F.dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
+        x = residual_dropout_add(
+            x, self.self_attn(self.self_attn_layer_norm(x), mask, cache), self.dropout, self.training
+        )
+        return residual_dropout_add(x, self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
