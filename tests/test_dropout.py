@@ -2,7 +2,7 @@
 
 import torch
 
-from adaptive_lm_ds.model.dropout import dropout, residual_dropout_add
+from adaptive_lm_ds.layers.dropout import dropout, residual_dropout_add
 
 
 def _binomial_ok(kept: torch.Tensor, p: float) -> bool:

@@ -9,7 +9,7 @@ products, forward and backward.
 
 The maths is the dense one: ``P = softmax(q k^T / sqrt(hd) + causal)``, ``P_d = P * m / (1 - p)`` with
 ``m ~ Bernoulli(1 - p)`` independent per element (the same distribution as SDPA's dropout, drawn from the
-current generator), ``out = P_d v``; the mask is :func:`~adaptive_lm_ds.model.dropout.keep_mask`'s, and
+current generator), ``out = P_d v``; the mask is :func:`~adaptive_lm_ds.layers.dropout.keep_mask`'s, and
 ``1 / (1 - p)`` is applied to ``out`` (``[N, T, hd]``) rather than to the tiles. Backward (per block,
 from the saved ``P`` and ``P * m``; ``g = dout / (1 - p)``)::
 
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from adaptive_lm_ds.model.dropout import keep_mask
+from adaptive_lm_ds.layers.dropout import keep_mask
 
 QUERY_BLOCK = 128
 

@@ -35,8 +35,8 @@ from torch import nn
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers import seeded_init
+from adaptive_lm_ds.layers.dropout import dropout, residual_dropout_add
 from adaptive_lm_ds.model.causal_attention import block_causal_attention
-from adaptive_lm_ds.model.dropout import dropout, residual_dropout_add
 
 
 def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
