@@ -42,6 +42,7 @@ from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers import seeded_init
 from adaptive_lm_ds.layers.adaptive_input import BandWeights
 from adaptive_lm_ds.layers.cross_entropy import vocab_parallel_log_prob
+from adaptive_lm_ds.layers.dropout import dropout
 from adaptive_lm_ds.layers.vocab_parallel import (
     VocabParallelTable,
     VocabShard,
@@ -129,7 +130,7 @@ class VocabParallelAdaptiveSoftmax(nn.Module):
             z = self.tail_projs[tail](h)
         else:
             z = F.linear(h, self.bands[tail + 1].proj.weight.t())
-        return F.dropout(z, self.cfg.adaptive_softmax_dropout, self.training)
+        return dropout(z, self.cfg.adaptive_softmax_dropout, self.training)
 
     def _tail(self, tail: int, h: torch.Tensor):
         logits = self.table(tail + 1).local_logits(self._tail_hidden(tail, h))

@@ -12,7 +12,6 @@ from it; :func:`pipeline_stage_layers` is the one split of the blocks over stage
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from deepspeed.runtime.utils import partition_balanced
 from torch import nn
 
@@ -20,6 +19,7 @@ from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ConfigError, ModelConfig
 from adaptive_lm_ds.layers.adaptive_input import BandWeights, VocabParallelAdaptiveInput
 from adaptive_lm_ds.layers.adaptive_softmax import VocabParallelAdaptiveSoftmax
+from adaptive_lm_ds.layers.dropout import dropout
 from adaptive_lm_ds.model.positions import LearnedPositions, SinusoidalPositions, make_positions
 from adaptive_lm_ds.model.transformer import KVCache, TransformerBlock, attention_mask, megatron_config
 
@@ -58,7 +58,7 @@ class LMEmbedding(nn.Module):
             )
         x = self.cfg.embed_scale * self.tokens(tokens)
         x = x + self.positions(make_positions(tokens, self.cfg.padding_idx, segment_ids, offset)).to(x.dtype)
-        return F.dropout(x, self.cfg.dropout, self.training)
+        return dropout(x, self.cfg.dropout, self.training)
 
 
 class Blocks(nn.Module):

@@ -35,6 +35,8 @@ from torch import nn
 from adaptive_lm_ds import parallel
 from adaptive_lm_ds.config import ModelConfig
 from adaptive_lm_ds.layers import seeded_init
+from adaptive_lm_ds.layers.dropout import dropout, residual_dropout_add
+from adaptive_lm_ds.model.causal_attention import block_causal_attention
 
 
 def megatron_config(tp_size: int, meta: bool) -> ModelParallelConfig:
@@ -190,7 +192,10 @@ class SelfAttention(nn.Module):
             causal = past == 0 and length > 1
         p = self.dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+            if p > 0.0 and causal and cache is None:  # SDPA's dropout path is dense: skip the upper triangle
+                out = block_causal_attention(q, k, v, p)
+            else:  # no dropout: SDPA's causal flash kernel already skips it
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
         return self.out_proj(out)[0]
 
@@ -210,7 +215,7 @@ class FeedForward(nn.Module):
         hidden = self.activation(self.fc1(x)[0])
         p = self.activation_dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
-            hidden = F.dropout(hidden, p, self.training)
+            hidden = dropout(hidden, p, self.training)
         return self.fc2(hidden)[0]
 
 
@@ -231,5 +236,7 @@ class TransformerBlock(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + F.dropout(self.self_attn(self.self_attn_layer_norm(x), mask, cache), self.dropout, self.training)
-        return x + F.dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
+        x = residual_dropout_add(
+            x, self.self_attn(self.self_attn_layer_norm(x), mask, cache), self.dropout, self.training
+        )
+        return residual_dropout_add(x, self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
