@@ -73,15 +73,34 @@ def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
     torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
 
 
+def _train_compiled_on_rank(argvs: list[list[str]]) -> list[dict]:
+    """Rank-side: :func:`train_on_rank` for each ``argv`` in turn, each from a fresh dynamo (nothing compiled
+    reused in memory; inductor's on-disk kernels may be), with ``compiled_graphs``: the graphs dynamo made."""
+    from torch._dynamo.utils import counters
+
+    runs = []
+    for argv in argvs:
+        torch._dynamo.reset()
+        before = counters["stats"]["unique_graphs"]
+        runs.append({**train_on_rank(argv), "compiled_graphs": counters["stats"]["unique_graphs"] - before})
+    return runs
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--checkpoint-activations",)], ids=["compiled", "compiled+checkpointed"])
-def test_compiled_blocks_train_like_eager(setup, tmp_path, monkeypatch, fp32_losses, extra):
+def test_compiled_blocks_train_like_eager_with_and_without_activation_checkpointing(
+    setup, tmp_path, monkeypatch, fp32_losses
+):
     inductor_cache = tmp_path / "inductor"  # the rank's compiled kernels land here: proof that it compiled
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
-    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--compile", *extra))
+    variants = {"compiled": (), "compiled+checkpointed": ("--checkpoint-activations",)}
+    argvs = [_argv(setup, tmp_path, "--no-save", "--compile", *extra) for extra in variants.values()]
+    (runs,) = run_on_ranks(_train_compiled_on_rank, nprocs=1, argvs=argvs)
     assert any(inductor_cache.rglob("*.py"))
-    # the same maths, fused by inductor: only float rounding differs from eager
-    torch.testing.assert_close(per_token_losses(result), fp32_losses, rtol=1e-5, atol=0)
+    for name, result in zip(variants, runs):
+        assert result["error"] is None, (name, result["error"])
+        assert result["compiled_graphs"] > 0, name
+        # the same maths, fused by inductor: only float rounding differs from eager
+        torch.testing.assert_close(per_token_losses(result), fp32_losses, rtol=1e-5, atol=0, msg=name)
 
 
 @pytest.mark.slow
