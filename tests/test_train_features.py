@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.preflight import fp16_supported
 
-from .training_runs import per_token_losses, train_on_rank
+from .training_runs import per_token_losses, train_on_rank, train_runs_on_rank
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +61,16 @@ def fp32_losses(setup, tmp_path_factory):
 
 @pytest.mark.slow
 def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
-    argv = _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json")
-    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=argv)
+    argvs = [
+        _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json"),
+        _argv(setup, tmp_path, "--no-save", "--max-update", "0"),  # the initial weights, scored
+    ]
+    result, initial = run_on_ranks(train_runs_on_rank, nprocs=1, argvs=argvs)[0]
     bf16 = per_token_losses(result)
     assert torch.isfinite(bf16).all()
     assert all(h["gnorm"] > 0 and torch.isfinite(torch.tensor(h["gnorm"])) for h in result["history"])
     # it learns: the same validation batches score better than the initial weights (one batch's training
     # loss against another's is batch noise at 6 clipped updates)
-    (initial,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--max-update", "0"))
     assert result["summary"]["valid_loss_base2"] < initial["summary"]["valid_loss_base2"]
     torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
 
