@@ -6,6 +6,8 @@ of every micro batch over two epochs. The others check the iterator's own rules 
 """
 
 import itertools
+import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -207,23 +209,43 @@ COMMAND_LINES = {  # name: (DP size, fairseq-train data flags, the same for our 
 }  # fmt: skip
 
 
-def record_fairseq(oracle, out, data_bin, flags, shard=0, num_shards=1):
-    oracle.run(
-        "python", SCRIPTS / "record_fairseq_batches.py", out, shard, num_shards, data_bin, "--task",
-        "language_modeling", *TINY_MODEL, *BLOCK, *flags, "--optimizer", "nag", "--lr", "0.1", "--cpu",
-        "--disable-validation",
-    )  # fmt: skip
-    return torch.load(out, weights_only=True)["updates"]
+RESUME_FLAGS = ["--sample-break-mode", "none", "--max-tokens", "256", "--seed", "1"]  # saved at epoch 1's end
+
+
+def fairseq_run(out, data_bin, flags, shard=0, num_shards=1) -> dict:
+    """One entry of record_fairseq_batches.py's RUNS.json: fairseq-train on the tiny model with ``flags``."""
+    args = [data_bin, "--task", "language_modeling", *TINY_MODEL, *BLOCK, *flags, "--optimizer", "nag", "--lr",
+            "0.1", "--cpu", "--disable-validation"]  # fmt: skip
+    return {"out": str(out), "shard": shard, "num_shards": num_shards, "args": [str(a) for a in args]}
+
+
+@pytest.fixture(scope="module")
+def fairseq_records(fairseq_oracle, oracle_data_bin, tmp_path_factory):
+    """Every fairseq-train run the oracle tests read, recorded in one oracle process (one start-up):
+    {command line name: each rank's updates over EPOCHS epochs} and, under "resumed", (epoch 1's updates,
+    the updates of the run that resumed from its checkpoint_last.pt to epoch 2)."""
+    root = tmp_path_factory.mktemp("batch-order")
+    runs = {}
+    for name, (dp, flags) in COMMAND_LINES.items():
+        for r in range(dp):
+            run = [*flags, "--max-epoch", str(EPOCHS), "--no-save"]
+            runs[name, r] = fairseq_run(root / f"{name}-rank{r}.pt", oracle_data_bin, run, r, dp)
+    save = ["--save-dir", str(root / "save")]
+    runs["resumed", 0] = fairseq_run(root / "epoch1.pt", oracle_data_bin, [*RESUME_FLAGS, *save, "--max-epoch", "1"])
+    runs["resumed", 1] = fairseq_run(root / "epoch2.pt", oracle_data_bin, [*RESUME_FLAGS, *save, "--max-epoch", "2"])
+    (root / "runs.json").write_text(json.dumps(list(runs.values())), encoding="utf-8")
+    fairseq_oracle.run("python", SCRIPTS / "record_fairseq_batches.py", root / "runs.json")
+    records = {}
+    for (name, _rank), run in runs.items():
+        records.setdefault(name, []).append(torch.load(run["out"], weights_only=True)["updates"])
+    return records
 
 
 @pytest.fixture(scope="module", params=list(COMMAND_LINES), ids=list(COMMAND_LINES))
-def fairseq_shards(request, fairseq_oracle, oracle_data_bin, tmp_path_factory):
+def fairseq_shards(request, fairseq_records):
     """(DP size, flags, each rank's recorded updates) of fairseq-train over two epochs."""
     dp, flags = COMMAND_LINES[request.param]
-    root = tmp_path_factory.mktemp("batch-order")
-    run = [*flags, "--max-epoch", str(EPOCHS), "--no-save"]
-    shards = [record_fairseq(fairseq_oracle, root / f"rank{r}.pt", oracle_data_bin, run, r, dp) for r in range(dp)]
-    return dp, flags, shards
+    return dp, flags, fairseq_records[request.param]
 
 
 def assert_same_batch(ours: dict, theirs: dict, where) -> None:
@@ -268,19 +290,17 @@ def test_a_fairseq_iterator_state_continues_on_fairseqs_next_batches(fairseq_sha
 
 
 @pytest.mark.slow
-def test_a_fairseq_run_resumed_at_an_epoch_start_regroups_and_so_do_we(fairseq_oracle, oracle_data_bin, tmp_path):
+def test_a_fairseq_run_resumed_at_an_epoch_start_regroups_and_so_do_we(fairseq_records, oracle_data_bin):
     """fairseq-train resumed from checkpoint_last.pt (epoch 2, 0 iterations) groups its batches under epoch 2's
     seed, not epoch 1's as the uninterrupted run does; load_fairseq_state continues as the resumed run."""
-    flags = ["--sample-break-mode", "none", "--max-tokens", "256", "--seed", "1", "--save-dir", str(tmp_path)]
-    first = record_fairseq(fairseq_oracle, tmp_path / "epoch1.pt", oracle_data_bin, [*flags, "--max-epoch", "1"])
+    first, resumed = fairseq_records["resumed"]
     saved = first[-1]["state"]  # what checkpoint_last.pt holds: epoch 2, 0 iterations
-    resumed = record_fairseq(fairseq_oracle, tmp_path / "epoch2.pt", oracle_data_bin, [*flags, "--max-epoch", "2"])
     assert saved["epoch"] == resumed[0]["epoch"] == 2
-    ours = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    ours = batch_iterator([str(oracle_data_bin), *BLOCK, *RESUME_FLAGS])
     ours.load_fairseq_state(saved)
     for k, (o, update) in enumerate(zip(ours, resumed, strict=True)):
         assert_same_batch(o, update["samples"][0], k)
-    uninterrupted = batch_iterator([str(oracle_data_bin), *BLOCK, *flags[:6]])
+    uninterrupted = batch_iterator([str(oracle_data_bin), *BLOCK, *RESUME_FLAGS])
     uninterrupted.set_epoch(1)  # epoch 2, grouped under epoch 1's seed
     resumed_first = resumed[0]["samples"][0]["tokens"]
     assert not torch.equal(next(iter(uninterrupted))["tokens"][: len(resumed_first)], resumed_first)
@@ -300,10 +320,40 @@ def odd_epoch_data(tmp_path_factory):
 
 
 FILL_FLAGS = ["--tokens-per-sample", "32", "--max-tokens", "96", "--required-batch-size-multiple", "1", "--seed", "4"]
+SAVED_AT = 4  # an update of the first epoch
+
+
+def fill_argv(data, init, updates: int, *extra: str) -> list[str]:
+    return [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq", "--max-update",
+            str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1", "--deepspeed_config",
+            "ds_configs/zero1.json", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval",
+            "100", *extra]  # fmt: skip
+
+
+def epoch_and_three(data) -> int:
+    """Updates at --update-freq 2 through the epoch's filled last update, then three of the next epoch."""
+    return batch_iterator([str(data), *FILL_FLAGS]).num_batches // 2 + 3
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_dp1(odd_epoch_data, tmp_path_factory):
+    """(per-update history, save dir holding checkpoint_SAVED_AT) of DP1 --update-freq 2 over
+    epoch_and_three updates: the reference of both trainer tests."""
+    from adaptive_lm_ds.testing import run_on_ranks
+    from tests.training_runs import train_on_rank
+
+    data, init = odd_epoch_data
+    save = tmp_path_factory.mktemp("uninterrupted") / "save"
+    flags = ["--update-freq", "2", "--save-dir", str(save), "--save-interval-updates", str(SAVED_AT)]
+    (run,) = run_on_ranks(
+        train_on_rank, nprocs=1, timeout=600, argv=fill_argv(data, init, epoch_and_three(data), *flags)
+    )
+    assert run["error"] is None, run["error"]
+    return run["history"], save
 
 
 @pytest.mark.slow
-def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data):
+def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data, uninterrupted_dp1):
     """Past an epoch whose last update holds one real batch: DP1 fills the update, DP2 rank 1 gets fairseq's
     empty shard batch; both must train exactly as the real batch alone, so their updates agree."""
     from adaptive_lm_ds.testing import run_on_ranks
@@ -312,13 +362,10 @@ def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data)
     data, init = odd_epoch_data
     epoch = batch_iterator([str(data), *FILL_FLAGS])
     assert epoch.num_batches % 2 == 1, "the data must end its epoch with a half-filled update"
-    updates = epoch.num_batches // 2 + 3  # the filled update, then three of the next epoch
-    argv = [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq",
-            "--max-update", str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1",
-            "--deepspeed_config", "ds_configs/zero1.json", "--no-save", "--validate-interval-updates", "0",
-            "--max-valid-steps", "1", "--log-interval", "100"]  # fmt: skip
-    dp1 = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=[*argv, "--update-freq", "2"])[0]["history"]
-    dp2 = run_on_ranks(train_on_rank, nprocs=2, timeout=600, argv=[*argv, "--update-freq", "1"])[0]["history"]
+    updates = epoch_and_three(data)
+    dp1 = uninterrupted_dp1[0]
+    argv = fill_argv(data, init, updates, "--update-freq", "1", "--no-save")
+    dp2 = run_on_ranks(train_on_rank, nprocs=2, timeout=600, argv=argv)[0]["history"]
     dp1_batches = endless(batch_iterator([str(data), *FILL_FLAGS, "--update-freq", "2"]))
     sizes = [b["ntokens"] for b in itertools.islice(dp1_batches, 2 * updates)]
     filled = epoch.num_batches // 2  # 0-based index of the epoch's last update
@@ -331,19 +378,21 @@ def test_filled_updates_train_alike_at_dp1_update_freq_2_and_dp2(odd_epoch_data)
 
 
 @pytest.mark.slow
-def test_a_resumed_run_continues_on_the_uninterrupted_runs_batches_across_an_epoch(odd_epoch_data, tmp_path):
+def test_a_resumed_run_continues_on_the_uninterrupted_runs_batches_across_an_epoch(
+    odd_epoch_data, uninterrupted_dp1, tmp_path
+):
     from adaptive_lm_ds.testing import run_on_ranks
     from tests.training_runs import train_on_rank
 
     data, init = odd_epoch_data
-    updates = len(batch_iterator([str(data), *FILL_FLAGS, "--update-freq", "2"])) // 2 + 2  # into epoch 2
-    argv = [str(data), "--init-from", str(init), *FILL_FLAGS, "--batch-order", "fairseq", "--update-freq", "2",
-            "--max-update", str(updates), "--lr", "0.1", "--warmup-updates", "0", "--lr-period-updates", "-1",
-            "--deepspeed_config", "ds_configs/zero1.json", "--save-dir", str(tmp_path), "--save-interval-updates",
-            "4", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100"]  # fmt: skip
-    straight = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=argv)[0]["history"]
-    resumed = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=[*argv, "--restore-file", "checkpoint_4"])
+    straight, save = uninterrupted_dp1
+    updates = epoch_and_three(data)  # into epoch 2
+    source = tmp_path / f"checkpoint_{SAVED_AT}"
+    shutil.copytree(save / f"checkpoint_{SAVED_AT}", source)  # the resumed run never touches the reference's
+    flags = ["--update-freq", "2", "--save-dir", str(tmp_path / "resumed"), "--no-save", "--restore-file", str(source)]
+    resumed = run_on_ranks(train_on_rank, nprocs=1, timeout=600, argv=fill_argv(data, init, updates, *flags))
     after = resumed[0]["history"]
-    assert [r["update"] for r in after] == list(range(5, updates + 1))
+    assert [r["update"] for r in after] == list(range(SAVED_AT + 1, updates + 1))
     assert {r["epoch"] for r in after} == {1, 2}
-    assert [(r["ntokens"], r["loss_sum"]) for r in after] == [(r["ntokens"], r["loss_sum"]) for r in straight[4:]]
+    uninterrupted = [(r["ntokens"], r["loss_sum"]) for r in straight[SAVED_AT:]]
+    assert [(r["ntokens"], r["loss_sum"]) for r in after] == uninterrupted

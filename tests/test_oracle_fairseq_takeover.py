@@ -80,25 +80,38 @@ def fairseq_reference(fairseq_oracle, oracle_data_bin, model_flags, fairseq_chec
     return fairseq_continues(fairseq_oracle, oracle_data_bin, model_flags, fairseq_checkpoint, record)
 
 
-def our_continuation(layout, data_bin, model_flags, checkpoint, save_dir=None) -> list[dict]:
-    world, tp, pp, ds = layout
+def our_argv(layout, data_bin, model_flags, checkpoint, save_dir=None) -> list[str]:
+    """Our trainer's command line continuing ``checkpoint`` to UPDATES in ``layout``."""
+    _, tp, pp, ds = layout
     save = ["--save-dir", str(save_dir), "--save-interval-updates", str(HAND_BACK_AT)] if save_dir else ["--no-save"]
-    argv = [
+    return [
         str(data_bin), *model_flags, *COMMON, "--max-update", str(UPDATES), "--restore-file", str(checkpoint),
         "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
         "--deepspeed_config", f"ds_configs/{ds}.json", "--validate-interval-updates", "0", "--max-valid-steps", "1",
         "--log-interval", "100", *save,
     ]  # fmt: skip
-    ranks = run_on_ranks(train_logging_updates, nprocs=world, timeout=600, argv=argv)
-    return ranks[0]
+
+
+def continue_each(argvs: list[list[str]]) -> list[list[dict]]:
+    """Rank-side: :func:`train_logging_updates` for each ``argv`` in turn, in this one process group."""
+    return [train_logging_updates(argv) for argv in argvs]
 
 
 @pytest.fixture(scope="module")
 def ours_tp1(oracle_data_bin, model_flags, fairseq_checkpoint, tmp_path_factory):
     """(b) at TP1, saving a checkpoint at HAND_BACK_AT for (c): (updates, save dir)."""
     save_dir = tmp_path_factory.mktemp("ours-tp1") / "save"
-    updates = our_continuation(LAYOUTS["tp1"], oracle_data_bin, model_flags, fairseq_checkpoint, save_dir)
+    argv = our_argv(LAYOUTS["tp1"], oracle_data_bin, model_flags, fairseq_checkpoint, save_dir)
+    (updates,) = run_on_ranks(continue_each, nprocs=1, timeout=600, argvs=[argv])[0]
     return updates, save_dir
+
+
+@pytest.fixture(scope="module")
+def ours_on_two_ranks(oracle_data_bin, model_flags, fairseq_checkpoint):
+    """(b) at TP2 and at PP2, one after the other in one launch of two ranks: {layout: updates}."""
+    layouts = ("tp2", "pp2")
+    argvs = [our_argv(LAYOUTS[name], oracle_data_bin, model_flags, fairseq_checkpoint) for name in layouts]
+    return dict(zip(layouts, run_on_ranks(continue_each, nprocs=2, timeout=900, argvs=argvs)[0], strict=True))
 
 
 def assert_same_updates(ours: list[dict], theirs: list[dict], first: int) -> None:
@@ -130,11 +143,8 @@ def test_our_trainer_continues_a_fairseq_run_at_tp1(ours_tp1, fairseq_reference)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
-def test_our_trainer_continues_a_fairseq_run_in_another_layout(
-    layout, oracle_data_bin, model_flags, fairseq_checkpoint, fairseq_reference
-):
-    ours = our_continuation(LAYOUTS[layout], oracle_data_bin, model_flags, fairseq_checkpoint)
-    assert_same_updates(ours, fairseq_reference, first=TAKEOVER_AT + 1)
+def test_our_trainer_continues_a_fairseq_run_in_another_layout(layout, ours_on_two_ranks, fairseq_reference):
+    assert_same_updates(ours_on_two_ranks[layout], fairseq_reference, first=TAKEOVER_AT + 1)
 
 
 @pytest.mark.slow

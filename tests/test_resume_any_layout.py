@@ -6,6 +6,7 @@ one process (plain fp32 engine) running all ``UPDATES``. Phase A: layout A runs 
 update ``HALF``; phase B: layout B resumes from that checkpoint (``--restore-file``) and runs to the end. Its
 updates ``HALF+1..UPDATES`` must have the reference's per-update loss and gradient norm within 1e-5 relative:
 the weights, the momentum, NAG's ``lr_old``, the schedule and the data position all crossed the layouts.
+Runs of one world size share a launch (one start-up; each run builds its own process groups and engine).
 """
 
 import json
@@ -22,7 +23,7 @@ from adaptive_lm_ds.testing import run_on_ranks, run_script
 from adaptive_lm_ds.training import resume
 from tests.oracle import REPO
 
-from .training_runs import grad_norms, per_token_losses, train_on_rank
+from .training_runs import grad_norms, per_token_losses, train_on_rank, train_runs_on_rank
 
 LAUNCHER = REPO / "launchers" / "train_wiki103.py"
 UPDATES, HALF = 6, 3
@@ -57,61 +58,61 @@ def _argv(data, init, name: str, *extra: str, optimizer: str = "nag") -> list[st
     return argv + (["--deepspeed_config", f"ds_configs/{ds}.json"] if ds else [])
 
 
-def _train(name: str, argv: list[str]) -> dict:
-    world = LAYOUTS[name][0]
-    results = run_on_ranks(train_on_rank, nprocs=world, timeout=600, argv=argv)
-    for result in results:
-        assert result["error"] is None, (name, result["error"])
-    return results[0]
+def _save_at_half(save) -> list[str]:
+    return ["--save-dir", str(save), "--save-interval-updates", str(HALF), "--keep-last-n", "-1"]
+
+
+def _train(world: int, argvs: list[list[str]]) -> list[dict]:
+    """Each of ``argvs`` in turn in one launch of ``world`` ranks (one start-up for them all): rank 0's runs."""
+    return run_on_ranks(train_runs_on_rank, nprocs=world, timeout=900, argvs=argvs)[0]
+
+
+def _made(runs: list[dict], names) -> list[dict]:
+    for name, run in zip(names, runs, strict=True):
+        assert run["error"] is None, (name, run["error"])
+    return runs
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_run_setup):
-    """{optimizer: the uninterrupted one-process run}, made on first use."""
+def one_process(tiny_run_setup, tmp_path_factory):
+    """The uninterrupted one-process runs, in one launch: {"nag": run, "adam": run, "tp1 checkpoint": the NAG
+    run's tag folder at update HALF (saving takes nothing from the run: it is also tp1's phase A)}."""
     data, init = tiny_run_setup
-    made = {}
-
-    def get(optimizer: str) -> dict:
-        if optimizer not in made:
-            made[optimizer] = _train("tp1", _argv(data, init, "tp1", "--no-save", optimizer=optimizer))
-        return made[optimizer]
-
-    return get
+    save = tmp_path_factory.mktemp("one-process") / "save"
+    argvs = [_argv(data, init, "tp1", *_save_at_half(save)), _argv(data, init, "tp1", "--no-save", optimizer="adam")]
+    nag, adam = _made(_train(1, argvs), ("nag", "adam"))
+    return {"nag": nag, "adam": adam, "tp1 checkpoint": save / f"checkpoint_{HALF}"}
 
 
 @pytest.fixture(scope="module")
-def phase_a(tiny_run_setup, tmp_path_factory):
-    """{(layout, optimizer): the tag folder its run saved at update HALF}, each made on first use."""
+def reference(one_process):
+    """{optimizer: the uninterrupted one-process run}."""
+    return {optimizer: one_process[optimizer] for optimizer in ("nag", "adam")}
+
+
+# phase A runs made together, one launch per world size (tp1's is the one-process NAG run's own save)
+PHASE_A_LAUNCHES = (
+    (("tp2-pp2", "nag"), ("tp2-pp2-plain", "nag")),
+    (("dp2-zero2", "nag"), ("dp2-zero1", "adam"), ("tp2-bf16", "nag")),
+)
+
+
+@pytest.fixture(scope="module")
+def phase_a(tiny_run_setup, tmp_path_factory, one_process):
+    """{(layout, optimizer): the tag folder its run saved at update HALF}, each launch made on first use."""
     data, init = tiny_run_setup
-    made = {}
+    made = {("tp1", "nag"): one_process["tp1 checkpoint"]}
 
     def get(name: str, optimizer: str = "nag"):
         if (name, optimizer) not in made:
-            save = tmp_path_factory.mktemp(f"phase-a-{name}-{optimizer}") / "save"
-            flags = ["--save-dir", str(save), "--save-interval-updates", str(HALF), "--keep-last-n", "-1"]
-            _train(name, _argv(data, init, name, *flags, optimizer=optimizer))
-            made[(name, optimizer)] = save / f"checkpoint_{HALF}"
-        return made[(name, optimizer)]
+            (launch,) = [runs for runs in PHASE_A_LAUNCHES if (name, optimizer) in runs]
+            root = tmp_path_factory.mktemp("phase-a")
+            argvs = [_argv(data, init, n, *_save_at_half(root / f"{n}-{o}"), optimizer=o) for n, o in launch]
+            _made(_train(LAYOUTS[launch[0][0]][0], argvs), launch)
+            made.update({(n, o): root / f"{n}-{o}" / f"checkpoint_{HALF}" for n, o in launch})
+        return made[name, optimizer]
 
     return get
-
-
-def _resume(tiny_run_setup, tmp_path, checkpoint, name: str, optimizer: str = "nag", *extra: str) -> dict:
-    data, init = tiny_run_setup
-    source = tmp_path / "source" / checkpoint.name
-    shutil.copytree(checkpoint, source)  # a tag folder of its own: the resumed run never touches phase A's
-    flags = ["--restore-file", str(source), "--save-dir", str(tmp_path / "resumed"), "--no-save", *extra]
-    return _train(name, _argv(data, init, name, *flags, optimizer=optimizer))
-
-
-def assert_continues_reference(resumed: dict, reference: dict, rtol: float = RTOL) -> None:
-    assert [h["update"] for h in resumed["history"]] == list(range(HALF + 1, UPDATES + 1))
-    want = {"loss": per_token_losses(reference)[HALF:], "gnorm": grad_norms(reference)[HALF:]}
-    got = {"loss": per_token_losses(resumed), "gnorm": grad_norms(resumed)}
-    for what in want:
-        torch.testing.assert_close(got[what], want[what], rtol=rtol, atol=0, msg=what)
-    lrs = [h["lr"] for h in resumed["history"]]
-    assert lrs == pytest.approx([h["lr"] for h in reference["history"]][HALF:], rel=1e-12)
 
 
 PAIRS = [
@@ -122,28 +123,63 @@ PAIRS = [
     ("tp2-pp2", "tp1"),  # into the plain fp32 engine: the module and optimizer.state directly
     ("tp2-pp2-plain", "dp2-zero1"),  # out of a ZeRO-0 pipeline: its stages' momentum in their parameter order
 ]
+# (saved layout, resumed layout, optimizer): every phase B run the tests read
+RESUMES = [(a, b, "nag") for a, b in PAIRS] + [("dp2-zero1", "tp2-zero3", "adam"), ("tp2-bf16", "tp1", "nag")]
+
+
+@pytest.fixture(scope="module")
+def resumed(tiny_run_setup, tmp_path_factory, phase_a):
+    """{(saved, resumed, optimizer): phase B's run, resumed from its own copy of phase A's tag folder}; the
+    RESUMES into one world size are made in one launch, on first use of one of them."""
+    data, init = tiny_run_setup
+    made = {}
+
+    def get(saved: str, into: str, optimizer: str = "nag") -> dict:
+        if (saved, into, optimizer) not in made:
+            world = LAYOUTS[into][0]
+            launch = [run for run in RESUMES if LAYOUTS[run[1]][0] == world]
+            root = tmp_path_factory.mktemp(f"resumed-on-{world}-ranks")
+            argvs = []
+            for i, (a, b, o) in enumerate(launch):
+                source = root / str(i) / "source" / f"checkpoint_{HALF}"
+                shutil.copytree(phase_a(a, o), source)  # the resumed run never touches phase A's
+                flags = ["--restore-file", str(source), "--save-dir", str(root / str(i) / "resumed"), "--no-save"]
+                argvs.append(_argv(data, init, b, *flags, optimizer=o))
+            made.update(zip(launch, _train(world, argvs)))
+        return made[saved, into, optimizer]
+
+    return get
+
+
+def assert_continues_reference(resumed: dict, reference: dict, rtol: float = RTOL) -> None:
+    assert resumed["error"] is None, resumed["error"]
+    assert [h["update"] for h in resumed["history"]] == list(range(HALF + 1, UPDATES + 1))
+    want = {"loss": per_token_losses(reference)[HALF:], "gnorm": grad_norms(reference)[HALF:]}
+    got = {"loss": per_token_losses(resumed), "gnorm": grad_norms(resumed)}
+    for what in want:
+        torch.testing.assert_close(got[what], want[what], rtol=rtol, atol=0, msg=what)
+    lrs = [h["lr"] for h in resumed["history"]]
+    assert lrs == pytest.approx([h["lr"] for h in reference["history"]][HALF:], rel=1e-12)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("saved", "resumed"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
-def test_resume_in_another_layout_matches_one_process(tiny_run_setup, tmp_path, reference, phase_a, saved, resumed):
-    result = _resume(tiny_run_setup, tmp_path, phase_a(saved), resumed)
-    assert_continues_reference(result, reference("nag"))
+@pytest.mark.parametrize(("saved", "into"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def test_resume_in_another_layout_matches_one_process(reference, resumed, saved, into):
+    assert_continues_reference(resumed(saved, into), reference["nag"])
 
 
 @pytest.mark.slow
-def test_adam_moments_and_step_cross_layouts(tiny_run_setup, tmp_path, reference, phase_a):
-    result = _resume(tiny_run_setup, tmp_path, phase_a("dp2-zero1", "adam"), "tp2-zero3", "adam")
-    assert_continues_reference(result, reference("adam"))
+def test_adam_moments_and_step_cross_layouts(reference, resumed):
+    assert_continues_reference(resumed("dp2-zero1", "tp2-zero3", "adam"), reference["adam"])
 
 
 @pytest.mark.slow
-def test_bf16_checkpoint_resumes_in_fp32_close_and_finite(tiny_run_setup, tmp_path, reference, phase_a):
+def test_bf16_checkpoint_resumes_in_fp32_close_and_finite(reference, resumed):
     """bf16 ZeRO-1 TP2 -> fp32 TP1: the fp32 masters cross; phase A's bf16 forward differs from fp32 by
     bf16 rounding (~1e-3 relative here), so the continuation is close, not equal."""
-    result = _resume(tiny_run_setup, tmp_path, phase_a("tp2-bf16"), "tp1")
+    result = resumed("tp2-bf16", "tp1")
     assert all(torch.isfinite(per_token_losses(result))) and all(torch.isfinite(grad_norms(result)))
-    assert_continues_reference(result, reference("nag"), rtol=2e-2)
+    assert_continues_reference(result, reference["nag"], rtol=2e-2)
 
 
 @pytest.mark.slow
@@ -250,14 +286,15 @@ def gbw_huge_tables(tmp_path_factory):
 
 
 GBW_VOCAB = 793_475
+GBW_UPDATES, GBW_SAVED_AT = 3, 1  # two updates after the resume: the second steps with the saved momentum
 
 
 def _gbw_argv(data, init, ds: str, *extra: str) -> list[str]:
     return [
         "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", "2",
-        "--max-update", "4", "--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99", "--lr-scheduler", "cosine",
-        "--warmup-updates", "1", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1", "--clip-norm", "0.1",
-        "--dropout", "0", "--attention-dropout", "0", "--adaptive-softmax-dropout", "0",
+        "--max-update", str(GBW_UPDATES), "--optimizer", "nag", "--lr", "1.0", "--momentum", "0.99",
+        "--lr-scheduler", "cosine", "--warmup-updates", "1", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1",
+        "--clip-norm", "0.1", "--dropout", "0", "--attention-dropout", "0", "--adaptive-softmax-dropout", "0",
         "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100",
         "--tensor-model-parallel-size", "2", "--deepspeed_config", f"ds_configs/{ds}.json", *extra,
     ]  # fmt: skip
@@ -265,21 +302,23 @@ def _gbw_argv(data, init, ds: str, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_gbw_huge_tables_resume_in_another_layout_loading_only_their_own_shards(gbw_huge_tables, tmp_path):
-    """TP2 ZeRO-1 saves at update 2 of 4; TP2 ZeRO-2 resumes: updates 3-4 equal the uninterrupted TP2 ZeRO-1
+    """TP2 ZeRO-1 saves at update 1 of 3; TP2 ZeRO-2 resumes: updates 2-3 equal the uninterrupted TP2 ZeRO-1
     run's (itself equal to one process: test_train_layouts.py), and each resuming rank's peak RSS grows over the
     uninterrupted run's by at most its own saved shard's files plus one one-piece table (band 0), not by the
     other rank's files (1.2 GiB more) or whole tables."""
     data, init = gbw_huge_tables
     save = tmp_path / "save"
-    flags = ["--save-dir", str(save), "--save-interval-updates", "2"]
+    flags = ["--save-dir", str(save), "--save-interval-updates", str(GBW_SAVED_AT)]
     straight = run_on_ranks(train_on_rank, nprocs=2, timeout=900, argv=_gbw_argv(data, init, "zero1", *flags))
-    resume = ["--restore-file", str(save / "checkpoint_2"), "--no-save", "--save-dir", str(tmp_path / "b")]
+    tag = save / f"checkpoint_{GBW_SAVED_AT}"
+    resume = ["--restore-file", str(tag), "--no-save", "--save-dir", str(tmp_path / "b")]
     resumed = run_on_ranks(train_on_rank, nprocs=2, timeout=900, argv=_gbw_argv(data, init, "zero2", *resume))
     for result in (*straight, *resumed):
         assert result["error"] is None, result["error"]
-    torch.testing.assert_close(per_token_losses(resumed[0]), per_token_losses(straight[0])[2:], rtol=RTOL, atol=0)
-    torch.testing.assert_close(grad_norms(resumed[0]), grad_norms(straight[0])[2:], rtol=RTOL, atol=0)
-    tag = save / "checkpoint_2"
+    torch.testing.assert_close(
+        per_token_losses(resumed[0]), per_token_losses(straight[0])[GBW_SAVED_AT:], rtol=RTOL, atol=0
+    )
+    torch.testing.assert_close(grad_norms(resumed[0]), grad_norms(straight[0])[GBW_SAVED_AT:], rtol=RTOL, atol=0)
     own_files = (tag / "mp_rank_00_model_states.pt").stat().st_size
     own_files += (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").stat().st_size
     band0_table = 60_000 * 1536 * 4

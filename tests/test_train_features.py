@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from adaptive_lm_ds.testing import run_on_ranks
 from adaptive_lm_ds.training.preflight import fp16_supported
 
-from .training_runs import per_token_losses, train_on_rank
+from .training_runs import per_token_losses, train_on_rank, train_runs_on_rank
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +61,48 @@ def fp32_losses(setup, tmp_path_factory):
 
 @pytest.mark.slow
 def test_bf16_training_on_cpu_tracks_fp32(setup, tmp_path, fp32_losses):
-    argv = _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json")
-    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=argv)
+    argvs = [
+        _argv(setup, tmp_path, "--no-save", "--deepspeed_config", "ds_configs/zero1_bf16.json"),
+        _argv(setup, tmp_path, "--no-save", "--max-update", "0"),  # the initial weights, scored
+    ]
+    result, initial = run_on_ranks(train_runs_on_rank, nprocs=1, argvs=argvs)[0]
     bf16 = per_token_losses(result)
     assert torch.isfinite(bf16).all()
     assert all(h["gnorm"] > 0 and torch.isfinite(torch.tensor(h["gnorm"])) for h in result["history"])
     # it learns: the same validation batches score better than the initial weights (one batch's training
     # loss against another's is batch noise at 6 clipped updates)
-    (initial,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--max-update", "0"))
     assert result["summary"]["valid_loss_base2"] < initial["summary"]["valid_loss_base2"]
     torch.testing.assert_close(bf16, fp32_losses, rtol=2e-2, atol=0)  # bf16 rounding, not a different model
 
 
+def _train_compiled_on_rank(argvs: list[list[str]]) -> list[dict]:
+    """Rank-side: :func:`train_on_rank` for each ``argv`` in turn, each from a fresh dynamo (nothing compiled
+    reused in memory; inductor's on-disk kernels may be), with ``compiled_graphs``: the graphs dynamo made."""
+    from torch._dynamo.utils import counters
+
+    runs = []
+    for argv in argvs:
+        torch._dynamo.reset()
+        before = counters["stats"]["unique_graphs"]
+        runs.append({**train_on_rank(argv), "compiled_graphs": counters["stats"]["unique_graphs"] - before})
+    return runs
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("--checkpoint-activations",)], ids=["compiled", "compiled+checkpointed"])
-def test_compiled_blocks_train_like_eager(setup, tmp_path, monkeypatch, fp32_losses, extra):
+def test_compiled_blocks_train_like_eager_with_and_without_activation_checkpointing(
+    setup, tmp_path, monkeypatch, fp32_losses
+):
     inductor_cache = tmp_path / "inductor"  # the rank's compiled kernels land here: proof that it compiled
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache))
-    (result,) = run_on_ranks(train_on_rank, nprocs=1, argv=_argv(setup, tmp_path, "--no-save", "--compile", *extra))
+    variants = {"compiled": (), "compiled+checkpointed": ("--checkpoint-activations",)}
+    argvs = [_argv(setup, tmp_path, "--no-save", "--compile", *extra) for extra in variants.values()]
+    (runs,) = run_on_ranks(_train_compiled_on_rank, nprocs=1, argvs=argvs)
     assert any(inductor_cache.rglob("*.py"))
-    # the same maths, fused by inductor: only float rounding differs from eager
-    torch.testing.assert_close(per_token_losses(result), fp32_losses, rtol=1e-5, atol=0)
+    for name, result in zip(variants, runs):
+        assert result["error"] is None, (name, result["error"])
+        assert result["compiled_graphs"] > 0, name
+        # the same maths, fused by inductor: only float rounding differs from eager
+        torch.testing.assert_close(per_token_losses(result), fp32_losses, rtol=1e-5, atol=0, msg=name)
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 Recipe (the wiki103 launcher's, shrunk): NAG lr 1.0 momentum 0.99, cosine schedule with warmup,
 ``--clip-norm 0.1`` (gnorm is ~5-10 here, so every update is clipped), ``--update-freq 2``, dropout 0,
 fp32; validation mid-run and at the end. Reference: a single process (plain fp32 engine, no ZeRO) seeing
-the same global batch per update. Each layout runs in one launch (one process group) twice: from the
+the same global batch per update. Each layout runs twice, in the one launch of its world size's runs: from the
 same ``--init-from`` weights (3 blocks, so PP2 splits them unevenly) and from ``--seed`` alone (the
 tiny preset), and must give per-update losses and logged gnorm within 1e-5 relative of the reference,
 the same validation loss, and, under a pipeline, equal tied tables on both ends afterwards.
@@ -52,12 +52,6 @@ def _layout_flags(tp: int, pp: int, ds: str | None) -> list[str]:
     return flags + (["--deepspeed_config", f"ds_configs/{ds}.json"] if ds else [])
 
 
-@pytest.fixture(scope="module")
-def reference(setup):
-    """Single process, plain fp32 engine: [init-from run, seed run]."""
-    return run_on_ranks(train_runs_on_rank, nprocs=1, timeout=300, argvs=_argvs(setup, 1, []))[0]
-
-
 def assert_same_training(got: dict, want: dict, what: str) -> None:
     assert got["error"] is None and want["error"] is None, (what, got["error"], want["error"])
     assert len(got["history"]) == UPDATES, what
@@ -92,19 +86,55 @@ LAYOUTS = {
 }
 
 
+PACKED = ["--sample-break-mode", "packed"]
+
+
+def _plan(setup) -> dict[int, dict[str, list[str]]]:
+    """Every run this module checks: {world size: {run name: launcher flags}}."""
+    init, seed = _argvs(setup, 1, [])
+    plan = {1: {"reference/init-from": init, "reference/seed": seed, "packed": _argvs(setup, 1, PACKED)[0]}}
+    for name, (world, tp, pp, ds) in LAYOUTS.items():
+        init, seed = _argvs(setup, world // (tp * pp), _layout_flags(tp, pp, ds))
+        plan.setdefault(world, {}).update({f"{name}/init-from": init, f"{name}/seed": seed})
+    pp2 = _layout_flags(1, 2, "pipeline_zero1")
+    plan[2]["pp2 checkpointed"] = _argvs(setup, 1, [*pp2, "--checkpoint-activations"])[0]
+    plan[2]["packed pp2"] = _argvs(setup, 1, [*PACKED, *pp2])[0]
+    return plan
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """{run name: every rank's result}: a world size's runs are made in turn in one launch (one start-up for
+    them all; each run builds its own process groups and engine), on first use of one of them."""
+    plan, made = _plan(setup), {}
+
+    def get(name: str) -> list[dict]:
+        if name not in made:
+            world = next(w for w, named in plan.items() if name in named)
+            ranks = run_on_ranks(train_runs_on_rank, nprocs=world, timeout=1800, argvs=list(plan[world].values()),
+                                 report_tied=True)  # fmt: skip
+            made.update({run: [rank_runs[i] for rank_runs in ranks] for i, run in enumerate(plan[world])})
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    """Single process, plain fp32 engine: [init-from run, seed run]."""
+    return [runs("reference/init-from")[0], runs("reference/seed")[0]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_matches_single_process(setup, reference, name):
-    world, tp, pp, ds = LAYOUTS[name]
-    dp = world // (tp * pp)
-    argvs = _argvs(setup, dp, _layout_flags(tp, pp, ds))
-    runs = run_on_ranks(train_runs_on_rank, nprocs=world, timeout=900, argvs=argvs, report_tied=pp > 1)
-    for rank_runs in runs:  # every rank reports the same global numbers
-        for got, want, mode in zip(rank_runs, reference, ("init-from", "seed")):
+def test_layout_matches_single_process(runs, reference, name):
+    pp = LAYOUTS[name][2]
+    for mode, want in zip(("init-from", "seed"), reference):
+        ranks = runs(f"{name}/{mode}")
+        for got in ranks:  # every rank reports the same global numbers
             assert_same_training(got, want, f"{name} from {mode}, rank layout {got['layout']}")
-    if pp > 1:
-        for mode in range(2):
-            assert_tied_tables_equal([rank_runs[mode] for rank_runs in runs])
+        if pp > 1:
+            assert_tied_tables_equal(ranks)
 
 
 @pytest.mark.parametrize("pp", [2, 3, 4])
@@ -121,21 +151,18 @@ def test_stage_split_is_deepspeeds_partition(pp):
 
 
 @pytest.mark.slow
-def test_uneven_pipeline_with_activation_checkpointing(setup, reference):
+def test_uneven_pipeline_with_activation_checkpointing(runs, reference):
     """3 blocks on 2 stages split as ``pipeline_stage_layers`` says; recomputation changes nothing."""
-    init_argv = _argvs(setup, 1, [*_layout_flags(1, 2, "pipeline_zero1"), "--checkpoint-activations"])[0]
-    runs = run_on_ranks(train_runs_on_rank, nprocs=2, timeout=600, argvs=[init_argv])
+    ranks = runs("pp2 checkpointed")
     split = pipeline_stage_layers(INIT_LAYERS, 2)
-    assert sorted(tuple(r[0]["blocks"]) for r in runs) == [tuple(split[0]), tuple(split[1])]
-    for (got,) in runs:
+    assert sorted(tuple(r["blocks"]) for r in ranks) == [tuple(split[0]), tuple(split[1])]
+    for got in ranks:
         assert_same_training(got, reference[0], "pp2 with --checkpoint-activations")
 
 
 @pytest.mark.slow
-def test_packed_sentences_reach_every_pipeline_stage(setup):
+def test_packed_sentences_reach_every_pipeline_stage(runs):
     """Block-diagonal attention in packed mode: PP2 must see the segment ids on both stages."""
-    packed = ["--sample-break-mode", "packed"]
-    (single,) = run_on_ranks(train_runs_on_rank, nprocs=1, timeout=600, argvs=_argvs(setup, 1, packed)[:1])
-    pp2 = _argvs(setup, 1, [*packed, *_layout_flags(1, 2, "pipeline_zero1")])[:1]
-    for (got,) in run_on_ranks(train_runs_on_rank, nprocs=2, timeout=600, argvs=pp2):
-        assert_same_training(got, single[0], "packed pp2")
+    (single,) = runs("packed")
+    for got in runs("packed pp2"):
+        assert_same_training(got, single, "packed pp2")
