@@ -1,11 +1,13 @@
 """A run interrupted in one layout and resumed in another trains exactly like one uninterrupted process.
 
-Recipe (the layout tests'): NAG lr 1.0 momentum 0.99, cosine schedule with 2 warmup updates, ``--clip-norm
+Recipe (the layout tests'): NAG lr 1.0 momentum 0.99, cosine schedule with 4 warmup updates, ``--clip-norm
 0.1``, dropout 0, fp32, 4 sequences per update (DP1 ``--update-freq 2`` = DP2 ``--update-freq 1``). Reference:
 one process (plain fp32 engine) running all ``UPDATES``. Phase A: layout A runs the same command and saves at
 update ``HALF``; phase B: layout B resumes from that checkpoint (``--restore-file``) and runs to the end. Its
 updates ``HALF+1..UPDATES`` must have the reference's per-update loss and gradient norm within 1e-5 relative:
 the weights, the momentum, NAG's ``lr_old``, the schedule and the data position all crossed the layouts.
+The resume falls inside the warmup, so the first resumed step scales the momentum by ``lr / lr_old`` != 1:
+a lost ``lr_old`` (defaulting to the lr it steps with) shows in the loss.
 Runs of one world size share a launch (one start-up; each run builds its own process groups and engine).
 """
 
@@ -51,7 +53,7 @@ def _argv(data, init, name: str, *extra: str, optimizer: str = "nag") -> list[st
     argv = [
         "--data", str(data), "--init-from", str(init), "--tokens-per-sample", "32", "--batch-size", "2",
         "--update-freq", str(2 // dp), "--max-update", str(UPDATES), *optim, "--lr-scheduler", "cosine",
-        "--warmup-updates", "2", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1", "--clip-norm", "0.1",
+        "--warmup-updates", "4", "--warmup-init-lr", "1e-7", "--lr-period-updates", "-1", "--clip-norm", "0.1",
         "--dropout", "0", "--validate-interval-updates", "0", "--max-valid-steps", "1", "--log-interval", "100",
         "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp), *extra,
     ]  # fmt: skip
