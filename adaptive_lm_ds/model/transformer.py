@@ -7,10 +7,17 @@ fairseq's ``TransformerDecoderLayer`` with ``decoder_normalize_before``::
 
 ``q/k/v_proj`` and ``fc1`` are ``ColumnParallelLinear`` (each TP rank: ``num_heads / tp`` heads, ``ffn / tp``
 hidden units); ``out_proj`` and ``fc2`` are ``RowParallelLinear`` (one all-reduce each). q, k, v are three
-layers, not one fused matrix, so fairseq's ``self_attn.{q,k,v}_proj`` map one to one; their input enters
-through one ``copy_to_tensor_model_parallel_region`` (identity forward, one all-reduce of the summed input
-gradient backward), not one all-reduce each: Megatron's minimum of two all-reduces of ``[B, T, d]`` per
-block forward and two backward.
+layers, not one fused matrix, so fairseq's ``self_attn.{q,k,v}_proj`` map one to one (parameters, names,
+TP shards and checkpoints); their input enters through one ``copy_to_tensor_model_parallel_region``
+(identity forward, one all-reduce of the summed input gradient backward), not one all-reduce each:
+Megatron's minimum of two all-reduces of ``[B, T, d]`` per block forward and two backward.
+
+The blocks drive the linears' maths themselves (:func:`column_forward`, :func:`row_forward`): q, k and v
+are one GEMM against this rank's three weights concatenated at compute time (``[3 d / tp, d]``, cheap;
+autograd through ``cat`` splits the gradients), and every bias is inside its GEMM (``addmm``) rather than a
+separate pass over the output, except a row-parallel one at TP > 1 (added after the all-reduce, as
+megatron-core does). Under ZeRO-3 a partitioned weight is gathered only in its own module's forward, so
+there each linear runs megatron-core's forward.
 
 Dropout on sharded activations (attention probabilities, FFN hidden) runs on the TP rank's own RNG
 stream; dropout on the replicated residual stream on the default generator, equal on every TP rank.
@@ -29,6 +36,7 @@ from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
     copy_to_tensor_model_parallel_region,
+    reduce_from_tensor_model_parallel_region,
 )
 from torch import nn
 
@@ -65,14 +73,13 @@ def _sharded_rng(active: bool):
     return parallel.model_parallel_rng() if active else contextlib.nullcontext()
 
 
-def column_linear(
-    size_in: int, size_out: int, mp_config, tp_group, key: str, init_method, reduce_input_grad: bool = True
-) -> ColumnParallelLinear:
+def column_linear(size_in: int, size_out: int, mp_config, tp_group, key: str, init_method) -> ColumnParallelLinear:
     """Output features split over TP, bias included, output left sharded.
 
     Weight by ``init_method`` (a ``seeded_init`` full-matrix init); bias ``nn.Linear``'s default
     U(+-1/sqrt(size_in)) from stream ``{key}.bias``, this rank's slice (fairseq's q/k/v and fc1 keep it).
-    ``reduce_input_grad=False``: the caller all-reduces the input's gradient itself (once for q, k and v).
+    The caller all-reduces the input's gradient itself (``copy_to_tensor_model_parallel_region``: once for
+    q, k and v).
     """
     linear = ColumnParallelLinear(
         size_in,
@@ -82,7 +89,7 @@ def column_linear(
         bias=True,
         gather_output=False,
         tp_group=tp_group,
-        disable_grad_reduce=not reduce_input_grad,
+        disable_grad_reduce=True,
     )
     start = tp_group.rank() * (size_out // tp_group.size())
     seeded_init.linear_bias(linear.bias, size_in, start, size_out, f"{key}.bias")
@@ -110,6 +117,38 @@ def row_linear(
     if not zero_bias:
         seeded_init.linear_bias(linear.bias, size_in, 0, size_out, f"{key}.bias")
     return linear
+
+
+def _partitioned(param: torch.Tensor) -> bool:
+    """A ZeRO-3 partitioned parameter: DeepSpeed gathers it only inside its own module's forward."""
+    return hasattr(param, "ds_status")
+
+
+def column_forward(x: torch.Tensor, *linears: ColumnParallelLinear) -> torch.Tensor:
+    """``x [..., d]`` (already in the TP region) through ``linears`` as one GEMM, biases inside it.
+
+    Returns ``[..., sum of the linears' local outputs]``, their outputs side by side in the given order:
+    ``addmm`` of ``x`` against the weights concatenated at compute time (``[sum out / tp, d]``).
+    """
+    if _partitioned(linears[0].weight):
+        return torch.cat([linear(x)[0] for linear in linears], dim=-1)
+    if len(linears) == 1:
+        return F.linear(x, linears[0].weight, linears[0].bias)
+    weight = torch.cat([linear.weight for linear in linears])
+    return F.linear(x, weight, torch.cat([linear.bias for linear in linears]))
+
+
+def row_forward(x: torch.Tensor, linear: RowParallelLinear) -> torch.Tensor:
+    """``x [..., in / tp] -> [..., out]``: the local GEMM, one all-reduce over TP, then the replicated bias.
+
+    At TP 1 the all-reduce is the identity and the bias goes inside the GEMM (``addmm``).
+    """
+    if _partitioned(linear.weight):
+        return linear(x)[0]
+    if linear.tp_group.size() == 1:
+        return F.linear(x, linear.weight, linear.bias)
+    partial = F.linear(x, linear.weight)
+    return reduce_from_tensor_model_parallel_region(partial, group=linear.tp_group) + linear.bias
 
 
 @dataclass
@@ -166,7 +205,7 @@ class SelfAttention(nn.Module):
 
         def qkv(name: str) -> ColumnParallelLinear:
             init = seeded_init.xavier_uniform(name, gain)
-            return column_linear(d, d, mp_config, tp_group, name, init, reduce_input_grad=False)
+            return column_linear(d, d, mp_config, tp_group, name, init)
 
         self.q_proj, self.k_proj, self.v_proj = (qkv(f"{key}.{n}_proj") for n in "qkv")
         out = f"{key}.out_proj"
@@ -178,10 +217,8 @@ class SelfAttention(nn.Module):
         batch, length, _ = x.shape
         x = copy_to_tensor_model_parallel_region(x, group=self.tp_group)  # one all-reduce of dx for q, k and v
 
-        def heads(proj: ColumnParallelLinear) -> torch.Tensor:
-            return proj(x)[0].view(batch, length, self.local_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)
+        qkv = column_forward(x, self.q_proj, self.k_proj, self.v_proj)  # [B, t, 3 * local_heads * head_dim]
+        q, k, v = qkv.view(batch, length, 3, self.local_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         causal = mask is None
         if cache is not None:
             if mask is not None:
@@ -197,7 +234,7 @@ class SelfAttention(nn.Module):
             else:  # no dropout: SDPA's causal flash kernel already skips it
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         out = out.transpose(1, 2).reshape(batch, length, self.local_heads * self.head_dim)
-        return self.out_proj(out)[0]
+        return row_forward(out, self.out_proj)
 
 
 class FeedForward(nn.Module):
@@ -212,11 +249,12 @@ class FeedForward(nn.Module):
         self.activation_dropout = cfg.activation_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.activation(self.fc1(x)[0])
+        x = copy_to_tensor_model_parallel_region(x, group=self.fc1.tp_group)  # all-reduce of dx backward
+        hidden = self.activation(column_forward(x, self.fc1))
         p = self.activation_dropout if self.training else 0.0
         with _sharded_rng(p > 0.0):
             hidden = dropout(hidden, p, self.training)
-        return self.fc2(hidden)[0]
+        return row_forward(hidden, self.fc2)
 
 
 class TransformerBlock(nn.Module):
